@@ -1,0 +1,916 @@
+//! The application interface: PEP 3333 (WSGI) carried over to Rust types.
+//!
+//! waitress serves any Python callable `app(environ, start_response)`. Here an application is
+//! anything that implements [`App`]; plain closures of the right shape do. The server builds an
+//! [`Environ`] per request, hands the application a [`StartResponse`] handle, and sends the
+//! [`Body`] the application returns. Nothing in this module touches a socket: the task module
+//! (a worker thread) drives it, which is why every type here is `Send`.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, BufRead, Read, Seek};
+use std::sync::Arc;
+
+/// The error an application (or a body iterator) may return. Any error type converts into it
+/// with `?`. The server answers `500 Internal Server Error` for it (when headers were not sent
+/// yet) and logs it; with `expose_tracebacks` the error text and its source chain become the
+/// body of the 500.
+pub type AppError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What an application returns: a body to send, or an error.
+pub type AppResult = Result<Body, AppError>;
+
+/// A WSGI-style application.
+///
+/// waitress: the `application(environ, start_response)` callable of PEP 3333.
+///
+/// The server calls [`App::call`] once per request on a worker thread; many worker threads may
+/// call the same application at once, hence `Send + Sync`. A panic inside `call` (or inside the
+/// body iterator) is caught and answered like an error: the worker thread survives.
+///
+/// ```
+/// use waitress::{App, Body, Environ, StartResponse, AppResult};
+///
+/// fn hello(_environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+///     start_response.start("200 OK", [("Content-Type", "text/plain")])?;
+///     Ok(Body::from("Hello, World!"))
+/// }
+/// // Functions and closures of that shape are applications:
+/// fn takes_app(_app: impl App) {}
+/// takes_app(hello);
+/// takes_app(|_env: &mut Environ, sr: &mut StartResponse<'_>| -> AppResult {
+///     sr.start("204 No Content", Vec::<(String, String)>::new())?;
+///     Ok(Body::empty())
+/// });
+/// ```
+pub trait App: Send + Sync + 'static {
+    /// Handle one request: call `start_response` once (again only with an error, see
+    /// [`StartResponse::start_with_error`]) and return the body.
+    fn call(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult;
+}
+
+impl<F> App for F
+where
+    F: Fn(&mut Environ, &mut StartResponse<'_>) -> AppResult + Send + Sync + 'static,
+{
+    fn call(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+        self(environ, start_response)
+    }
+}
+
+/// An application shared by all worker threads (and wrapped by middleware).
+pub type SharedApp = Arc<dyn App>;
+
+// ---------------------------------------------------------------------------------------------
+// Latin-1: PEP 3333's "native strings"
+// ---------------------------------------------------------------------------------------------
+
+/// Decode bytes the way PEP 3333 asks for environ values: each byte becomes the char with the
+/// same code point (ISO-8859-1), so no byte is ever lost and [`string_to_latin1`] gives the
+/// exact bytes back.
+pub fn latin1_to_string(bytes: &[u8]) -> String {
+    // Fast path: ASCII is the same in both encodings and needs no per-char work.
+    if bytes.is_ascii() {
+        // Cannot fail: ASCII is valid UTF-8.
+        return String::from_utf8(bytes.to_vec()).expect("ASCII is valid UTF-8");
+    }
+    bytes.iter().map(|&b| char::from(b)).collect()
+}
+
+/// Encode a native string back to bytes, one byte per char. Returns `None` when a char is
+/// outside latin-1 (above U+00FF): such a string cannot go on the wire as WSGI requires.
+pub fn string_to_latin1(s: &str) -> Option<Vec<u8>> {
+    if s.is_ascii() {
+        return Some(s.as_bytes().to_vec());
+    }
+    s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The environ
+// ---------------------------------------------------------------------------------------------
+
+/// The per-request environment: the CGI-style string variables of PEP 3333 plus the typed
+/// objects that are not strings (`wsgi.input`, `wsgi.errors`, `waitress.client_disconnected`).
+///
+/// waitress: the `environ` dict built by `WSGITask.get_environment`.
+///
+/// String variables keep PEP 3333's rules: values are "native strings" whose chars are the
+/// latin-1 decoding of the bytes on the wire (see [`latin1_to_string`]). `wsgi.version`,
+/// `wsgi.multithread`, `wsgi.multiprocess` and `wsgi.run_once` are stored as strings too
+/// (`"1.0"`, `"true"`, `"false"`).
+pub struct Environ {
+    vars: BTreeMap<Cow<'static, str>, String>,
+    input: Input,
+    errors: Errors,
+    client_disconnected: Option<DisconnectCheck>,
+}
+
+impl Default for Environ {
+    fn default() -> Self {
+        Environ::new()
+    }
+}
+
+impl fmt::Debug for Environ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Environ")
+            .field("vars", &self.vars)
+            .field("client_disconnected", &self.client_disconnected.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Environ {
+    /// An empty environ with an empty `wsgi.input`; the server fills it, tests may too.
+    pub fn new() -> Self {
+        Environ {
+            vars: BTreeMap::new(),
+            input: Input::empty(),
+            errors: Errors::default(),
+            client_disconnected: None,
+        }
+    }
+
+    /// The value of a string variable (`environ.get(key)`).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+
+    /// Whether a string variable is present (`key in environ`).
+    pub fn contains(&self, key: &str) -> bool {
+        self.vars.contains_key(key)
+    }
+
+    /// Set a string variable. Static keys (`"REQUEST_METHOD"`) cost no allocation.
+    pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<String>) {
+        self.vars.insert(key.into(), value.into());
+    }
+
+    /// Remove a string variable, returning its value (`environ.pop(key, None)`).
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.vars.remove(key)
+    }
+
+    /// Every string variable, sorted by name.
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
+    }
+
+    /// The names of the string variables, sorted; handy for middleware that rewrites headers.
+    pub fn keys(&self) -> Vec<String> {
+        self.vars.keys().map(|k| k.to_string()).collect()
+    }
+
+    /// `wsgi.input`: the request body.
+    pub fn input(&mut self) -> &mut Input {
+        &mut self.input
+    }
+
+    /// Take `wsgi.input` out of the environ (leaving an empty one), for a body that reads the
+    /// request lazily after `call` has returned.
+    pub fn take_input(&mut self) -> Input {
+        std::mem::replace(&mut self.input, Input::empty())
+    }
+
+    /// Replace `wsgi.input`.
+    pub fn set_input(&mut self, input: Input) {
+        self.input = input;
+    }
+
+    /// `wsgi.errors`: a text stream for the application's error output (the process's stderr,
+    /// as in waitress).
+    pub fn errors(&mut self) -> &mut Errors {
+        &mut self.errors
+    }
+
+    /// `waitress.client_disconnected`: present when `channel_request_lookahead > 0`; calling it
+    /// tells whether the client has gone away while the request was being served.
+    pub fn client_disconnected(&self) -> Option<&DisconnectCheck> {
+        self.client_disconnected.as_ref()
+    }
+
+    /// Install the `waitress.client_disconnected` check (the server does this).
+    pub fn set_client_disconnected(&mut self, check: DisconnectCheck) {
+        self.client_disconnected = Some(check);
+    }
+
+    /// `wsgi.file_wrapper`: wrap a seekable file so that the server streams it straight from
+    /// the file (see [`FileWrapper`]).
+    pub fn file_wrapper<R>(&self, file: R, block_size: usize) -> Body
+    where
+        R: Read + Seek + Send + 'static,
+    {
+        Body::File(FileWrapper::new(file, block_size))
+    }
+}
+
+/// `wsgi.input`: the request body as a buffered reader.
+///
+/// The server hands over its request buffer (memory, or an anonymous temporary file for a large
+/// body); it owns no socket, so reading never blocks on the network and an application may move
+/// it into a lazy [`Body`] to read after `call` has returned.
+pub struct Input {
+    reader: Box<dyn BufRead + Send>,
+}
+
+impl fmt::Debug for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Input { .. }")
+    }
+}
+
+impl Input {
+    /// Wrap any buffered reader as `wsgi.input`.
+    pub fn new(reader: impl BufRead + Send + 'static) -> Self {
+        Input {
+            reader: Box::new(reader),
+        }
+    }
+
+    /// An input with no bytes (a request without a body).
+    pub fn empty() -> Self {
+        Input::new(io::empty())
+    }
+
+    /// An input over bytes held in memory.
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
+        Input::new(io::Cursor::new(bytes.into()))
+    }
+}
+
+impl Read for Input {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl BufRead for Input {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.reader.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.reader.consume(amt)
+    }
+}
+
+/// `wsgi.errors`: writes go to the process's standard error, unbuffered, as in waitress (where
+/// it is `sys.stderr`).
+#[derive(Debug, Default)]
+pub struct Errors {
+    _private: (),
+}
+
+impl io::Write for Errors {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        io::stderr().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+/// `waitress.client_disconnected`: a cheap check an application may call during a long
+/// request to learn whether the client has closed its connection.
+#[derive(Clone)]
+pub struct DisconnectCheck {
+    check: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl fmt::Debug for DisconnectCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DisconnectCheck { .. }")
+    }
+}
+
+impl DisconnectCheck {
+    /// Build a check from a closure that answers "has the client disconnected?".
+    pub fn new(check: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        DisconnectCheck {
+            check: Arc::new(check),
+        }
+    }
+
+    /// `True` once the client has disconnected.
+    pub fn is_disconnected(&self) -> bool {
+        (self.check)()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// start_response
+// ---------------------------------------------------------------------------------------------
+
+/// Why `start_response` (or `write`) refused what the application asked for.
+///
+/// waitress raises `AssertionError` or `ValueError` for these; the messages are waitress's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartResponseError {
+    /// `start_response` was called a second time without an error (`exc_info`).
+    CalledTwice,
+    /// The status line holds a CR or LF.
+    CrLfInStatus,
+    /// A header name holds a CR or LF.
+    CrLfInHeaderName,
+    /// A header value holds a CR or LF.
+    CrLfInHeaderValue,
+    /// A hop-by-hop header (`Connection`, `Transfer-Encoding`, …) was given; PEP 3333 forbids
+    /// them. Holds the header name as given.
+    HopByHop(String),
+    /// `Content-Length` is not a whole number. Holds the value as given.
+    BadContentLength(String),
+    /// `write` (or a body chunk) came before `start_response`.
+    NotStarted,
+}
+
+impl fmt::Display for StartResponseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartResponseError::CalledTwice => f.write_str(
+                "start_response called a second time without providing exc_info.",
+            ),
+            StartResponseError::CrLfInStatus => {
+                f.write_str("carriage return/line feed character present in status")
+            }
+            StartResponseError::CrLfInHeaderName => {
+                f.write_str("carriage return/line feed character present in header name")
+            }
+            StartResponseError::CrLfInHeaderValue => {
+                f.write_str("carriage return/line feed character present in header value")
+            }
+            StartResponseError::HopByHop(name) => write!(
+                f,
+                "{name} is a \"hop-by-hop\" header; it cannot be used by a WSGI application (see PEP 3333)"
+            ),
+            StartResponseError::BadContentLength(value) => {
+                write!(f, "invalid literal for int() with base 10: '{value}'")
+            }
+            StartResponseError::NotStarted => {
+                f.write_str("start_response was not called before body written")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartResponseError {}
+
+/// Raised (returned) when the application writes to a client that has gone away.
+///
+/// waitress: `waitress.channel.ClientDisconnected`. The server recognises it in an
+/// application's error and logs "Client disconnected while serving …" instead of a 500.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientDisconnected;
+
+impl fmt::Display for ClientDisconnected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("client disconnected")
+    }
+}
+
+impl std::error::Error for ClientDisconnected {}
+
+/// The headers PEP 3333 keeps for the server alone (waitress: `utilities.hop_by_hop`).
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Check a status line as waitress's `start_response` does: no CR or LF.
+pub fn validate_status(status: &str) -> Result<(), StartResponseError> {
+    if status.contains(['\r', '\n']) {
+        return Err(StartResponseError::CrLfInStatus);
+    }
+    Ok(())
+}
+
+/// Check one response header as waitress's `start_response` does, in its order: CR/LF in the
+/// value, CR/LF in the name, then `Content-Length` must be a whole number (returned) and no
+/// hop-by-hop header is allowed.
+pub fn validate_header(name: &str, value: &str) -> Result<Option<u64>, StartResponseError> {
+    if value.contains(['\r', '\n']) {
+        return Err(StartResponseError::CrLfInHeaderValue);
+    }
+    if name.contains(['\r', '\n']) {
+        return Err(StartResponseError::CrLfInHeaderName);
+    }
+    if name.eq_ignore_ascii_case("content-length") {
+        return parse_content_length(value)
+            .map(Some)
+            .ok_or_else(|| StartResponseError::BadContentLength(value.to_string()));
+    }
+    if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        return Err(StartResponseError::HopByHop(name.to_string()));
+    }
+    Ok(None)
+}
+
+/// Python's `int(v)` as waitress applies it to an application's `Content-Length`: surrounding
+/// whitespace and a `+` sign are accepted, and so are `_` separators between digits. A negative
+/// length is refused here (Python would accept it and then send a broken response).
+fn parse_content_length(value: &str) -> Option<u64> {
+    let trimmed = value.trim();
+    let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+    {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for b in digits.bytes() {
+        match b {
+            b'0'..=b'9' => n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?,
+            b'_' => {}
+            _ => return None,
+        }
+    }
+    Some(n)
+}
+
+/// What stands behind a [`StartResponse`] handle: the server's task, or a
+/// [`RecordedResponse`] in a test. Implement it to drive an application without a server.
+pub trait ResponseSink {
+    /// `start_response(status, headers)`, validated; a second call is refused.
+    fn start_response(
+        &mut self,
+        status: &str,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), StartResponseError>;
+
+    /// `start_response(status, headers, exc_info)`: allowed again after a first call; when the
+    /// headers are already on the wire, the error comes straight back (waitress re-raises it).
+    fn start_response_with_error(
+        &mut self,
+        status: &str,
+        headers: Vec<(String, String)>,
+        error: AppError,
+    ) -> Result<(), AppError>;
+
+    /// The legacy `write` callable returned by `start_response`: send body bytes now.
+    fn write(&mut self, data: &[u8]) -> Result<(), AppError>;
+}
+
+/// The `start_response` handle given to an application, which also carries the legacy `write`
+/// callable (in WSGI, `start_response` returns `write`).
+pub struct StartResponse<'a> {
+    sink: &'a mut dyn ResponseSink,
+}
+
+impl fmt::Debug for StartResponse<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StartResponse { .. }")
+    }
+}
+
+impl<'a> StartResponse<'a> {
+    /// A handle over a sink: the server's task, or a [`RecordedResponse`].
+    pub fn new(sink: &'a mut dyn ResponseSink) -> Self {
+        StartResponse { sink }
+    }
+
+    /// `start_response(status, headers)`.
+    ///
+    /// Fails with [`StartResponseError`] for a CR/LF in the status or a header, a hop-by-hop
+    /// header, a bad `Content-Length`, or a second call.
+    pub fn start<I, K, V>(&mut self, status: &str, headers: I) -> Result<(), StartResponseError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.sink.start_response(status, collect_headers(headers))
+    }
+
+    /// `start_response(status, headers, exc_info)`: replace the response after an error. Before
+    /// the headers are sent this resets them; afterwards the error comes back to be returned
+    /// from the application, as waitress re-raises `exc_info`.
+    pub fn start_with_error<I, K, V>(
+        &mut self,
+        status: &str,
+        headers: I,
+        error: AppError,
+    ) -> Result<(), AppError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.sink
+            .start_response_with_error(status, collect_headers(headers), error)
+    }
+
+    /// The legacy `write(data)` callable: send body bytes before returning the body.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
+        self.sink.write(data)
+    }
+}
+
+fn collect_headers<I, K, V>(headers: I) -> Vec<(String, String)>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
+{
+    headers
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect()
+}
+
+/// A [`ResponseSink`] that records what an application did, for testing applications and
+/// middleware without a server. It applies the same checks as the server.
+///
+/// ```
+/// use waitress::{App, Body, Environ, RecordedResponse, StartResponse, AppResult};
+///
+/// let app = |_env: &mut Environ, sr: &mut StartResponse<'_>| -> AppResult {
+///     sr.start("200 OK", [("Content-Type", "text/plain")])?;
+///     Ok(Body::from("hi"))
+/// };
+/// let mut recorded = RecordedResponse::default();
+/// let body = app.call(&mut Environ::new(), &mut StartResponse::new(&mut recorded)).unwrap();
+/// assert_eq!(recorded.status.as_deref(), Some("200 OK"));
+/// assert_eq!(body.into_bytes().unwrap(), b"hi");
+/// ```
+#[derive(Debug, Default)]
+pub struct RecordedResponse {
+    /// The status given to the last accepted `start_response` call.
+    pub status: Option<String>,
+    /// The headers given to the last accepted `start_response` call.
+    pub headers: Vec<(String, String)>,
+    /// Bytes passed to `write`.
+    pub written: Vec<u8>,
+}
+
+impl ResponseSink for RecordedResponse {
+    fn start_response(
+        &mut self,
+        status: &str,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), StartResponseError> {
+        if self.status.is_some() {
+            return Err(StartResponseError::CalledTwice);
+        }
+        validate_status(status)?;
+        for (name, value) in &headers {
+            validate_header(name, value)?;
+        }
+        self.status = Some(status.to_string());
+        self.headers = headers;
+        Ok(())
+    }
+
+    fn start_response_with_error(
+        &mut self,
+        status: &str,
+        headers: Vec<(String, String)>,
+        error: AppError,
+    ) -> Result<(), AppError> {
+        if !self.written.is_empty() {
+            return Err(error);
+        }
+        self.status = None;
+        self.start_response(status, headers).map_err(AppError::from)
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
+        if self.status.is_none() {
+            return Err(StartResponseError::NotStarted.into());
+        }
+        self.written.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The body
+// ---------------------------------------------------------------------------------------------
+
+/// A lazy body: an iterator of chunks. Its `Drop` is WSGI's `close()`: the server drops it when
+/// the response is done or the connection goes away, on whichever thread holds it last.
+pub type ChunkIter = Box<dyn Iterator<Item = Result<Vec<u8>, AppError>> + Send>;
+
+/// What an application returns (PEP 3333's iterable).
+pub enum Body {
+    /// One buffer. Like a one-element list in waitress, its length becomes the
+    /// `Content-Length` when the application did not set one.
+    Bytes(Cow<'static, [u8]>),
+    /// Chunks produced lazily; each is sent as it comes. An `Err` chunk ends the response (a 500
+    /// if nothing was sent yet, otherwise the connection is closed).
+    Chunks(ChunkIter),
+    /// `wsgi.file_wrapper`: a file the server streams itself.
+    File(FileWrapper),
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Bytes(b) => f.debug_tuple("Bytes").field(&b.len()).finish(),
+            Body::Chunks(_) => f.write_str("Chunks(..)"),
+            Body::File(w) => f.debug_tuple("File").field(w).finish(),
+        }
+    }
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Body::Bytes(Cow::Borrowed(b""))
+    }
+
+    /// A lazy body from any iterator of chunks.
+    pub fn from_chunks<I>(chunks: I) -> Self
+    where
+        I: IntoIterator<Item = Result<Vec<u8>, AppError>>,
+        I::IntoIter: Send + 'static,
+    {
+        Body::Chunks(Box::new(chunks.into_iter()))
+    }
+
+    /// Read the whole body into memory (for tests and small bodies): joins the chunks, or reads
+    /// the file wrapper to its end.
+    pub fn into_bytes(self) -> Result<Vec<u8>, AppError> {
+        match self {
+            Body::Bytes(b) => Ok(b.into_owned()),
+            Body::Chunks(chunks) => {
+                let mut out = Vec::new();
+                for chunk in chunks {
+                    out.extend_from_slice(&chunk?);
+                }
+                Ok(out)
+            }
+            Body::File(mut wrapper) => {
+                let mut out = Vec::new();
+                wrapper.reader_mut().read_to_end(&mut out)?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Self {
+        Body::Bytes(Cow::Owned(bytes))
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(bytes: &'static [u8]) -> Self {
+        Body::Bytes(Cow::Borrowed(bytes))
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(text: &'static str) -> Self {
+        Body::Bytes(Cow::Borrowed(text.as_bytes()))
+    }
+}
+
+impl From<String> for Body {
+    fn from(text: String) -> Self {
+        Body::Bytes(Cow::Owned(text.into_bytes()))
+    }
+}
+
+/// A reader that can also seek: what a seekable [`FileWrapper`] holds.
+pub trait ReadSeek: Read + Seek {}
+
+impl<T: Read + Seek> ReadSeek for T {}
+
+/// Where a [`FileWrapper`]'s bytes come from.
+pub enum FileSource {
+    /// A seekable file: the server serves it from the current position to the end (or to the
+    /// `Content-Length` the application gave), straight from the file, on the I/O thread.
+    Seekable(Box<dyn ReadSeek + Send>),
+    /// A plain reader: the server iterates over it in `block_size` reads, like a lazy body.
+    Stream(Box<dyn Read + Send>),
+}
+
+/// `wsgi.file_wrapper`: a file (plus a block size) handed to the server to stream.
+///
+/// waitress: `ReadOnlyFileBasedBuffer` as the `wsgi.file_wrapper` class.
+pub struct FileWrapper {
+    source: FileSource,
+    block_size: usize,
+}
+
+impl fmt::Debug for FileWrapper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.source {
+            FileSource::Seekable(_) => "seekable",
+            FileSource::Stream(_) => "stream",
+        };
+        f.debug_struct("FileWrapper")
+            .field("source", &kind)
+            .field("block_size", &self.block_size)
+            .finish()
+    }
+}
+
+impl FileWrapper {
+    /// The block size waitress's `ReadOnlyFileBasedBuffer` uses when none is given.
+    pub const DEFAULT_BLOCK_SIZE: usize = 32768;
+
+    /// Wrap a seekable file (`std::fs::File`, `io::Cursor`, …).
+    pub fn new<R: Read + Seek + Send + 'static>(file: R, block_size: usize) -> Self {
+        FileWrapper {
+            source: FileSource::Seekable(Box::new(file)),
+            block_size: block_size.max(1),
+        }
+    }
+
+    /// Wrap a reader that cannot seek; the server falls back to iterating over it.
+    pub fn from_reader<R: Read + Send + 'static>(reader: R, block_size: usize) -> Self {
+        FileWrapper {
+            source: FileSource::Stream(Box::new(reader)),
+            block_size: block_size.max(1),
+        }
+    }
+
+    /// The size of each read.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Whether the wrapped file can seek (and so be served by offset and length).
+    pub fn is_seekable(&self) -> bool {
+        matches!(self.source, FileSource::Seekable(_))
+    }
+
+    /// Take the wrapper apart: the server does this to serve it.
+    pub fn into_parts(self) -> (FileSource, usize) {
+        (self.source, self.block_size)
+    }
+
+    fn reader_mut(&mut self) -> &mut dyn Read {
+        match &mut self.source {
+            FileSource::Seekable(r) => r,
+            FileSource::Stream(r) => r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latin1_round_trips_every_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        let s = latin1_to_string(&all);
+        assert_eq!(s.chars().count(), 256);
+        assert_eq!(string_to_latin1(&s).unwrap(), all);
+    }
+
+    #[test]
+    fn latin1_refuses_chars_above_ff() {
+        assert_eq!(string_to_latin1("caf\u{e9}"), Some(b"caf\xe9".to_vec()));
+        assert_eq!(string_to_latin1("\u{20ac}"), None);
+    }
+
+    #[test]
+    fn environ_get_set_remove() {
+        let mut env = Environ::new();
+        env.set("REQUEST_METHOD", "GET");
+        env.set(String::from("HTTP_X_DYNAMIC"), "1");
+        assert_eq!(env.get("REQUEST_METHOD"), Some("GET"));
+        assert!(env.contains("HTTP_X_DYNAMIC"));
+        assert_eq!(env.remove("HTTP_X_DYNAMIC").as_deref(), Some("1"));
+        assert!(!env.contains("HTTP_X_DYNAMIC"));
+        assert_eq!(
+            env.vars().collect::<Vec<_>>(),
+            vec![("REQUEST_METHOD", "GET")]
+        );
+    }
+
+    #[test]
+    fn environ_input_can_be_taken_for_a_lazy_body() {
+        let mut env = Environ::new();
+        env.set_input(Input::from_bytes(b"abc".to_vec()));
+        let mut input = env.take_input();
+        let mut s = String::new();
+        input.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "abc");
+        assert_eq!(env.input().fill_buf().unwrap(), b"");
+    }
+
+    #[test]
+    fn validate_status_rejects_crlf() {
+        assert_eq!(validate_status("200 OK"), Ok(()));
+        assert_eq!(
+            validate_status("200 OK\r\nSet-Cookie: a"),
+            Err(StartResponseError::CrLfInStatus)
+        );
+        assert_eq!(
+            validate_status("200 OK\n"),
+            Err(StartResponseError::CrLfInStatus)
+        );
+    }
+
+    #[test]
+    fn validate_header_checks_in_waitress_order() {
+        assert_eq!(validate_header("X-A", "b"), Ok(None));
+        assert_eq!(
+            validate_header("X\r\nA", "b\n"),
+            Err(StartResponseError::CrLfInHeaderValue)
+        );
+        assert_eq!(
+            validate_header("X\nA", "b"),
+            Err(StartResponseError::CrLfInHeaderName)
+        );
+        assert_eq!(validate_header("Content-Length", " 12 "), Ok(Some(12)));
+        assert_eq!(
+            validate_header("content-length", "abc"),
+            Err(StartResponseError::BadContentLength("abc".into()))
+        );
+        assert_eq!(
+            validate_header("Transfer-Encoding", "chunked"),
+            Err(StartResponseError::HopByHop("Transfer-Encoding".into()))
+        );
+        assert_eq!(
+            validate_header("Connection", "close"),
+            Err(StartResponseError::HopByHop("Connection".into()))
+        );
+    }
+
+    #[test]
+    fn content_length_follows_python_int() {
+        assert_eq!(parse_content_length("+5"), Some(5));
+        assert_eq!(parse_content_length("1_000"), Some(1000));
+        assert_eq!(parse_content_length("-1"), None);
+        assert_eq!(parse_content_length("_1"), None);
+        assert_eq!(parse_content_length("1__0"), None);
+        assert_eq!(parse_content_length(""), None);
+        assert_eq!(parse_content_length("99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn recorded_response_refuses_second_start_without_error() {
+        let mut rec = RecordedResponse::default();
+        let mut sr = StartResponse::new(&mut rec);
+        sr.start("200 OK", [("A", "b")]).unwrap();
+        assert_eq!(
+            sr.start("500 Oops", Vec::<(String, String)>::new()),
+            Err(StartResponseError::CalledTwice)
+        );
+        sr.start_with_error("500 Oops", [("C", "d")], "boom".into())
+            .unwrap();
+        assert_eq!(rec.status.as_deref(), Some("500 Oops"));
+        assert_eq!(rec.headers, vec![("C".to_string(), "d".to_string())]);
+    }
+
+    #[test]
+    fn recorded_response_reraises_after_body_written() {
+        let mut rec = RecordedResponse::default();
+        let mut sr = StartResponse::new(&mut rec);
+        assert!(sr.write(b"x").is_err());
+        sr.start("200 OK", [("A", "b")]).unwrap();
+        sr.write(b"x").unwrap();
+        let err = sr
+            .start_with_error("500 Oops", [("C", "d")], "boom".into())
+            .unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+    }
+
+    #[test]
+    fn body_into_bytes_joins_chunks_and_reads_files() {
+        let chunks = Body::from_chunks(vec![Ok(b"ab".to_vec()), Ok(b"c".to_vec())]);
+        assert_eq!(chunks.into_bytes().unwrap(), b"abc");
+        let file = Body::File(FileWrapper::new(io::Cursor::new(b"xyz".to_vec()), 2));
+        assert_eq!(file.into_bytes().unwrap(), b"xyz");
+        let err = Body::from_chunks(vec![Ok(b"ab".to_vec()), Err("bad".into())]);
+        assert!(err.into_bytes().is_err());
+    }
+
+    #[test]
+    fn body_drop_is_close() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        struct Closing(Arc<AtomicBool>);
+        impl Iterator for Closing {
+            type Item = Result<Vec<u8>, AppError>;
+            fn next(&mut self) -> Option<Self::Item> {
+                None
+            }
+        }
+        impl Drop for Closing {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let closed = Arc::new(AtomicBool::new(false));
+        let body = Body::from_chunks(Closing(closed.clone()));
+        assert!(!closed.load(Ordering::SeqCst));
+        drop(body);
+        assert!(closed.load(Ordering::SeqCst));
+    }
+}

@@ -1,0 +1,1 @@
+//! Port of waitress/channel.py. (Being written.)

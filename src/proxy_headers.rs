@@ -1,0 +1,1 @@
+//! Port of waitress/proxy_headers.py. (Being written.)

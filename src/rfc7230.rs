@@ -1,0 +1,1 @@
+//! Port of waitress/rfc7230.py. (Being written.)

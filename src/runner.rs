@@ -1,0 +1,1 @@
+//! Port of waitress/runner.py. (Being written.)

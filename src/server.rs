@@ -1,0 +1,1 @@
+//! Port of waitress/server.py. (Being written.)

@@ -1,0 +1,1 @@
+//! Port of waitress/trigger.py. (Being written.)

@@ -1,0 +1,1 @@
+//! Port of waitress/wasyncore.py. (Being written.)

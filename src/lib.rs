@@ -14,6 +14,7 @@ pub mod app;
 pub mod buffers;
 pub mod channel;
 pub mod parser;
+pub mod profiling;
 pub mod proxy_headers;
 pub mod receiver;
 pub mod rfc7230;

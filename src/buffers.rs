@@ -12,9 +12,7 @@ use crate::app::{FileWrapper, Input};
 ///
 /// waitress: `OverflowableBuffer`.
 #[derive(Debug)]
-pub struct OverflowableBuffer {
-    _todo: (),
-}
+pub struct OverflowableBuffer {}
 
 impl OverflowableBuffer {
     /// An empty buffer that moves to a temporary file past `overflow` bytes.
@@ -77,9 +75,7 @@ impl OverflowableBuffer {
 /// A file the application handed over with `wsgi.file_wrapper`, served from its current
 /// position (waitress: `ReadOnlyFileBasedBuffer`).
 #[derive(Debug)]
-pub struct ReadOnlyFileBasedBuffer {
-    _todo: (),
-}
+pub struct ReadOnlyFileBasedBuffer {}
 
 impl ReadOnlyFileBasedBuffer {
     /// Wrap the application's file wrapper.

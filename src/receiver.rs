@@ -14,7 +14,6 @@ pub struct FixedStreamReceiver {
     pub completed: bool,
     /// Set on malformed input.
     pub error: Option<Error>,
-    _todo: (),
 }
 
 impl FixedStreamReceiver {
@@ -53,7 +52,6 @@ pub struct ChunkedReceiver {
     pub completed: bool,
     /// Set on malformed input.
     pub error: Option<Error>,
-    _todo: (),
 }
 
 impl ChunkedReceiver {

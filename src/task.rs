@@ -28,9 +28,7 @@ pub trait Service: Send + Sync {
 /// A fixed pool of worker threads serving a queue of [`Service`]s.
 ///
 /// waitress: `ThreadedTaskDispatcher`.
-pub struct ThreadedTaskDispatcher {
-    _todo: (),
-}
+pub struct ThreadedTaskDispatcher {}
 
 impl ThreadedTaskDispatcher {
     /// A dispatcher with no threads yet (see [`set_thread_count`](Self::set_thread_count)).

@@ -5,9 +5,12 @@
 //! command line (`parse_args`), validated, and then shared read-only by every thread.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+
+use crate::utilities::LOGGER;
 
 /// A socket handed to the server already bound (waitress: the `sockets` setting, used for
 /// socket activation).
@@ -22,13 +25,28 @@ pub enum PreboundSocket {
 /// Every setting of the server.
 ///
 /// waitress: `Adjustments`. The fields appear in the order of waitress's class attributes; the
-/// comment on each gives waitress's converter.
+/// comment on each gives waitress's converter. Build it with [`Adjustments::new`] from
+/// name/value pairs, which applies the converters and every check waitress makes:
+///
+/// ```
+/// let adj = waitress::Adjustments::new([("listen", "127.0.0.1:0"), ("threads", "2")]).unwrap();
+/// assert_eq!(adj.threads, 2);
+/// assert_eq!(adj.listen[0].ip().to_string(), "127.0.0.1");
+/// assert!(waitress::Adjustments::new([("nope", "1")]).is_err());
+/// ```
 #[derive(Debug)]
 pub struct Adjustments {
     /// Host to listen on (`str`, default `0.0.0.0`). Mutually exclusive with `listen`.
     pub host: String,
     /// TCP port to listen on (`int`, default 8080). Mutually exclusive with `listen`.
     pub port: u16,
+    /// Whether `host` or `port` was given (waitress tells by the `_str_marker`/`_int_marker`
+    /// types of the defaults).
+    pub host_or_port_set: bool,
+    /// Listen on IPv4 addresses (`asbool`, default true).
+    pub ipv4: bool,
+    /// Listen on IPv6 addresses (`asbool`, default true).
+    pub ipv6: bool,
     /// Where to listen, resolved to concrete addresses (`aslist`, default `0.0.0.0:8080`).
     pub listen: Vec<SocketAddr>,
     /// Number of worker threads (`int`, default 4).
@@ -103,6 +121,9 @@ impl Default for Adjustments {
         Adjustments {
             host: "0.0.0.0".to_string(),
             port: 8080,
+            host_or_port_set: false,
+            ipv4: true,
+            ipv6: true,
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
             threads: 4,
             trusted_proxy: None,
@@ -135,5 +156,1118 @@ impl Default for Adjustments {
             server_name: "waitress.invalid".to_string(),
             socket_options: vec![(SOL_TCP, TCP_NODELAY, 1)],
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Converters (waitress: module-level functions of adjustments.py)
+// ---------------------------------------------------------------------------------------------
+
+/// The spellings of "true" (lower-cased, surrounding whitespace removed).
+const TRUTHY: [&str; 6] = ["t", "true", "y", "yes", "on", "1"];
+
+/// The proxy header names `trusted_proxy_headers` may hold (waitress: `KNOWN_PROXY_HEADERS`).
+pub const KNOWN_PROXY_HEADERS: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-by",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+];
+
+/// `true` for `t`, `true`, `y`, `yes`, `on` and `1` in any case; `false` for anything else.
+pub fn asbool(s: &str) -> bool {
+    let s = s.trim().to_ascii_lowercase();
+    TRUTHY.contains(&s.as_str())
+}
+
+/// An octal number such as `777` or `0o600`.
+pub fn asoctal(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t
+        .strip_prefix("0o")
+        .or_else(|| t.strip_prefix("0O"))
+        .unwrap_or(t);
+    u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("invalid literal for int() with base 8: '{s}'"))
+}
+
+/// One entry per non-blank line, trimmed.
+pub fn aslist_cronly(value: &str) -> Vec<String> {
+    value
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// One entry per whitespace-separated word, across lines.
+pub fn aslist(value: &str) -> Vec<String> {
+    aslist_cronly(value)
+        .iter()
+        .flat_map(|line| line.split_whitespace().map(str::to_string))
+        .collect()
+}
+
+/// The words of [`aslist`], as a set.
+pub fn asset(value: &str) -> BTreeSet<String> {
+    aslist(value).into_iter().collect()
+}
+
+/// A path prefix with exactly one leading slash and no trailing one; empty stays empty.
+pub fn slash_fixed_str(s: &str) -> String {
+    let s = s.trim();
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", s.trim_start_matches('/').trim_end_matches('/'))
+    }
+}
+
+/// `None` for an empty string.
+pub fn str_iftruthy(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// A decimal integer as Python's `int()` reads it (surrounding whitespace allowed).
+fn asint<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    let t = s.trim();
+    let t = t.strip_prefix('+').unwrap_or(t);
+    t.parse()
+        .map_err(|_| format!("invalid literal for int() with base 10: '{s}'"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// A setting that was refused; `Display` gives waitress's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdjustmentsError {
+    /// No setting has this name (waitress: `Unknown adjustment 'name'`).
+    UnknownSetting(String),
+    /// The value does not convert (a number that is not one, …).
+    BadValue {
+        /// The setting.
+        setting: String,
+        /// What the converter said.
+        reason: String,
+    },
+    /// Settings that exclude each other, or a setting that needs another one.
+    Conflict(String),
+    /// A `listen`/`host`/`port` entry that does not resolve to an address to bind.
+    InvalidListen(String),
+}
+
+impl fmt::Display for AdjustmentsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdjustmentsError::UnknownSetting(name) => write!(f, "Unknown adjustment '{name}'"),
+            AdjustmentsError::BadValue { setting, reason } => {
+                write!(f, "Bad value for {setting}: {reason}")
+            }
+            AdjustmentsError::Conflict(message) => f.write_str(message),
+            AdjustmentsError::InvalidListen(entry) => {
+                write!(f, "Invalid host/port specified. ({entry})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AdjustmentsError {}
+
+fn conflict(message: &str) -> AdjustmentsError {
+    AdjustmentsError::Conflict(message.to_string())
+}
+
+/// Wrap a converter's failure with the setting's name.
+fn bad<T>(setting: &str, result: Result<T, String>) -> Result<T, AdjustmentsError> {
+    result.map_err(|reason| AdjustmentsError::BadValue {
+        setting: setting.to_string(),
+        reason,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building and checking (waitress: Adjustments.__init__)
+// ---------------------------------------------------------------------------------------------
+
+impl Adjustments {
+    /// Build the settings from name/value pairs (waitress: `Adjustments(**kw)`), converting
+    /// each value as waitress does, resolving `listen`, and making every check waitress makes.
+    pub fn new<I, K, V>(kw: I) -> Result<Adjustments, AdjustmentsError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        Adjustments::with_sockets(kw, Vec::new())
+    }
+
+    /// Like [`Adjustments::new`], serving the already-bound `sockets` (waitress: the `sockets`
+    /// setting); then `listen`, `host`, `port` and `unix_socket` may not be given.
+    pub fn with_sockets<I, K, V>(
+        kw: I,
+        sockets: Vec<PreboundSocket>,
+    ) -> Result<Adjustments, AdjustmentsError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let kw: Vec<(String, String)> = kw
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+            .collect();
+        let given = |name: &str| kw.iter().any(|(k, _)| k == name);
+        let has_sockets = !sockets.is_empty();
+        let host_or_port = given("host") || given("port");
+        if given("listen") && host_or_port {
+            return Err(conflict("host or port may not be set if listen is set."));
+        }
+        if given("listen") && has_sockets {
+            return Err(conflict("socket may not be set if listen is set."));
+        }
+        if has_sockets && host_or_port {
+            return Err(conflict("host or port may not be set if sockets is set."));
+        }
+        if has_sockets && given("unix_socket") {
+            return Err(conflict("unix_socket may not be set if sockets is set"));
+        }
+        if given("unix_socket") && host_or_port {
+            return Err(conflict(
+                "unix_socket may not be set if host or port is set",
+            ));
+        }
+        if given("unix_socket") && given("listen") {
+            return Err(conflict("unix_socket may not be set if listen is set"));
+        }
+        if given("send_bytes") {
+            LOGGER.warning("send_bytes will be removed in a future release");
+        }
+
+        let mut adj = Adjustments::default();
+        let mut listen = vec![format!("{}:{}", adj.host, adj.port)];
+        let mut proxy_count_given = false;
+        for (name, value) in &kw {
+            if name == "listen" {
+                listen = aslist(value);
+            } else if name == "trusted_proxy_count" {
+                proxy_count_given = true;
+                adj.apply(name, value)?;
+            } else {
+                adj.apply(name, value)?;
+            }
+        }
+        adj.host_or_port_set = host_or_port;
+        if host_or_port {
+            listen = vec![format!("{}:{}", adj.host, adj.port)];
+        }
+        adj.listen = resolve_listen(&listen, adj.port, adj.ipv4, adj.ipv6)?;
+        adj.check_proxy_settings(proxy_count_given)?;
+        check_sockets(&sockets)?;
+        adj.sockets = sockets;
+        Ok(adj)
+    }
+
+    /// Set one setting from its string value, with its converter.
+    fn apply(&mut self, name: &str, value: &str) -> Result<(), AdjustmentsError> {
+        match name {
+            "host" => self.host = value.to_string(),
+            "port" => self.port = bad(name, asint(value))?,
+            "ipv4" => self.ipv4 = asbool(value),
+            "ipv6" => self.ipv6 = asbool(value),
+            "threads" => {
+                self.threads = bad(name, asint(value))?;
+                if self.threads == 0 {
+                    // waitress would start no worker and never answer; refuse instead.
+                    return bad(name, Err("at least one thread is needed".to_string()));
+                }
+            }
+            "trusted_proxy" => self.trusted_proxy = str_iftruthy(value),
+            "trusted_proxy_count" => self.trusted_proxy_count = Some(bad(name, asint(value))?),
+            "trusted_proxy_headers" => self.trusted_proxy_headers = asset(value),
+            "log_untrusted_proxy_headers" => self.log_untrusted_proxy_headers = asbool(value),
+            "clear_untrusted_proxy_headers" => self.clear_untrusted_proxy_headers = asbool(value),
+            "url_scheme" => self.url_scheme = value.to_string(),
+            "url_prefix" => self.url_prefix = slash_fixed_str(value),
+            "backlog" => self.backlog = bad(name, asint(value))?,
+            "recv_bytes" => self.recv_bytes = bad(name, asint(value))?,
+            "send_bytes" => self.send_bytes = bad(name, asint(value))?,
+            "outbuf_overflow" => self.outbuf_overflow = bad(name, asint(value))?,
+            "outbuf_high_watermark" => self.outbuf_high_watermark = bad(name, asint(value))?,
+            "inbuf_overflow" => self.inbuf_overflow = bad(name, asint(value))?,
+            "connection_limit" => self.connection_limit = bad(name, asint(value))?,
+            "cleanup_interval" => self.cleanup_interval = bad(name, asint(value))?,
+            "channel_timeout" => self.channel_timeout = bad(name, asint(value))?,
+            "log_socket_errors" => self.log_socket_errors = asbool(value),
+            "max_request_header_size" => self.max_request_header_size = bad(name, asint(value))?,
+            "max_request_body_size" => self.max_request_body_size = bad(name, asint(value))?,
+            "expose_tracebacks" => self.expose_tracebacks = asbool(value),
+            "ident" => self.ident = str_iftruthy(value),
+            "asyncore_loop_timeout" => self.asyncore_loop_timeout = bad(name, asint(value))?,
+            "asyncore_use_poll" => self.asyncore_use_poll = asbool(value),
+            "unix_socket" => self.unix_socket = str_iftruthy(value).map(PathBuf::from),
+            "unix_socket_perms" => self.unix_socket_perms = bad(name, asoctal(value))?,
+            "sockets" => {
+                return Err(conflict(
+                    "sockets can only be given as bound sockets (Adjustments::with_sockets)",
+                ))
+            }
+            "channel_request_lookahead" => {
+                self.channel_request_lookahead = bad(name, asint(value))?
+            }
+            "server_name" => self.server_name = value.to_string(),
+            _ => return Err(AdjustmentsError::UnknownSetting(name.to_string())),
+        }
+        Ok(())
+    }
+
+    /// The proxy checks of waitress, in its order.
+    fn check_proxy_settings(&mut self, count_given: bool) -> Result<(), AdjustmentsError> {
+        if count_given && self.trusted_proxy.is_none() {
+            return Err(conflict(
+                "trusted_proxy_count has no meaning without setting trusted_proxy",
+            ));
+        }
+        if self.trusted_proxy_count.is_none() {
+            self.trusted_proxy_count = Some(1);
+        }
+        if !self.trusted_proxy_headers.is_empty() && self.trusted_proxy.is_none() {
+            return Err(conflict(
+                "trusted_proxy_headers has no meaning without setting trusted_proxy",
+            ));
+        }
+        if !self.trusted_proxy_headers.is_empty() {
+            self.trusted_proxy_headers = self
+                .trusted_proxy_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+            let unknown: Vec<&str> = self
+                .trusted_proxy_headers
+                .iter()
+                .map(String::as_str)
+                .filter(|h| !KNOWN_PROXY_HEADERS.contains(h))
+                .collect();
+            if !unknown.is_empty() {
+                return Err(AdjustmentsError::Conflict(format!(
+                    "Received unknown trusted_proxy_headers value ({}) expected one of {}",
+                    unknown.join(", "),
+                    KNOWN_PROXY_HEADERS.join(", ")
+                )));
+            }
+            if self.trusted_proxy_headers.contains("forwarded")
+                && self.trusted_proxy_headers.len() > 1
+            {
+                return Err(conflict(
+                    "The Forwarded proxy header and the X-Forwarded-{By,Host,Proto,Port,For} \
+                     headers are mutually exclusive. Can't trust both!",
+                ));
+            }
+        } else if self.trusted_proxy.is_some() {
+            LOGGER.warning(
+                "No proxy headers were marked as trusted, but trusted_proxy was set. \
+                 Implicitly trusting X-Forwarded-Proto for backwards compatibility. \
+                 This will be removed in future versions of waitress.",
+            );
+            self.trusted_proxy_headers = BTreeSet::from(["x-forwarded-proto".to_string()]);
+        }
+        Ok(())
+    }
+
+    /// Split the command line into settings (waitress: `Adjustments.parse_args`), as Python's
+    /// `getopt` does: `--name=value` or `--name value`, `--flag` / `--no-flag` for booleans,
+    /// unique prefixes of option names, `--help`, `--call`, `--app NAME`, and one positional
+    /// application name. Values are not converted here; [`Adjustments::new`] does that.
+    pub fn parse_args(argv: &[String]) -> Result<ParsedArgs, ArgsError> {
+        let mut parsed = ParsedArgs::default();
+        let mut app = None;
+        let mut args = argv.iter();
+        let mut positional: Vec<String> = Vec::new();
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                positional.extend(args.by_ref().cloned());
+                break;
+            }
+            let Some(option) = arg.strip_prefix("--") else {
+                if arg.starts_with('-') && arg.len() > 1 {
+                    return Err(ArgsError(format!("option {} not recognized", &arg[..2])));
+                }
+                // getopt stops at the first argument that is not an option.
+                positional.push(arg.clone());
+                positional.extend(args.by_ref().cloned());
+                break;
+            };
+            let (name, inline_value) = match option.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_string())),
+                None => (option, None),
+            };
+            let (name, takes_value) = long_option(name)?;
+            let value = match (takes_value, inline_value) {
+                (true, Some(value)) => Some(value),
+                (true, None) => Some(
+                    args.next()
+                        .cloned()
+                        .ok_or_else(|| ArgsError(format!("option --{name} requires argument")))?,
+                ),
+                (false, Some(_)) => {
+                    return Err(ArgsError(format!(
+                        "option --{name} must not have an argument"
+                    )))
+                }
+                (false, None) => None,
+            };
+            let param = name.replace('-', "_");
+            match (param.as_str(), value) {
+                ("help", _) => parsed.help = true,
+                ("call", _) => parsed.call = true,
+                ("app", value) => app = value,
+                ("listen", Some(value)) => {
+                    let joined = format!("{} {}", parsed.get("listen").unwrap_or(""), value);
+                    parsed.set("listen", joined);
+                }
+                (_, Some(value)) => parsed.set(&param, value),
+                (flag, None) => match flag.strip_prefix("no_") {
+                    Some(flag) => parsed.set(flag, "false".to_string()),
+                    None => parsed.set(flag, "true".to_string()),
+                },
+            }
+        }
+        if !parsed.help {
+            if app.is_none() && !positional.is_empty() {
+                app = Some(positional.remove(0));
+            }
+            if !positional.is_empty() {
+                return Err(ArgsError("Provide only one WSGI app".to_string()));
+            }
+            parsed.app = app;
+        }
+        Ok(parsed)
+    }
+}
+
+/// Every setting name with whether it is a boolean (waitress: `Adjustments._params`).
+const PARAMS: [(&str, bool); 34] = [
+    ("host", false),
+    ("port", false),
+    ("ipv4", true),
+    ("ipv6", true),
+    ("listen", false),
+    ("threads", false),
+    ("trusted_proxy", false),
+    ("trusted_proxy_count", false),
+    ("trusted_proxy_headers", false),
+    ("log_untrusted_proxy_headers", true),
+    ("clear_untrusted_proxy_headers", true),
+    ("url_scheme", false),
+    ("url_prefix", false),
+    ("backlog", false),
+    ("recv_bytes", false),
+    ("send_bytes", false),
+    ("outbuf_overflow", false),
+    ("outbuf_high_watermark", false),
+    ("inbuf_overflow", false),
+    ("connection_limit", false),
+    ("cleanup_interval", false),
+    ("channel_timeout", false),
+    ("log_socket_errors", true),
+    ("max_request_header_size", false),
+    ("max_request_body_size", false),
+    ("expose_tracebacks", true),
+    ("ident", false),
+    ("asyncore_loop_timeout", false),
+    ("asyncore_use_poll", true),
+    ("unix_socket", false),
+    ("unix_socket_perms", false),
+    ("sockets", false),
+    ("channel_request_lookahead", false),
+    ("server_name", false),
+];
+
+/// The long options the command line knows, with whether each takes a value: `help`,
+/// `call`, every setting (booleans also as `no-NAME`), and `app`.
+fn long_options() -> Vec<(String, bool)> {
+    let mut options = vec![("help".to_string(), false), ("call".to_string(), false)];
+    for (name, boolean) in PARAMS {
+        let name = name.replace('_', "-");
+        if boolean {
+            options.push((format!("no-{name}"), false));
+            options.push((name, false));
+        } else {
+            options.push((name, true));
+        }
+    }
+    options.push(("app".to_string(), true));
+    options
+}
+
+/// Find a long option by its full name or a unique prefix, as getopt does.
+fn long_option(name: &str) -> Result<(String, bool), ArgsError> {
+    let options = long_options();
+    if let Some(exact) = options.iter().find(|(o, _)| o == name) {
+        return Ok(exact.clone());
+    }
+    let matches: Vec<&(String, bool)> = options
+        .iter()
+        .filter(|(o, _)| o.starts_with(name))
+        .collect();
+    match matches[..] {
+        [only] => Ok(only.clone()),
+        [] => Err(ArgsError(format!("option --{name} not recognized"))),
+        _ => Err(ArgsError(format!("option --{name} not a unique prefix"))),
+    }
+}
+
+/// What the command line asked for (waitress: the dict `parse_args` returns).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedArgs {
+    /// The settings, as name/value strings for [`Adjustments::new`].
+    pub kw: Vec<(String, String)>,
+    /// `--help` was given.
+    pub help: bool,
+    /// `--call` was given: the named application is a factory to call.
+    pub call: bool,
+    /// The application named with `--app` or as the positional argument.
+    pub app: Option<String>,
+}
+
+impl ParsedArgs {
+    /// The value given for a setting, if any.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.kw
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Set a setting, replacing an earlier value (the last one given wins, as in a dict).
+    fn set(&mut self, name: &str, value: String) {
+        match self.kw.iter_mut().find(|(k, _)| k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.kw.push((name.to_string(), value)),
+        }
+    }
+}
+
+/// A command line that does not parse; `Display` is getopt's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgsError(pub String);
+
+impl fmt::Display for ArgsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ArgsError {}
+
+/// Refuse a mix of TCP and Unix sockets (waitress: `Adjustments.check_sockets`). Sockets of
+/// other kinds cannot be expressed by [`PreboundSocket`], so that check has nothing to do.
+pub fn check_sockets(sockets: &[PreboundSocket]) -> Result<(), AdjustmentsError> {
+    let tcp = sockets.iter().any(|s| matches!(s, PreboundSocket::Tcp(_)));
+    let unix = sockets.iter().any(|s| matches!(s, PreboundSocket::Unix(_)));
+    if tcp && unix {
+        return Err(conflict("Internet and UNIX sockets may not be mixed."));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolving `listen`
+// ---------------------------------------------------------------------------------------------
+
+/// Turn `listen` entries (`host:port`, `[v6]:port`, `*:port`, a bare host) into the addresses
+/// to bind, keeping only the enabled families and dropping repeats (a port 0 entry is never a
+/// repeat: each binds its own free port).
+pub fn resolve_listen(
+    entries: &[String],
+    default_port: u16,
+    ipv4: bool,
+    ipv6: bool,
+) -> Result<Vec<SocketAddr>, AdjustmentsError> {
+    if !ipv4 && !ipv6 {
+        return Err(conflict(
+            "IPv4 is disabled but IPv6 is not available. Cowardly refusing to start.",
+        ));
+    }
+    let mut wanted: Vec<SocketAddr> = Vec::new();
+    for entry in entries {
+        let invalid = || AdjustmentsError::InvalidListen(entry.clone());
+        let (host, port) = split_host_port(entry, default_port);
+        let port = parse_port(&port).ok_or_else(invalid)?;
+        let candidates: Vec<SocketAddr> = if host == "*" || host.is_empty() {
+            vec![
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                SocketAddr::from(([0u16; 8], port)),
+            ]
+        } else {
+            (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|_| invalid())?
+                .collect()
+        };
+        let before = wanted.len();
+        let mut family_matched = false;
+        for addr in candidates {
+            if (addr.is_ipv4() && !ipv4) || (addr.is_ipv6() && !ipv6) {
+                continue;
+            }
+            family_matched = true;
+            let repeat = wanted
+                .iter()
+                .any(|w| w.ip() == addr.ip() && w.port() == addr.port());
+            if addr.port() == 0 || !repeat {
+                wanted.push(addr);
+            }
+        }
+        if !family_matched && wanted.len() == before {
+            return Err(invalid());
+        }
+    }
+    Ok(wanted)
+}
+
+/// Split `host:port`; an entry without a port (`127.0.0.1`, `[::1]`) gets `default_port`, and
+/// the brackets of an IPv6 literal are removed.
+fn split_host_port(entry: &str, default_port: u16) -> (String, String) {
+    let (host, port) = match entry.rsplit_once(':') {
+        Some((_, port)) if port.contains(']') => (entry, default_port.to_string()),
+        Some((host, port)) => (host, port.to_string()),
+        None => (entry, default_port.to_string()),
+    };
+    let host = if host.contains('[') && host.contains(']') {
+        host.trim_start_matches('[').trim_end_matches(']')
+    } else {
+        host
+    };
+    (host.to_string(), port)
+}
+
+/// A port number, or a service name looked up in `/etc/services` as getaddrinfo would.
+fn parse_port(port: &str) -> Option<u16> {
+    if let Ok(number) = port.parse() {
+        return Some(number);
+    }
+    let services = std::fs::read_to_string("/etc/services").ok()?;
+    services.lines().find_map(|line| {
+        let line = line.split('#').next()?;
+        let mut fields = line.split_whitespace();
+        let name = fields.next()?;
+        let (number, protocol) = fields.next()?.split_once('/')?;
+        let aliases: Vec<&str> = fields.collect();
+        let named = name == port || aliases.contains(&port);
+        (named && protocol == "tcp").then(|| number.parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Ports of tests/test_adjustments.py.
+    //! Skipped on purpose: `test_s_is_None`, `test_s_is_True`, `test_s_is_False`,
+    //! `test_s_is_1` (Python passes non-strings; `asbool` takes `&str` here),
+    //! `Test_as_socket_list` and `test_dont_use_unsupported_socket_types` (a typed
+    //! `PreboundSocket` cannot hold a non-socket or a datagram socket), `test_app_flag`,
+    //! `test_call`, `test_app_arg` resolving Python objects (here the name is kept and the
+    //! runner's registry resolves it; the name checks below stand in for them).
+    use super::*;
+
+    fn make(kw: &[(&str, &str)]) -> Result<Adjustments, AdjustmentsError> {
+        Adjustments::new(kw.iter().copied())
+    }
+
+    fn pairs(adj: &Adjustments) -> Vec<(String, u16)> {
+        adj.listen
+            .iter()
+            .map(|a| (a.ip().to_string(), a.port()))
+            .collect()
+    }
+
+    fn has_ipv6() -> bool {
+        std::net::TcpListener::bind("[::1]:0").is_ok()
+    }
+
+    #[test]
+    fn test_asbool() {
+        assert!(asbool("True"));
+        assert!(!asbool("False"));
+        assert!(asbool("yes"));
+        assert!(asbool("on"));
+        assert!(asbool(" 1 "));
+        assert!(!asbool(""));
+    }
+
+    #[test]
+    fn test_converters() {
+        assert_eq!(asoctal("777"), Ok(0o777));
+        assert_eq!(asoctal("0o600"), Ok(0o600));
+        assert!(asoctal("9").is_err());
+        assert_eq!(aslist("a b\n c\n\n d"), vec!["a", "b", "c", "d"]);
+        assert_eq!(aslist_cronly("a b\n c\n\n"), vec!["a b", "c"]);
+        assert_eq!(slash_fixed_str("///foo/"), "/foo");
+        assert_eq!(slash_fixed_str("  "), "");
+        assert_eq!(str_iftruthy(""), None);
+    }
+
+    #[test]
+    fn test_goodvars() {
+        let inst = make(&[
+            ("host", "localhost"),
+            ("port", "8080"),
+            ("threads", "5"),
+            ("trusted_proxy", "192.168.1.1"),
+            ("trusted_proxy_headers", "forwarded"),
+            ("trusted_proxy_count", "2"),
+            ("log_untrusted_proxy_headers", "true"),
+            ("url_scheme", "https"),
+            ("backlog", "20"),
+            ("recv_bytes", "200"),
+            ("send_bytes", "300"),
+            ("outbuf_overflow", "400"),
+            ("inbuf_overflow", "500"),
+            ("connection_limit", "1000"),
+            ("cleanup_interval", "1100"),
+            ("channel_timeout", "1200"),
+            ("log_socket_errors", "true"),
+            ("max_request_header_size", "1300"),
+            ("max_request_body_size", "1400"),
+            ("expose_tracebacks", "true"),
+            ("ident", "abc"),
+            ("asyncore_loop_timeout", "5"),
+            ("asyncore_use_poll", "true"),
+            ("unix_socket_perms", "777"),
+            ("url_prefix", "///foo/"),
+            ("ipv4", "true"),
+            ("ipv6", "false"),
+        ])
+        .unwrap();
+        assert_eq!(inst.host, "localhost");
+        assert_eq!(inst.port, 8080);
+        assert_eq!(inst.threads, 5);
+        assert_eq!(inst.trusted_proxy.as_deref(), Some("192.168.1.1"));
+        assert_eq!(inst.trusted_proxy_headers, asset("forwarded"));
+        assert_eq!(inst.trusted_proxy_count, Some(2));
+        assert!(inst.log_untrusted_proxy_headers);
+        assert_eq!(inst.url_scheme, "https");
+        assert_eq!(inst.backlog, 20);
+        assert_eq!(inst.recv_bytes, 200);
+        assert_eq!(inst.send_bytes, 300);
+        assert_eq!(inst.outbuf_overflow, 400);
+        assert_eq!(inst.inbuf_overflow, 500);
+        assert_eq!(inst.connection_limit, 1000);
+        assert_eq!(inst.cleanup_interval, 1100);
+        assert_eq!(inst.channel_timeout, 1200);
+        assert!(inst.log_socket_errors);
+        assert_eq!(inst.max_request_header_size, 1300);
+        assert_eq!(inst.max_request_body_size, 1400);
+        assert!(inst.expose_tracebacks);
+        assert_eq!(inst.asyncore_loop_timeout, 5);
+        assert!(inst.asyncore_use_poll);
+        assert_eq!(inst.ident.as_deref(), Some("abc"));
+        assert_eq!(inst.unix_socket_perms, 0o777);
+        assert_eq!(inst.url_prefix, "/foo");
+        assert!(inst.ipv4);
+        assert!(!inst.ipv6);
+        let v4: Vec<_> = pairs(&inst);
+        assert_eq!(v4[0], ("127.0.0.1".to_string(), 8080));
+        assert!(inst.listen.iter().all(|a| a.is_ipv4()));
+    }
+
+    #[test]
+    fn test_goodvar_listen() {
+        let inst = make(&[("listen", "127.0.0.1")]).unwrap();
+        assert_eq!(pairs(&inst), vec![("127.0.0.1".to_string(), 8080)]);
+    }
+
+    #[test]
+    fn test_default_listen() {
+        let inst = make(&[]).unwrap();
+        assert_eq!(pairs(&inst), vec![("0.0.0.0".to_string(), 8080)]);
+        assert_eq!(inst.trusted_proxy_count, Some(1));
+    }
+
+    #[test]
+    fn test_multiple_listen() {
+        let inst = make(&[("listen", "127.0.0.1:9090 127.0.0.1:8080")]).unwrap();
+        assert_eq!(
+            pairs(&inst),
+            vec![
+                ("127.0.0.1".to_string(), 9090),
+                ("127.0.0.1".to_string(), 8080)
+            ]
+        );
+    }
+
+    #[test]
+    fn repeated_listen_entries_are_dropped_but_port_zero_is_kept() {
+        let inst = make(&[("listen", "127.0.0.1:9090 127.0.0.1:9090")]).unwrap();
+        assert_eq!(inst.listen.len(), 1);
+        let inst = make(&[("listen", "127.0.0.1:0 127.0.0.1:0")]).unwrap();
+        assert_eq!(inst.listen.len(), 2);
+    }
+
+    #[test]
+    fn test_wildcard_listen() {
+        let inst = make(&[("listen", "*:8080")]).unwrap();
+        assert!(!inst.listen.is_empty());
+        let inst = make(&[("listen", "*:8080"), ("ipv6", "false")]).unwrap();
+        assert_eq!(pairs(&inst), vec![("0.0.0.0".to_string(), 8080)]);
+    }
+
+    #[test]
+    fn test_ipv6_no_port() {
+        if !has_ipv6() {
+            eprintln!("skipped: no IPv6 on this machine");
+            return;
+        }
+        let inst = make(&[("listen", "[::1]")]).unwrap();
+        assert_eq!(pairs(&inst), vec![("::1".to_string(), 8080)]);
+        let inst = make(&[("listen", "[::1]:9000")]).unwrap();
+        assert_eq!(pairs(&inst), vec![("::1".to_string(), 9000)]);
+    }
+
+    #[test]
+    fn test_bad_port() {
+        let err = make(&[("listen", "127.0.0.1:test")]).unwrap_err();
+        assert!(matches!(err, AdjustmentsError::InvalidListen(_)));
+        assert!(err.to_string().starts_with("Invalid host/port specified."));
+    }
+
+    #[test]
+    fn test_service_port() {
+        if parse_port("http").is_none() {
+            eprintln!("skipped: no /etc/services entry for http");
+            return;
+        }
+        let inst = make(&[("listen", "127.0.0.1:http 0.0.0.0:https")]).unwrap();
+        assert_eq!(
+            pairs(&inst),
+            vec![("127.0.0.1".to_string(), 80), ("0.0.0.0".to_string(), 443)]
+        );
+    }
+
+    #[test]
+    fn test_dont_mix_host_port_listen() {
+        let err = make(&[
+            ("host", "localhost"),
+            ("port", "8080"),
+            ("listen", "127.0.0.1:8080"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "host or port may not be set if listen is set."
+        );
+    }
+
+    fn tcp_socket() -> PreboundSocket {
+        PreboundSocket::Tcp(TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
+    #[test]
+    fn test_good_sockets() {
+        let mut sockets = vec![tcp_socket()];
+        if has_ipv6() {
+            sockets.push(PreboundSocket::Tcp(TcpListener::bind("[::1]:0").unwrap()));
+        }
+        let count = sockets.len();
+        let inst = Adjustments::with_sockets(Vec::<(&str, &str)>::new(), sockets).unwrap();
+        assert_eq!(inst.sockets.len(), count);
+    }
+
+    #[test]
+    fn test_dont_mix_sockets_and_listen() {
+        let err = Adjustments::with_sockets([("listen", "127.0.0.1:8080")], vec![tcp_socket()])
+            .unwrap_err();
+        assert_eq!(err.to_string(), "socket may not be set if listen is set.");
+    }
+
+    #[test]
+    fn test_dont_mix_sockets_and_host_port() {
+        let err = Adjustments::with_sockets(
+            [("host", "localhost"), ("port", "8080")],
+            vec![tcp_socket()],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "host or port may not be set if sockets is set."
+        );
+    }
+
+    #[test]
+    fn test_dont_mix_sockets_and_unix_socket() {
+        let err = Adjustments::with_sockets([("unix_socket", "./tmp/test")], vec![tcp_socket()])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unix_socket may not be set if sockets is set"
+        );
+    }
+
+    #[test]
+    fn test_dont_mix_unix_socket_and_host_port() {
+        let err = make(&[
+            ("unix_socket", "./tmp/test"),
+            ("host", "localhost"),
+            ("port", "8080"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unix_socket may not be set if host or port is set"
+        );
+    }
+
+    #[test]
+    fn test_dont_mix_unix_socket_and_listen() {
+        let err = make(&[("unix_socket", "./tmp/test"), ("listen", "127.0.0.1:8080")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unix_socket may not be set if listen is set"
+        );
+    }
+
+    #[test]
+    fn test_dont_mix_forwarded_with_x_forwarded() {
+        let err = make(&[
+            ("trusted_proxy", "localhost"),
+            ("trusted_proxy_headers", "forwarded x-forwarded-for"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("The Forwarded proxy header"));
+    }
+
+    #[test]
+    fn test_unknown_trusted_proxy_header() {
+        let err = make(&[
+            ("trusted_proxy", "localhost"),
+            ("trusted_proxy_headers", "forwarded x-forwarded-unknown"),
+        ])
+        .unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("unknown trusted_proxy_headers value (x-forwarded-unknown)"));
+    }
+
+    #[test]
+    fn test_trusted_proxy_count_no_trusted_proxy() {
+        let err = make(&[("trusted_proxy_count", "1")]).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("trusted_proxy_count has no meaning"));
+    }
+
+    #[test]
+    fn test_trusted_proxy_headers_no_trusted_proxy() {
+        let err = make(&[("trusted_proxy_headers", "forwarded")]).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("trusted_proxy_headers has no meaning"));
+    }
+
+    #[test]
+    fn test_trusted_proxy_headers_string_list() {
+        let inst = make(&[
+            ("trusted_proxy", "localhost"),
+            ("trusted_proxy_headers", "x-forwarded-for x-forwarded-by"),
+        ])
+        .unwrap();
+        assert_eq!(
+            inst.trusted_proxy_headers,
+            asset("x-forwarded-for x-forwarded-by")
+        );
+    }
+
+    #[test]
+    fn test_trusted_proxy_headers_string_list_newlines() {
+        let inst = make(&[
+            ("trusted_proxy", "localhost"),
+            (
+                "trusted_proxy_headers",
+                "x-forwarded-for\nx-forwarded-by\nx-forwarded-host",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(inst.trusted_proxy_headers.len(), 3);
+        assert!(inst.trusted_proxy_headers.contains("x-forwarded-host"));
+    }
+
+    #[test]
+    fn test_no_trusted_proxy_headers_trusted_proxy() {
+        // The deprecation warning goes to the log; the effect is checked here.
+        let inst = make(&[("trusted_proxy", "localhost")]).unwrap();
+        assert_eq!(inst.trusted_proxy_headers, asset("x-forwarded-proto"));
+    }
+
+    #[test]
+    fn test_deprecated_send_bytes() {
+        // The warning is logged; the value is still applied.
+        assert_eq!(make(&[("send_bytes", "1")]).unwrap().send_bytes, 1);
+    }
+
+    #[test]
+    fn test_badvar() {
+        let err = make(&[("nope", "True")]).unwrap_err();
+        assert_eq!(err, AdjustmentsError::UnknownSetting("nope".to_string()));
+        assert_eq!(err.to_string(), "Unknown adjustment 'nope'");
+    }
+
+    #[test]
+    fn bad_numbers_are_refused_with_the_setting_name() {
+        let err = make(&[("threads", "many")]).unwrap_err();
+        assert!(err.to_string().contains("threads"), "{err}");
+        assert!(make(&[("threads", "0")]).is_err());
+        assert!(make(&[("port", "70000")]).is_err());
+        assert!(make(&[("port", "-1")]).is_err());
+    }
+
+    #[test]
+    fn test_ipv4_disabled() {
+        assert!(make(&[("ipv4", "false"), ("listen", "127.0.0.1:8080")]).is_err());
+    }
+
+    #[test]
+    fn test_ipv6_disabled() {
+        assert!(make(&[("ipv6", "false"), ("listen", "[::]:8080")]).is_err());
+    }
+
+    #[test]
+    fn test_server_header_removable() {
+        assert_eq!(make(&[("ident", "")]).unwrap().ident, None);
+        assert_eq!(
+            make(&[("ident", "specific_header")])
+                .unwrap()
+                .ident
+                .as_deref(),
+            Some("specific_header")
+        );
+    }
+
+    #[test]
+    fn test_dont_mix_internet_and_unix_sockets() {
+        let dir = std::env::temp_dir().join(format!("waitress-adj-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mix.sock");
+        let _ = std::fs::remove_file(&path);
+        let unix = PreboundSocket::Unix(UnixListener::bind(&path).unwrap());
+        let err = Adjustments::with_sockets(Vec::<(&str, &str)>::new(), vec![tcp_socket(), unix])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Internet and UNIX sockets may not be mixed."
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // TestCLI
+
+    fn parse(argv: &[&str]) -> Result<ParsedArgs, ArgsError> {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        Adjustments::parse_args(&argv)
+    }
+
+    #[test]
+    fn test_noargs() {
+        // waitress refuses; here no name means the runner's default application.
+        assert_eq!(parse(&[]).unwrap().app, None);
+    }
+
+    #[test]
+    fn test_help() {
+        let opts = parse(&["--help"]).unwrap();
+        assert!(opts.help);
+        assert_eq!(opts.app, None);
+        assert!(opts.kw.is_empty());
+    }
+
+    #[test]
+    fn test_app_flag_and_arg() {
+        assert_eq!(
+            parse(&["--app=hello"]).unwrap().app.as_deref(),
+            Some("hello")
+        );
+        assert_eq!(
+            parse(&["--app", "hello"]).unwrap().app.as_deref(),
+            Some("hello")
+        );
+        assert_eq!(parse(&["hello"]).unwrap().app.as_deref(), Some("hello"));
+        let opts = parse(&["--app=hello", "--call"]).unwrap();
+        assert!(opts.call);
+    }
+
+    #[test]
+    fn test_excess() {
+        let err = parse(&["hello", "hello"]).unwrap_err();
+        assert_eq!(err.to_string(), "Provide only one WSGI app");
+    }
+
+    #[test]
+    fn test_positive_boolean() {
+        let opts = parse(&["--expose-tracebacks", "app"]).unwrap();
+        assert_eq!(opts.get("expose_tracebacks"), Some("true"));
+    }
+
+    #[test]
+    fn test_negative_boolean() {
+        let opts = parse(&["--no-expose-tracebacks", "app"]).unwrap();
+        assert_eq!(opts.get("expose_tracebacks"), Some("false"));
+    }
+
+    #[test]
+    fn test_cast_params() {
+        let opts = parse(&[
+            "--host=localhost",
+            "--port",
+            "80",
+            "--unix-socket-perms=777",
+            "app",
+        ])
+        .unwrap();
+        assert_eq!(opts.get("host"), Some("localhost"));
+        assert_eq!(opts.get("port"), Some("80"));
+        assert_eq!(opts.get("unix_socket_perms"), Some("777"));
+    }
+
+    #[test]
+    fn test_listen_params() {
+        let opts = parse(&["--listen=test:80", "app"]).unwrap();
+        assert_eq!(opts.get("listen"), Some(" test:80"));
+    }
+
+    #[test]
+    fn test_multiple_listen_params() {
+        let opts = parse(&["--listen=test:80", "--listen=test:8080", "app"]).unwrap();
+        assert_eq!(opts.get("listen"), Some(" test:80 test:8080"));
+    }
+
+    #[test]
+    fn test_bad_param() {
+        let err = parse(&["--no-host"]).unwrap_err();
+        assert_eq!(err.to_string(), "option --no-host not recognized");
+        let err = parse(&["--port"]).unwrap_err();
+        assert_eq!(err.to_string(), "option --port requires argument");
+        let err = parse(&["--help=yes"]).unwrap_err();
+        assert_eq!(err.to_string(), "option --help must not have an argument");
+        let err = parse(&["-x"]).unwrap_err();
+        assert_eq!(err.to_string(), "option -x not recognized");
+    }
+
+    #[test]
+    fn unique_prefixes_are_accepted_as_getopt_does() {
+        assert_eq!(parse(&["--thr=3"]).unwrap().get("threads"), Some("3"));
+        let err = parse(&["--trusted"]).unwrap_err();
+        assert!(err.to_string().contains("not a unique prefix"));
+    }
+
+    #[test]
+    fn parsed_args_feed_new() {
+        let opts = parse(&["--listen=127.0.0.1:0", "--threads=2", "--no-ipv6"]).unwrap();
+        let adj = Adjustments::new(opts.kw).unwrap();
+        assert_eq!(adj.threads, 2);
+        assert!(!adj.ipv6);
+        assert_eq!(adj.listen.len(), 1);
     }
 }

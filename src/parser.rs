@@ -10,9 +10,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::adjustments::Adjustments;
-use crate::app::Input;
+use crate::app::{latin1_to_string, Input};
+use crate::buffers::OverflowableBuffer;
 use crate::receiver::{ChunkedReceiver, FixedStreamReceiver};
-use crate::utilities::Error;
+use crate::rfc7230::{header_field, is_only_digit, is_tchar};
+use crate::utilities::{find_double_newline, Error};
 
 /// A request head waitress refuses with 400 (waitress: `ParsingError`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,40 +109,1125 @@ pub struct HttpRequestParser {
     pub fragment: String,
     /// `wsgi.url_scheme` (from the adjustments).
     pub url_scheme: String,
+    /// The head so far, until its blank line arrives (waitress: `header_plus`).
+    header_plus: Vec<u8>,
     adj: Arc<Adjustments>,
+}
+
+/// Headers that may appear only once (waitress: `SINGLETON_FIELDS`, after RFC 9112).
+pub const SINGLETON_FIELDS: [&str; 3] = ["HOST", "CONTENT_LENGTH", "CONTENT_TYPE"];
+
+/// `%XX`-decode a request path and read the bytes as latin-1, as PEP 3333 wants `PATH_INFO`
+/// (waitress: `unquote_bytes_to_wsgi`). A `%` not followed by two hex digits stays as it is.
+pub fn unquote_bytes_to_wsgi(bytes: &[u8]) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(char::from(hi * 16 + lo));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(char::from(bytes[i]));
+        i += 1;
+    }
+    out
+}
+
+impl HeaderError {
+    /// The HTTP error the server answers with: 400 or 501.
+    pub fn into_error(self) -> Error {
+        match self {
+            HeaderError::Parsing(ParsingError(message)) => Error::bad_request(message),
+            HeaderError::TransferEncoding(TransferEncodingNotImplemented(message)) => {
+                Error::server_not_implemented(message)
+            }
+        }
+    }
+}
+
+fn parsing_error<T>(message: impl Into<String>) -> Result<T, HeaderError> {
+    Err(HeaderError::Parsing(ParsingError(message.into())))
+}
+
+fn not_implemented<T>(message: &str) -> Result<T, HeaderError> {
+    Err(HeaderError::TransferEncoding(
+        TransferEncodingNotImplemented(message.to_string()),
+    ))
+}
+
+/// The whitespace Python's `bytes.strip()` removes.
+fn is_py_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 
 impl HttpRequestParser {
     /// A parser for the next request on a connection.
     pub fn new(adj: Arc<Adjustments>) -> Self {
-        let _ = adj;
-        todo!("parser work")
+        HttpRequestParser {
+            completed: false,
+            empty: false,
+            expect_continue: false,
+            headers_finished: false,
+            chunked: false,
+            content_length: 0,
+            header_bytes_received: 0,
+            body_bytes_received: 0,
+            body_rcv: None,
+            version: "1.0".to_string(),
+            error: None,
+            connection_close: false,
+            first_line: Vec::new(),
+            headers: HashMap::new(),
+            command: String::new(),
+            request_uri: String::new(),
+            proxy_scheme: String::new(),
+            proxy_netloc: String::new(),
+            path: String::new(),
+            query: String::new(),
+            fragment: String::new(),
+            url_scheme: String::new(),
+            header_plus: Vec::new(),
+            adj,
+        }
     }
 
     /// Feed bytes; returns how many were consumed (the rest belongs to the next request).
+    /// Sets `completed` once the head and the body are in, or once an `error` is recorded.
     pub fn received(&mut self, data: &[u8]) -> usize {
-        let _ = data;
-        todo!("parser work")
+        if self.completed {
+            return 0;
+        }
+        if self.body_rcv.is_some() {
+            self.received_body(data)
+        } else {
+            self.received_head(data)
+        }
     }
 
-    /// Parse the head (start line plus headers, up to the blank line).
+    fn received_head(&mut self, data: &[u8]) -> usize {
+        let max_header = self.adj.max_request_header_size;
+        let before = self.header_plus.len();
+        // Only the new bytes, and the three before them, can complete the blank line: the
+        // search never rescans the whole head, however small the slices.
+        let search_from = before.saturating_sub(3);
+        self.header_plus.extend_from_slice(data);
+        let found = find_double_newline(&self.header_plus[search_from..]).map(|i| i + search_from);
+        let consumed = match found {
+            Some(end) => {
+                self.header_bytes_received = end;
+                self.header_plus.truncate(end);
+                end - before
+            }
+            None => {
+                self.header_bytes_received += data.len();
+                data.len()
+            }
+        };
+        if self.header_bytes_received >= max_header {
+            // A stand-in request line, so the error task has something to answer.
+            let _ = self.parse_header(b"GET / HTTP/1.0\r\n");
+            self.error = Some(Error::request_header_fields_too_large(format!(
+                "exceeds max_header of {max_header}"
+            )));
+            self.header_plus = Vec::new();
+            self.completed = true;
+            return consumed;
+        }
+        if found.is_none() {
+            return consumed;
+        }
+        let head = std::mem::take(&mut self.header_plus);
+        // Blank lines before a request are allowed (RFC 7230 section 3.5).
+        let start = head
+            .iter()
+            .position(|&b| !is_py_space(b))
+            .unwrap_or(head.len());
+        if start == head.len() {
+            self.empty = true;
+            self.completed = true;
+        } else {
+            match self.parse_header(&head[start..]) {
+                Err(e) => {
+                    self.error = Some(e.into_error());
+                    self.completed = true;
+                }
+                Ok(()) => self.check_declared_length(),
+            }
+        }
+        self.headers_finished = true;
+        consumed
+    }
+
+    /// After a good head: complete when there is no body; refuse a declared body that is too
+    /// large before reading any of it.
+    fn check_declared_length(&mut self) {
+        if self.body_rcv.is_none() {
+            self.completed = true;
+        }
+        let max_body = self.adj.max_request_body_size;
+        if self.content_length > 0 && self.content_length >= max_body {
+            self.error = Some(Error::request_entity_too_large(format!(
+                "exceeds max_body of {max_body}"
+            )));
+            self.completed = true;
+        }
+    }
+
+    fn received_body(&mut self, data: &[u8]) -> usize {
+        let (consumed, error, done, len) = match self.body_rcv.as_mut() {
+            Some(BodyReceiver::Fixed(r)) => {
+                (r.received(data), r.error.clone(), r.completed, r.len())
+            }
+            Some(BodyReceiver::Chunked(r)) => {
+                (r.received(data), r.error.clone(), r.completed, r.len())
+            }
+            None => return 0,
+        };
+        self.body_bytes_received += consumed as u64;
+        let max_body = self.adj.max_request_body_size;
+        if self.body_bytes_received >= max_body {
+            // Only a chunked body gets here: a declared length was checked with the head.
+            self.error = Some(Error::request_entity_too_large(format!(
+                "exceeds max_body of {max_body}"
+            )));
+            self.completed = true;
+        } else if let Some(error) = error {
+            self.error = Some(error);
+            self.completed = true;
+        } else if done {
+            self.completed = true;
+            if self.chunked {
+                // The body is de-chunked now: the application sees a plain length.
+                self.headers
+                    .insert("CONTENT_LENGTH".to_string(), len.to_string());
+            }
+        }
+        consumed
+    }
+
+    /// Parse the head (start line plus headers, up to the blank line). Header problems are
+    /// found before start-line problems, in waitress's order.
     pub fn parse_header(&mut self, header_plus: &[u8]) -> Result<(), HeaderError> {
-        let _ = header_plus;
-        todo!("parser work")
+        let Some(index) = header_plus.windows(2).position(|w| w == b"\r\n") else {
+            return parsing_error("HTTP message header invalid");
+        };
+        let mut first_line = &header_plus[..index];
+        while let Some((&last, rest)) = first_line.split_last() {
+            if !is_py_space(last) {
+                break;
+            }
+            first_line = rest;
+        }
+        if first_line.iter().any(|&b| b == b'\r' || b == b'\n') {
+            return parsing_error("Bare CR or LF found in HTTP message");
+        }
+        self.first_line = first_line.to_vec();
+        for line in get_header_lines(&header_plus[index + 2..])? {
+            self.add_header_line(&line)?;
+        }
+        let (command, uri, version) = crack_first_line(first_line)?;
+        if command.is_empty() && uri.is_empty() && version.is_empty() {
+            return parsing_error("Start line is invalid");
+        }
+        self.request_uri = latin1_to_string(uri);
+        self.command = latin1_to_string(command);
+        self.version = latin1_to_string(version);
+        let parts = split_uri(uri)?;
+        self.proxy_scheme = parts.scheme;
+        self.proxy_netloc = parts.netloc;
+        self.path = parts.path;
+        self.query = parts.query;
+        self.fragment = parts.fragment;
+        self.url_scheme = self.adj.url_scheme.clone();
+
+        let connection = self
+            .headers
+            .get("CONNECTION")
+            .map(|c| c.to_ascii_lowercase())
+            .unwrap_or_default();
+        if self.version == "1.0" && connection != "keep-alive" {
+            self.connection_close = true;
+        }
+        if self.version == "1.1" {
+            self.parse_transfer_encoding()?;
+            self.expect_continue = self
+                .headers
+                .get("EXPECT")
+                .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+            if connection == "close" {
+                self.connection_close = true;
+            }
+        }
+        if !self.chunked {
+            self.parse_content_length()?;
+        }
+        Ok(())
+    }
+
+    /// One `name: value` line into `headers`.
+    fn add_header_line(&mut self, line: &[u8]) -> Result<(), HeaderError> {
+        let Some((key, value)) = header_field(line) else {
+            return parsing_error("Invalid header");
+        };
+        if key.contains(&b'_') {
+            // `X_Foo` and `X-Foo` would be the same environ key: such names are dropped.
+            return Ok(());
+        }
+        let name: String = key
+            .iter()
+            .map(|&b| match b {
+                b'-' => '_',
+                b => b.to_ascii_uppercase() as char,
+            })
+            .collect();
+        if SINGLETON_FIELDS.contains(&name.as_str()) && self.headers.contains_key(&name) {
+            return parsing_error(format!("Duplicate header: {}", latin1_to_string(key)));
+        }
+        let value = latin1_to_string(value);
+        match self.headers.get_mut(&name) {
+            Some(existing) => {
+                existing.push_str(", ");
+                existing.push_str(&value);
+            }
+            None => {
+                self.headers.insert(name, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// HTTP/1.1's `Transfer-Encoding`: only `chunked`, once, and last (else 501). The header
+    /// is removed: the application sees a de-chunked body with a `Content-Length`.
+    fn parse_transfer_encoding(&mut self) -> Result<(), HeaderError> {
+        let te = self.headers.remove("TRANSFER_ENCODING").unwrap_or_default();
+        let encodings: Vec<String> = te
+            .split(',')
+            .filter(|e| !e.is_empty())
+            .map(|e| e.trim_matches([' ', '\t']).to_ascii_lowercase())
+            .collect();
+        if encodings.iter().any(|e| e != "chunked") {
+            return not_implemented("Transfer-Encoding requested is not supported.");
+        }
+        if !encodings.is_empty() {
+            if encodings.len() != 1 {
+                return not_implemented(
+                    "Transfer-Encoding is invalid. Multiple chunked encodings requested.",
+                );
+            }
+            self.chunked = true;
+            let buf = OverflowableBuffer::new(self.adj.inbuf_overflow);
+            self.body_rcv = Some(BodyReceiver::Chunked(ChunkedReceiver::new(buf)));
+            // RFC 9112: a message framed both ways must not keep its connection.
+            if self.headers.remove("CONTENT_LENGTH").is_some() {
+                self.connection_close = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_content_length(&mut self) -> Result<(), HeaderError> {
+        let cl = self
+            .headers
+            .get("CONTENT_LENGTH")
+            .map(String::as_str)
+            .unwrap_or("0");
+        if !is_only_digit(cl.as_bytes()) {
+            return parsing_error("Content-Length is invalid");
+        }
+        // Digits only, so the one way to fail is a length past 64 bits: far over any
+        // max_request_body_size, so it is answered as too large.
+        self.content_length = cl.parse().unwrap_or(u64::MAX);
+        if self.content_length > 0 {
+            let buf = OverflowableBuffer::new(self.adj.inbuf_overflow);
+            self.body_rcv = Some(BodyReceiver::Fixed(FixedStreamReceiver::new(
+                self.content_length,
+                buf,
+            )));
+        }
+        Ok(())
     }
 
     /// The body as `wsgi.input`: the receiver's buffer, or an empty input.
     pub fn get_body_stream(&mut self) -> std::io::Result<Input> {
-        todo!("parser work")
+        match self.body_rcv.take() {
+            Some(BodyReceiver::Fixed(r)) => r.into_buf().into_input(),
+            Some(BodyReceiver::Chunked(r)) => r.into_buf().into_input(),
+            None => Ok(Input::empty()),
+        }
     }
 
     /// Release the body buffer.
     pub fn close(&mut self) {
-        todo!("parser work")
+        self.body_rcv = None;
     }
 
     /// The settings this parser applies.
     pub fn adj(&self) -> &Arc<Adjustments> {
         &self.adj
+    }
+}
+
+/// The parts of a request target (waitress: the tuple `split_uri` returns).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UriParts {
+    /// Scheme of an absolute-form target, lower-cased.
+    pub scheme: String,
+    /// Authority of an absolute-form target.
+    pub netloc: String,
+    /// The `%`-decoded path (latin-1).
+    pub path: String,
+    /// The query, undecoded.
+    pub query: String,
+    /// The fragment, undecoded.
+    pub fragment: String,
+}
+
+fn split_once(bytes: &[u8], at: u8) -> (&[u8], &[u8]) {
+    match bytes.iter().position(|&b| b == at) {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (bytes, &[]),
+    }
+}
+
+/// Split a request target as waitress does with `urllib.parse.urlsplit`, except that a target
+/// starting with `//` is all path (so `//foo` is not mistaken for an authority).
+pub fn split_uri(uri: &[u8]) -> Result<UriParts, HeaderError> {
+    let mut parts = UriParts::default();
+    // urlsplit drops leading C0 controls and spaces, and every tab, CR and LF.
+    let cleaned: Vec<u8>;
+    let mut url = uri;
+    if !uri.starts_with(b"//") {
+        let start = uri.iter().position(|&b| b > b' ').unwrap_or(uri.len());
+        cleaned = uri[start..]
+            .iter()
+            .copied()
+            .filter(|b| !matches!(b, b'\t' | b'\r' | b'\n'))
+            .collect();
+        url = &cleaned;
+        if let Some(colon) = url.iter().position(|&b| b == b':') {
+            let scheme = &url[..colon];
+            let is_scheme = colon > 0
+                && scheme[0].is_ascii_alphabetic()
+                && scheme
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+            if is_scheme {
+                parts.scheme = latin1_to_string(scheme).to_ascii_lowercase();
+                url = &url[colon + 1..];
+            }
+        }
+        if let Some(after) = url.strip_prefix(b"//") {
+            let end = after
+                .iter()
+                .position(|b| matches!(b, b'/' | b'?' | b'#'))
+                .unwrap_or(after.len());
+            let netloc = &after[..end];
+            if netloc.contains(&b'[') != netloc.contains(&b']') {
+                return parsing_error("Bad URI");
+            }
+            parts.netloc = latin1_to_string(netloc);
+            url = &after[end..];
+        }
+    }
+    let (before_hash, fragment) = split_once(url, b'#');
+    let (path, query) = split_once(before_hash, b'?');
+    parts.path = unquote_bytes_to_wsgi(path);
+    parts.query = latin1_to_string(query);
+    parts.fragment = latin1_to_string(fragment);
+    Ok(parts)
+}
+
+/// Split the header block into lines, joining obs-fold continuation lines onto the line
+/// before (waitress: `get_header_lines`). A continuation with nothing before it, or a bare CR
+/// or LF, is refused.
+pub fn get_header_lines(header: &[u8]) -> Result<Vec<Vec<u8>>, HeaderError> {
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut rest = header;
+    while !rest.is_empty() {
+        let (line, next) = match rest.windows(2).position(|w| w == b"\r\n") {
+            Some(i) => (&rest[..i], &rest[i + 2..]),
+            None => (rest, &[][..]),
+        };
+        rest = next;
+        if line.is_empty() {
+            continue;
+        }
+        if line.iter().any(|&b| b == b'\r' || b == b'\n') {
+            return parsing_error(format!(
+                "Bare CR or LF found in header line \"{}\"",
+                latin1_to_string(line)
+            ));
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            match lines.last_mut() {
+                Some(previous) => previous.extend_from_slice(line),
+                None => {
+                    return parsing_error(format!(
+                        "Malformed header line \"{}\"",
+                        latin1_to_string(line)
+                    ))
+                }
+            }
+        } else {
+            lines.push(line.to_vec());
+        }
+    }
+    Ok(lines)
+}
+
+/// The method, the target and the version digits (`1.1`) of a start line, as bytes.
+pub type StartLine<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// Split `METHOD SP target [SP HTTP/d.d]` (waitress: `crack_first_line` with `first_line_re`).
+/// A line of another shape gives three empty parts; a method with lower-case letters is refused.
+pub fn crack_first_line(line: &[u8]) -> Result<StartLine<'_>, HeaderError> {
+    const NO_MATCH: StartLine<'static> = (b"", b"", b"");
+    let Some(space) = line.iter().position(|&b| b == b' ') else {
+        return Ok(NO_MATCH);
+    };
+    let (method, rest) = (&line[..space], &line[space + 1..]);
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        return Ok(NO_MATCH);
+    }
+    let (uri, version) = match rest.iter().position(|&b| b == b' ') {
+        None => (rest, &b""[..]),
+        Some(i) => {
+            let version = &rest[i + 1..];
+            let ok = version.len() == 8
+                && version.starts_with(b"HTTP/")
+                && version[5].is_ascii_digit()
+                && version[6] == b'.'
+                && version[7].is_ascii_digit();
+            if !ok {
+                return Ok(NO_MATCH);
+            }
+            (&rest[..i], &version[5..])
+        }
+    };
+    if uri.is_empty() {
+        return Ok(NO_MATCH);
+    }
+    if method.iter().any(u8::is_ascii_lowercase) {
+        return parsing_error(format!(
+            "Malformed HTTP method \"{}\"",
+            latin1_to_string(method)
+        ));
+    }
+    Ok((method, uri, version))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Ports of tests/test_parser.py. Skipped: `test_get_body_stream_nonNone` and
+    //! `test_close_with_body_rcv` (they plant a Python dummy object as the receiver; the real
+    //! receivers are used in the body tests instead).
+    use super::*;
+    use crate::utilities::ErrorKind;
+    use proptest::prelude::*;
+    use std::io::Read;
+
+    fn parser() -> HttpRequestParser {
+        HttpRequestParser::new(Arc::new(Adjustments::default()))
+    }
+
+    fn parser_with(change: impl FnOnce(&mut Adjustments)) -> HttpRequestParser {
+        let mut adj = Adjustments::default();
+        change(&mut adj);
+        HttpRequestParser::new(Arc::new(adj))
+    }
+
+    fn error_kind(p: &HttpRequestParser) -> Option<ErrorKind> {
+        p.error.as_ref().map(|e| e.kind)
+    }
+
+    fn parse_err(data: &[u8]) -> HeaderError {
+        parser().parse_header(data).unwrap_err()
+    }
+
+    fn message(e: HeaderError) -> String {
+        match e {
+            HeaderError::Parsing(ParsingError(m)) => m,
+            HeaderError::TransferEncoding(TransferEncodingNotImplemented(m)) => m,
+        }
+    }
+
+    fn body(p: &mut HttpRequestParser) -> Vec<u8> {
+        let mut out = Vec::new();
+        p.get_body_stream().unwrap().read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn test_get_body_stream_none() {
+        assert_eq!(body(&mut parser()), b"");
+    }
+
+    #[test]
+    fn test_received_get_no_headers() {
+        let mut p = parser();
+        assert_eq!(p.received(b"HTTP/1.0 GET /foobar\r\n\r\n"), 24);
+        assert!(p.completed);
+        assert!(p.headers.is_empty());
+    }
+
+    #[test]
+    fn test_received_bad_host_header() {
+        let mut p = parser();
+        assert_eq!(
+            p.received(b"HTTP/1.0 GET /foobar\r\n Host: foo\r\n\r\n"),
+            36
+        );
+        assert!(p.completed);
+        assert_eq!(error_kind(&p), Some(ErrorKind::BadRequest));
+    }
+
+    #[test]
+    fn test_received_duplicate_singleton_headers() {
+        for data in [
+            &b"GET / HTTP/1.1\r\nHOST: test1.com\r\nHost: test2.com\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\nContent-Length: 20\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: example.com\r\nContent-Type: text/plain\r\nContent-Type: text/html\r\n\r\n",
+        ] {
+            let mut p = parser();
+            assert_eq!(p.received(data), data.len());
+            assert!(p.completed);
+            let error = p.error.unwrap();
+            assert_eq!(error.kind, ErrorKind::BadRequest);
+            assert!(error.body.starts_with("Duplicate header:"), "{}", error.body);
+        }
+    }
+
+    #[test]
+    fn test_received_bad_transfer_encoding() {
+        let mut p = parser();
+        let data = b"GET /foobar HTTP/1.1\r\nTransfer-Encoding: foo\r\n\r\n1d;\r\nThis string has 29 characters\r\n0\r\n\r\n";
+        assert_eq!(p.received(data), 48);
+        assert!(p.completed);
+        assert_eq!(error_kind(&p), Some(ErrorKind::ServerNotImplemented));
+    }
+
+    #[test]
+    fn test_received_nonsense_nothing() {
+        let mut p = parser();
+        assert_eq!(p.received(b"\r\n\r\n"), 4);
+        assert!(p.completed);
+        assert!(p.empty);
+    }
+
+    #[test]
+    fn test_received_no_doublecr() {
+        let mut p = parser();
+        assert_eq!(p.received(b"GET /foobar HTTP/8.4\r\n"), 22);
+        assert!(!p.completed);
+    }
+
+    #[test]
+    fn test_received_already_completed() {
+        let mut p = parser();
+        p.completed = true;
+        assert_eq!(p.received(b"a"), 0);
+    }
+
+    #[test]
+    fn test_received_cl_too_large() {
+        let mut p = parser_with(|a| a.max_request_body_size = 2);
+        assert_eq!(
+            p.received(b"GET /foobar HTTP/8.4\r\nContent-Length: 10\r\n\r\n"),
+            44
+        );
+        assert!(p.completed);
+        assert_eq!(error_kind(&p), Some(ErrorKind::RequestEntityTooLarge));
+    }
+
+    #[test]
+    fn content_length_past_64_bits_is_too_large() {
+        let mut p = parser();
+        p.received(b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n");
+        assert!(p.completed);
+        assert_eq!(error_kind(&p), Some(ErrorKind::RequestEntityTooLarge));
+    }
+
+    #[test]
+    fn test_received_headers_not_too_large_multiple_chunks() {
+        let data = b"GET /foobar HTTP/8.4\r\nX-Foo: 1\r\n";
+        let data2 = b"X-Foo-Other: 3\r\n\r\n";
+        let mut p = parser_with(|a| a.max_request_header_size = data.len() + data2.len() + 1);
+        assert_eq!(p.received(data), 32);
+        assert_eq!(p.received(data2), 18);
+        assert!(p.completed);
+        assert!(p.error.is_none());
+    }
+
+    #[test]
+    fn test_received_headers_too_large() {
+        let mut p = parser_with(|a| a.max_request_header_size = 2);
+        assert_eq!(p.received(b"GET /foobar HTTP/8.4\r\nX-Foo: 1\r\n\r\n"), 34);
+        assert!(p.completed);
+        assert_eq!(error_kind(&p), Some(ErrorKind::RequestHeaderFieldsTooLarge));
+        assert_eq!(p.error.unwrap().body, "exceeds max_header of 2");
+    }
+
+    const CHUNKED: &[u8] = b"GET /foobar HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Foo: 1\r\n\r\n1d;\r\nThis string has 29 characters\r\n0\r\n\r\n";
+
+    #[test]
+    fn test_received_body_too_large() {
+        let mut p = parser_with(|a| a.max_request_body_size = 2);
+        let n = p.received(CHUNKED);
+        assert_eq!(n, 62);
+        p.received(&CHUNKED[n..]);
+        assert!(p.completed);
+        assert_eq!(error_kind(&p), Some(ErrorKind::RequestEntityTooLarge));
+    }
+
+    #[test]
+    fn test_received_error_from_parser() {
+        let data =
+            b"GET /foobar HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Foo: 1\r\n\r\ngarbage\r\n";
+        let mut p = parser();
+        let n = p.received(data);
+        assert_eq!(p.received(&data[n..]), 9);
+        assert!(p.completed);
+        assert_eq!(error_kind(&p), Some(ErrorKind::BadRequest));
+    }
+
+    #[test]
+    fn test_received_chunked_completed_sets_content_length() {
+        let data = b"GET /foobar HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Foo: 1\r\n\r\n1d\r\nThis string has 29 characters\r\n0\r\n\r\n";
+        let mut p = parser();
+        let n = p.received(data);
+        assert_eq!(n, 62);
+        p.received(&data[n..]);
+        assert!(p.completed);
+        assert!(p.error.is_none());
+        assert_eq!(p.headers["CONTENT_LENGTH"], "29");
+        assert!(!p.headers.contains_key("TRANSFER_ENCODING"));
+        assert_eq!(body(&mut p), b"This string has 29 characters");
+    }
+
+    #[test]
+    fn test_parse_header_gardenpath() {
+        let mut p = parser();
+        p.parse_header(b"GET /foobar HTTP/8.4\r\nfoo: bar\r\n")
+            .unwrap();
+        assert_eq!(p.first_line, b"GET /foobar HTTP/8.4");
+        assert_eq!(p.headers["FOO"], "bar");
+    }
+
+    #[test]
+    fn test_parse_header_no_cr_in_headerplus() {
+        assert!(matches!(
+            parse_err(b"GET /foobar HTTP/8.4"),
+            HeaderError::Parsing(_)
+        ));
+    }
+
+    #[test]
+    fn test_parse_header_bad_content_length() {
+        for cl in ["abc", "+10", "-10", "1e3", "1 0", "0x10"] {
+            let data = format!("GET /foobar HTTP/8.4\r\ncontent-length: {cl}\r\n");
+            let e = message(parse_err(data.as_bytes()));
+            assert!(
+                e.contains("Content-Length is invalid") || e == "Invalid header",
+                "{cl}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn test_parse_header_multiple_content_length() {
+        let e = parse_err(b"GET /foobar HTTP/8.4\r\ncontent-length: 10\r\ncontent-length: 20\r\n");
+        assert!(message(e).starts_with("Duplicate header:"));
+    }
+
+    #[test]
+    fn test_parse_header_11_te_chunked() {
+        let mut p = parser();
+        p.parse_header(b"GET /foobar HTTP/1.1\r\ntransfer-encoding: ChUnKed\r\n")
+            .unwrap();
+        assert!(matches!(p.body_rcv, Some(BodyReceiver::Chunked(_))));
+    }
+
+    #[test]
+    fn test_parse_header_11_te_chunked_with_cl_close_connection() {
+        let mut p = parser();
+        p.parse_header(
+            b"GET /foobar HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 10\r\n",
+        )
+        .unwrap();
+        assert!(matches!(p.body_rcv, Some(BodyReceiver::Chunked(_))));
+        assert!(p.connection_close);
+        assert!(!p.headers.contains_key("CONTENT_LENGTH"));
+    }
+
+    #[test]
+    fn test_parse_header_transfer_encoding_invalid() {
+        for data in [
+            &b"GET /foobar HTTP/1.1\r\ntransfer-encoding: gzip\r\n"[..],
+            b"GET /foobar HTTP/1.1\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n",
+            b"GET /foobar HTTP/1.1\r\nTransfer-Encoding:\x85chunked\r\n",
+            b"GET /foobar HTTP/1.1\r\nTransfer-Encoding: chun\xe2\x84\xaaed\r\n",
+            b"GET /foobar HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n",
+        ] {
+            let e = parse_err(data);
+            assert!(matches!(e, HeaderError::TransferEncoding(_)));
+            assert_eq!(message(e), "Transfer-Encoding requested is not supported.");
+        }
+    }
+
+    #[test]
+    fn test_parse_header_transfer_encoding_invalid_multiple_chunked() {
+        let e = parse_err(
+            b"GET /foobar HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n",
+        );
+        assert_eq!(
+            message(e),
+            "Transfer-Encoding is invalid. Multiple chunked encodings requested."
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_is_ignored_before_http_1_1() {
+        let mut p = parser();
+        p.parse_header(b"GET / HTTP/1.0\r\ntransfer-encoding: gzip\r\n")
+            .unwrap();
+        assert!(!p.chunked);
+        assert_eq!(p.headers["TRANSFER_ENCODING"], "gzip");
+    }
+
+    #[test]
+    fn test_parse_header_11_expect_continue() {
+        let mut p = parser();
+        p.parse_header(b"GET /foobar HTTP/1.1\r\nexpect: 100-continue\r\n")
+            .unwrap();
+        assert!(p.expect_continue);
+    }
+
+    #[test]
+    fn test_parse_header_connection_close() {
+        let mut p = parser();
+        p.parse_header(b"GET /foobar HTTP/1.1\r\nConnection: close\r\n")
+            .unwrap();
+        assert!(p.connection_close);
+        let mut p = parser();
+        p.parse_header(b"GET /foobar HTTP/1.0\r\n").unwrap();
+        assert!(p.connection_close, "1.0 closes unless keep-alive");
+        let mut p = parser();
+        p.parse_header(b"GET /foobar HTTP/1.0\r\nConnection: Keep-Alive\r\n")
+            .unwrap();
+        assert!(!p.connection_close);
+    }
+
+    #[test]
+    fn test_close_with_no_body_rcv() {
+        parser().close();
+    }
+
+    #[test]
+    fn test_parse_header_lf_cr_only() {
+        assert!(matches!(
+            parse_err(b"GET /foobar HTTP/8.4\nfoo: bar"),
+            HeaderError::Parsing(_)
+        ));
+        assert!(matches!(
+            parse_err(b"GET /foobar HTTP/8.4\rfoo: bar"),
+            HeaderError::Parsing(_)
+        ));
+    }
+
+    #[test]
+    fn test_parse_header_extra_lf_in_header() {
+        let e = message(parse_err(b"GET /foobar HTTP/8.4\r\nfoo: \nbar\r\n"));
+        assert!(e.contains("Bare CR or LF found in header line"), "{e}");
+    }
+
+    #[test]
+    fn test_parse_header_extra_lf_in_first_line() {
+        let e = message(parse_err(b"GET /foobar\n HTTP/8.4\r\n"));
+        assert!(e.contains("Bare CR or LF found in HTTP message"), "{e}");
+    }
+
+    #[test]
+    fn test_parse_header_invalid_headers() {
+        for data in [
+            &b"GET /foobar HTTP/8.4\r\nfoo : bar\r\n"[..],
+            b"GET /foobar HTTP/1.1\r\nfoo:\x0bbar\r\n",
+            b"GET /foobar HTTP/1.1\r\nfoo: bar\r\nnotvalid\r\n",
+            b"GET /foobar HTTP/1.1\r\nfoo: bar\r\n\t\x0bbaz\r\n",
+            b"GET /foobar HTTP/1.1\r\nfoo: bar\r\nfoo: \x0bbaz\r\n",
+            b"GET /foobar HTTP/1.1\r\nfoo: bar\r\nfoo: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\x10\r\n",
+            b"GET /foobar HTTP/1.1\r\nfoo: a\x00b\r\n",
+            b"GET /foobar HTTP/1.1\r\nfoo: a\x7fb\r\n",
+        ] {
+            assert_eq!(message(parse_err(data)), "Invalid header");
+        }
+    }
+
+    #[test]
+    fn test_parse_header_values() {
+        let mut p = parser();
+        p.parse_header(b"GET /foobar HTTP/1.1\r\nfoo: \xa0something\x85\r\nempty:\r\none: 1\r\ntwo: 22\r\nua: abrowser/0.001 (C O M M E N T)\r\n")
+            .unwrap();
+        assert_eq!(p.headers["FOO"], "\u{a0}something\u{85}");
+        assert_eq!(p.headers["EMPTY"], "");
+        assert_eq!(p.headers["ONE"], "1");
+        assert_eq!(p.headers["TWO"], "22");
+        assert_eq!(p.headers["UA"], "abrowser/0.001 (C O M M E N T)");
+    }
+
+    #[test]
+    fn test_parse_header_multiple_values_folded() {
+        for data in [
+            &b"GET /foobar HTTP/1.1\r\nfoo: bar, whatever, more, please, yes\r\n"[..],
+            b"GET /foobar HTTP/1.1\r\nfoo: bar, whatever,\r\n more, please, yes\r\n",
+            b"GET /foobar HTTP/1.1\r\nfoo: bar, whatever,\r\n more\r\nfoo: please, yes\r\n",
+        ] {
+            let mut p = parser();
+            p.parse_header(data).unwrap();
+            assert_eq!(p.headers["FOO"], "bar, whatever, more, please, yes");
+        }
+    }
+
+    #[test]
+    fn lowercase_method_is_refused() {
+        let mut p = parser();
+        p.received(b"get / HTTP/1.1\r\n\r\n");
+        assert_eq!(p.error.unwrap().body, "Malformed HTTP method \"get\"");
+    }
+
+    // Test_split_uri
+
+    fn split(uri: &[u8]) -> UriParts {
+        split_uri(uri).unwrap()
+    }
+
+    #[test]
+    fn test_split_uri() {
+        assert_eq!(split(b"http://localhost:8080/abc def").path, "/abc def");
+        assert_eq!(split(b"http://localhost:8080/abc%20def").path, "/abc def");
+        let p = split(b"http://localhost:8080/abc?a=1&b=2");
+        assert_eq!((p.path.as_str(), p.query.as_str()), ("/abc", "a=1&b=2"));
+        let p = split(b"http://localhost:8080/abc?");
+        assert_eq!((p.path.as_str(), p.query.as_str()), ("/abc", ""));
+        let p = split(b"http://localhost:8080/#foo");
+        assert_eq!((p.path.as_str(), p.fragment.as_str()), ("/", "foo"));
+        let p = split(b"https://localhost:8080/");
+        assert_eq!(p.path, "/");
+        assert_eq!(p.scheme, "https");
+        assert_eq!(p.netloc, "localhost:8080");
+        assert_eq!(split(b"/\xd0").path, "/\u{d0}");
+        assert!(split_uri(b"http://[::1/").is_err());
+    }
+
+    #[test]
+    fn test_split_uri_path() {
+        let p = split(b"//testing/whatever?a=1&b=2#fragment");
+        assert_eq!(p.path, "//testing/whatever");
+        assert_eq!(p.scheme, "");
+        assert_eq!(p.netloc, "");
+        assert_eq!(p.query, "a=1&b=2");
+        assert_eq!(p.fragment, "fragment");
+        assert_eq!(split(b"//testing/whatever").query, "");
+    }
+
+    #[test]
+    fn test_get_header_lines() {
+        assert_eq!(
+            get_header_lines(b"slam\r\nslim").unwrap(),
+            vec![b"slam".to_vec(), b"slim".to_vec()]
+        );
+        assert_eq!(
+            get_header_lines(b"slim\r\n slam").unwrap(),
+            vec![b"slim slam".to_vec()]
+        );
+        assert_eq!(
+            get_header_lines(b"slam\r\n\tslim").unwrap(),
+            vec![b"slam\tslim".to_vec()]
+        );
+        assert!(get_header_lines(b" Host: localhost\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn test_crack_first_line() {
+        fn ok(line: &[u8]) -> (&[u8], &[u8], &[u8]) {
+            crack_first_line(line).unwrap()
+        }
+        assert_eq!(ok(b"GET / HTTP/1.0"), (&b"GET"[..], &b"/"[..], &b"1.0"[..]));
+        assert!(crack_first_line(b"get / HTTP/1.0").is_err());
+        let none: (&[u8], &[u8], &[u8]) = (b"", b"", b"");
+        assert_eq!(ok(b"GET / bleh"), none);
+        assert_eq!(ok(b"GET /info?txtAirPlay&txtRAOP RTSP/1.0"), none);
+        assert_eq!(ok(b"GET /"), (&b"GET"[..], &b"/"[..], &b""[..]));
+        assert_eq!(ok(b"GE\x00 /foobar HTTP/8.4"), none);
+        assert_eq!(ok(b"GET /foobar HTTP/.1."), none);
+        assert_eq!(ok(b"GET  / HTTP/1.1"), none);
+    }
+
+    // TestHTTPRequestParserIntegration
+
+    fn feed(p: &mut HttpRequestParser, mut data: &[u8]) {
+        for _ in 0..100 {
+            let n = p.received(data);
+            data = &data[n..];
+            if p.completed {
+                return;
+            }
+        }
+        panic!("looping");
+    }
+
+    #[test]
+    fn test_simple_get() {
+        let mut p = parser();
+        feed(&mut p, b"GET /foobar HTTP/8.4\r\nFirstName: mickey\r\nlastname: Mouse\r\ncontent-length: 6\r\n\r\nHello.");
+        assert!(p.completed);
+        assert_eq!(p.version, "8.4");
+        assert!(!p.empty);
+        assert_eq!(p.headers.len(), 3);
+        assert_eq!(p.headers["FIRSTNAME"], "mickey");
+        assert_eq!(p.headers["LASTNAME"], "Mouse");
+        assert_eq!(p.headers["CONTENT_LENGTH"], "6");
+        assert_eq!(p.path, "/foobar");
+        assert_eq!(p.command, "GET");
+        assert_eq!(p.query, "");
+        assert_eq!(body(&mut p), b"Hello.");
+    }
+
+    #[test]
+    fn test_complex_get() {
+        let mut p = parser();
+        feed(&mut p, b"GET /foo/a+%2B%2F%C3%A4%3D%26a%3Aint?d=b+%2B%2F%3D%26b%3Aint&c+%2B%2F%3D%26c%3Aint=6 HTTP/8.4\r\nFirstName: mickey\r\nlastname: Mouse\r\ncontent-length: 10\r\n\r\nHello mickey.");
+        let path_bytes = crate::app::string_to_latin1(&p.path).unwrap();
+        assert_eq!(String::from_utf8(path_bytes).unwrap(), "/foo/a++/ä=&a:int");
+        assert_eq!(
+            p.request_uri,
+            "/foo/a+%2B%2F%C3%A4%3D%26a%3Aint?d=b+%2B%2F%3D%26b%3Aint&c+%2B%2F%3D%26c%3Aint=6"
+        );
+        assert_eq!(p.query, "d=b+%2B%2F%3D%26b%3Aint&c+%2B%2F%3D%26c%3Aint=6");
+        assert_eq!(body(&mut p), b"Hello mick");
+    }
+
+    #[test]
+    fn test_proxy_get() {
+        let mut p = parser();
+        feed(
+            &mut p,
+            b"GET https://example.com:8080/foobar HTTP/8.4\r\ncontent-length: 6\r\n\r\nHello.",
+        );
+        assert_eq!(p.path, "/foobar");
+        assert_eq!(p.proxy_scheme, "https");
+        assert_eq!(p.proxy_netloc, "example.com:8080");
+        assert_eq!(body(&mut p), b"Hello.");
+    }
+
+    #[test]
+    fn test_duplicate_headers_and_spoofed_headers_dropped() {
+        let mut p = parser();
+        feed(&mut p, b"GET /foobar HTTP/8.4\r\nx-forwarded-for: 10.11.12.13\r\nx-forwarded-for: unknown,127.0.0.1\r\nX-Forwarded_for: 255.255.255.255\r\nx-auth_user: bob\r\ncontent-length: 6\r\n\r\nHello.");
+        assert_eq!(p.headers.len(), 2);
+        assert_eq!(
+            p.headers["X_FORWARDED_FOR"],
+            "10.11.12.13, unknown,127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn test_highorder() {
+        assert_eq!(unquote_bytes_to_wsgi(b"/a%C5%9B"), "/a\u{c5}\u{9b}");
+        assert_eq!(unquote_bytes_to_wsgi(b"/a%zz%4"), "/a%zz%4");
+    }
+
+    #[test]
+    fn blank_lines_before_a_request_are_skipped() {
+        let mut p = parser();
+        feed(&mut p, b"\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        // The first blank pair ends an empty "request"; the channel starts a new parser.
+        assert!(p.empty);
+        let mut p = parser();
+        feed(&mut p, b"\r\nGET / HTTP/1.1\r\n\r\n");
+        assert!(!p.empty);
+        assert_eq!(p.command, "GET");
+    }
+
+    /// A request in pieces, with its expected body.
+    fn request_strategy() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+        (
+            prop_oneof![Just("GET"), Just("POST"), Just("PUT")],
+            "/[a-z0-9/%]{0,12}",
+            proptest::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,8}", "[ -~]{0,12}"), 0..4),
+            proptest::collection::vec(any::<u8>(), 0..80),
+            any::<bool>(),
+        )
+            .prop_map(|(method, path, headers, body, chunked)| {
+                let mut head = format!("{method} {path} HTTP/1.1\r\n");
+                for (i, (name, value)) in headers.iter().enumerate() {
+                    head.push_str(&format!("X{i}{name}: {}\r\n", value.trim()));
+                }
+                let mut wire;
+                if chunked {
+                    head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+                    wire = head.into_bytes();
+                    for piece in body.chunks(7) {
+                        wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                        wire.extend_from_slice(piece);
+                        wire.extend_from_slice(b"\r\n");
+                    }
+                    wire.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+                    wire = head.into_bytes();
+                    wire.extend_from_slice(&body);
+                }
+                (wire, body)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// (a) Any bytes in any slices: no panic, and the parser either completes or has
+        /// consumed everything it was given.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400), cut in 1usize..50) {
+            let mut p = parser_with(|a| a.max_request_header_size = 300);
+            let mut rest = &data[..];
+            while !rest.is_empty() && !p.completed {
+                let end = cut.min(rest.len());
+                let n = p.received(&rest[..end]);
+                prop_assert!(p.completed || n == end);
+                rest = &rest[n..];
+            }
+        }
+
+        /// (b) Splitting a valid request anywhere gives the same request as feeding it whole.
+        #[test]
+        fn split_requests_parse_the_same((wire, expected) in request_strategy(), cuts in proptest::collection::vec(1usize..30, 1..8)) {
+            let mut whole = parser();
+            feed(&mut whole, &wire);
+            prop_assert!(whole.completed);
+            prop_assert!(whole.error.is_none(), "{:?}", whole.error);
+            let mut pieces = parser();
+            let mut pos = 0;
+            let mut i = 0;
+            while !pieces.completed {
+                let end = (pos + cuts[i % cuts.len()]).min(wire.len());
+                pos += pieces.received(&wire[pos..end]);
+                i += 1;
+            }
+            prop_assert_eq!(pos, wire.len());
+            prop_assert_eq!(&pieces.headers, &whole.headers);
+            prop_assert_eq!(&pieces.path, &whole.path);
+            prop_assert_eq!(&pieces.command, &whole.command);
+            prop_assert_eq!(body(&mut pieces), expected.clone());
+            prop_assert_eq!(body(&mut whole), expected);
+        }
     }
 }

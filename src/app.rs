@@ -379,7 +379,7 @@ pub const HOP_BY_HOP: [&str; 8] = [
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailers",
+    "trailer",
     "transfer-encoding",
     "upgrade",
 ];

@@ -1,1 +1,222 @@
-//! Port of waitress/trigger.py. (Being written.)
+//! Port of waitress/trigger.py.
+//!
+//! The trigger wakes the I/O thread out of `poll` when a worker thread has queued output or
+//! finished a request: a non-blocking socket pair whose reading end sits in the socket map.
+//! Workers hold a [`TriggerHandle`]; the I/O thread owns the [`Trigger`].
+
+use std::io::{self, Read, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::task::panic_message;
+use crate::utilities::LOGGER;
+use crate::wasyncore::{Dispatcher, SocketMap};
+
+/// Work to run on the I/O thread at its next wake-up.
+pub type Thunk = Box<dyn FnOnce() + Send>;
+
+/// The half of the trigger that other threads use.
+struct Shared {
+    writer: UnixStream,
+    /// A wake-up byte is in the pipe and not yet read: further pulls need not write another,
+    /// so a burst of pulls costs one byte and one wake-up.
+    pending: AtomicBool,
+    /// Guards the thunks; taken by pullers to add and by the I/O thread to run them.
+    thunks: Mutex<Vec<Thunk>>,
+    closed: AtomicBool,
+}
+
+/// A way to wake the I/O thread from any thread (waitress: `trigger.pull_trigger`).
+#[derive(Clone)]
+pub struct TriggerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TriggerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TriggerHandle { .. }")
+    }
+}
+
+impl TriggerHandle {
+    /// Wake the I/O thread; pulls that come before it wakes are merged into one.
+    pub fn pull_trigger(&self) {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.shared.pending.swap(true, Ordering::AcqRel) {
+            // The pipe is non-blocking: a full pipe already means a wake-up is coming.
+            let _ = (&self.shared.writer).write(b"x");
+        }
+    }
+
+    /// Run `thunk` on the I/O thread at its next wake-up, and wake it.
+    pub fn pull_trigger_with(&self, thunk: Thunk) {
+        self.shared
+            .thunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(thunk);
+        self.pull_trigger();
+    }
+
+    /// Stop waking: later pulls do nothing (the loop is going away).
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+/// The I/O-thread half: a dispatcher in the socket map (waitress: `trigger`).
+pub struct Trigger {
+    reader: UnixStream,
+    fd: RawFd,
+    handle: TriggerHandle,
+    map: SocketMap,
+}
+
+impl Trigger {
+    /// Create a trigger and add it to `map`.
+    pub fn new(map: &SocketMap) -> io::Result<Rc<Trigger>> {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        let fd = reader.as_raw_fd();
+        let trigger = Rc::new(Trigger {
+            reader,
+            fd,
+            handle: TriggerHandle {
+                shared: Arc::new(Shared {
+                    writer,
+                    pending: AtomicBool::new(false),
+                    thunks: Mutex::new(Vec::new()),
+                    closed: AtomicBool::new(false),
+                }),
+            },
+            map: Rc::clone(map),
+        });
+        map.borrow_mut()
+            .insert(fd, Rc::clone(&trigger) as Rc<dyn Dispatcher>);
+        Ok(trigger)
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> TriggerHandle {
+        self.handle.clone()
+    }
+
+    /// Leave the map and stop accepting pulls (waitress: `close`).
+    pub fn close(&self) {
+        self.handle.close();
+        self.map.borrow_mut().remove(&self.fd);
+    }
+}
+
+impl Dispatcher for Trigger {
+    fn fileno(&self) -> RawFd {
+        self.fd
+    }
+
+    fn readable(&self) -> bool {
+        true
+    }
+
+    fn writable(&self) -> bool {
+        false
+    }
+
+    fn handle_read_event(&self) {
+        // Clear the latch before draining: a pull that races with us writes a fresh byte and
+        // so is never lost.
+        self.handle.shared.pending.store(false, Ordering::Release);
+        let mut sink = [0u8; 512];
+        while let Ok(n) = (&self.reader).read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+        let thunks = std::mem::take(
+            &mut *self
+                .handle
+                .shared
+                .thunks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for thunk in thunks {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(thunk)) {
+                LOGGER.error(&format!(
+                    "exception in trigger thunk: {}",
+                    panic_message(&*panic)
+                ));
+            }
+        }
+    }
+
+    fn handle_write_event(&self) {}
+
+    fn handle_close(&self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Ports of tests/test_trigger.py. Skipped: the Windows loopback-socket variants.
+    use super::*;
+    use crate::wasyncore::{loop_, new_map};
+    use std::time::Duration;
+
+    #[test]
+    fn test_readable_and_not_writable() {
+        let map = new_map();
+        let trigger = Trigger::new(&map).unwrap();
+        assert!(trigger.readable());
+        assert!(!trigger.writable());
+        assert!(map.borrow().contains_key(&trigger.fileno()));
+    }
+
+    #[test]
+    fn test_close_leaves_the_map() {
+        let map = new_map();
+        let trigger = Trigger::new(&map).unwrap();
+        trigger.close();
+        assert!(map.borrow().is_empty());
+        trigger.handle().pull_trigger(); // ignored, no panic
+    }
+
+    #[test]
+    fn test_pull_trigger_with_thunk_runs_on_the_loop() {
+        let map = new_map();
+        let trigger = Trigger::new(&map).unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        let handle = trigger.handle();
+        std::thread::spawn(move || {
+            handle.pull_trigger_with(Box::new(move || flag.store(true, Ordering::SeqCst)))
+        })
+        .join()
+        .unwrap();
+        loop_(Duration::from_secs(5), true, &map, Some(1)).unwrap();
+        assert!(ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn test_pulls_coalesce_and_a_panicking_thunk_is_contained() {
+        let map = new_map();
+        let trigger = Trigger::new(&map).unwrap();
+        let handle = trigger.handle();
+        handle.pull_trigger_with(Box::new(|| panic!("boom")));
+        for _ in 0..1000 {
+            handle.pull_trigger();
+        }
+        loop_(Duration::from_secs(5), true, &map, Some(1)).unwrap();
+        assert!(!handle.shared.pending.load(Ordering::SeqCst));
+        // Nothing left to read: the latch is clear and the pipe empty.
+        let mut byte = [0u8; 1];
+        assert!((&trigger.reader).read(&mut byte).is_err());
+    }
+}

@@ -1,1 +1,260 @@
-//! Port of waitress/wasyncore.py. (Being written.)
+//! Port of waitress/wasyncore.py.
+//!
+//! The event loop of the I/O thread: a map from file descriptor to [`Dispatcher`], and
+//! `loop_`, which asks `poll(2)` which descriptors are ready and calls their handlers. Only the
+//! I/O thread touches the map, so it is an `Rc<RefCell<…>>`; handlers that other threads must
+//! reach (a channel's buffers) keep that state behind their own locks.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::io::RawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::utilities::LOGGER;
+
+/// Every dispatcher of one loop, by file descriptor (waitress: `socket_map`).
+pub type SocketMap = Rc<RefCell<BTreeMap<RawFd, Rc<dyn Dispatcher>>>>;
+
+/// An empty map.
+pub fn new_map() -> SocketMap {
+    Rc::new(RefCell::new(BTreeMap::new()))
+}
+
+/// One readiness-driven object in the loop (waitress: `wasyncore.dispatcher`). Methods take
+/// `&self`: implementors keep I/O-thread state in `Cell`/`RefCell` and shared state behind locks.
+pub trait Dispatcher {
+    /// The descriptor polled for this object.
+    fn fileno(&self) -> RawFd;
+    /// Whether to wait for input.
+    fn readable(&self) -> bool;
+    /// Whether to wait for room to write.
+    fn writable(&self) -> bool;
+    /// Input is ready (or, for a listener, a connection to accept).
+    fn handle_read_event(&self);
+    /// Room to write.
+    fn handle_write_event(&self);
+    /// Urgent data (`POLLPRI`); nothing uses it, as in waitress.
+    fn handle_expt_event(&self) {}
+    /// The peer hung up or the descriptor failed: close and leave the map.
+    fn handle_close(&self);
+    /// An unexpected error in a handler: log it and close (waitress: `handle_error`).
+    fn handle_error(&self, error: &io::Error) {
+        LOGGER.error(&format!(
+            "uncaptured python exception, closing channel: {error}"
+        ));
+        self.handle_close();
+    }
+}
+
+/// Whether an error means the peer has gone (waitress: `_DISCONNECTED`: ECONNRESET,
+/// ENOTCONN, ESHUTDOWN, ECONNABORTED, EPIPE, EBADF).
+pub fn is_disconnected(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    ) || matches!(error.raw_os_error(), Some(code) if code == sys::ESHUTDOWN || code == sys::EBADF)
+}
+
+/// Call the handlers a `poll` result asks for, in waitress's order: read, write, urgent, then
+/// close on hang-up or error. An error from the system that means "disconnected" closes; any
+/// other is reported to `handle_error`.
+pub fn readwrite(obj: &dyn Dispatcher, flags: i16) {
+    if flags & sys::POLLIN != 0 {
+        obj.handle_read_event();
+    }
+    if flags & sys::POLLOUT != 0 {
+        obj.handle_write_event();
+    }
+    if flags & sys::POLLPRI != 0 {
+        obj.handle_expt_event();
+    }
+    if flags & (sys::POLLHUP | sys::POLLERR | sys::POLLNVAL) != 0 {
+        obj.handle_close();
+    }
+}
+
+/// The interest flags for one dispatcher; 0 when it wants nothing (then it is not polled at
+/// all, as in waitress, so a hang-up is noticed when it next wants something).
+fn interest(obj: &dyn Dispatcher) -> i16 {
+    let mut flags = 0;
+    if obj.readable() {
+        flags |= sys::POLLIN | sys::POLLPRI;
+    }
+    if obj.writable() {
+        flags |= sys::POLLOUT;
+    }
+    flags
+}
+
+/// One round with `select()` semantics (waitress: `poll`): only descriptors that want
+/// something are watched, and descriptors at or above `FD_SETSIZE` (1024) are refused as
+/// `select` would refuse them.
+pub fn poll(timeout: Duration, map: &SocketMap) -> io::Result<()> {
+    poll_round(timeout, map, false)
+}
+
+/// One round with `poll()` semantics (waitress: `poll2`): no descriptor limit.
+pub fn poll2(timeout: Duration, map: &SocketMap) -> io::Result<()> {
+    poll_round(timeout, map, true)
+}
+
+fn poll_round(timeout: Duration, map: &SocketMap, use_poll: bool) -> io::Result<()> {
+    let mut fds: Vec<sys::PollFd> = Vec::with_capacity(map.borrow().len());
+    // Snapshot the interest list first: the handlers below add and remove map entries.
+    let entries: Vec<(RawFd, Rc<dyn Dispatcher>)> = map
+        .borrow()
+        .iter()
+        .map(|(fd, obj)| (*fd, Rc::clone(obj)))
+        .collect();
+    for (fd, obj) in &entries {
+        let flags = interest(obj.as_ref());
+        if flags == 0 {
+            continue;
+        }
+        if !use_poll && *fd >= sys::FD_SETSIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("filedescriptor out of range in select() ({fd}); set asyncore_use_poll"),
+            ));
+        }
+        fds.push(sys::PollFd {
+            fd: *fd,
+            events: flags,
+            revents: 0,
+        });
+    }
+    drop(entries);
+    if fds.is_empty() {
+        std::thread::sleep(timeout);
+        return Ok(());
+    }
+    sys::poll(&mut fds, timeout)?;
+    for pfd in fds.iter().filter(|p| p.revents != 0) {
+        // Look the object up again: an earlier handler in this round may have closed it.
+        let obj = map.borrow().get(&pfd.fd).cloned();
+        if let Some(obj) = obj {
+            let flags = if use_poll {
+                pfd.revents
+            } else {
+                select_flags(pfd.revents)
+            };
+            readwrite(obj.as_ref(), flags);
+        }
+    }
+    Ok(())
+}
+
+/// What `select()` would have reported: a hang-up or error shows as readable (the next
+/// `recv` then sees it), never as a separate close.
+fn select_flags(revents: i16) -> i16 {
+    let mut flags = revents & (sys::POLLIN | sys::POLLOUT | sys::POLLPRI);
+    if revents & (sys::POLLHUP | sys::POLLERR | sys::POLLNVAL) != 0 {
+        flags |= sys::POLLIN;
+    }
+    flags
+}
+
+/// Run rounds until the map is empty, or `count` rounds are done (waitress: `loop`).
+pub fn loop_(
+    timeout: Duration,
+    use_poll: bool,
+    map: &SocketMap,
+    count: Option<usize>,
+) -> io::Result<()> {
+    let mut rounds = 0;
+    while !map.borrow().is_empty() {
+        if count.is_some_and(|c| rounds >= c) {
+            break;
+        }
+        if use_poll {
+            poll2(timeout, map)?;
+        } else {
+            poll(timeout, map)?;
+        }
+        rounds += 1;
+    }
+    Ok(())
+}
+
+/// Close every dispatcher in the map and empty it (waitress: `close_all`).
+pub fn close_all(map: &SocketMap) {
+    let all: Vec<Rc<dyn Dispatcher>> = map.borrow().values().cloned().collect();
+    for obj in all {
+        obj.handle_close();
+    }
+    map.borrow_mut().clear();
+}
+
+/// The system calls std does not offer, in one place.
+pub mod sys {
+    use std::io;
+    use std::time::Duration;
+
+    /// `struct pollfd`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct PollFd {
+        /// The descriptor.
+        pub fd: i32,
+        /// What to wait for.
+        pub events: i16,
+        /// What happened.
+        pub revents: i16,
+    }
+
+    /// Input ready.
+    pub const POLLIN: i16 = 0x001;
+    /// Urgent input.
+    pub const POLLPRI: i16 = 0x002;
+    /// Room to write.
+    pub const POLLOUT: i16 = 0x004;
+    /// An error on the descriptor.
+    pub const POLLERR: i16 = 0x008;
+    /// The peer hung up.
+    pub const POLLHUP: i16 = 0x010;
+    /// Not an open descriptor.
+    pub const POLLNVAL: i16 = 0x020;
+    /// `select()`'s descriptor limit.
+    pub const FD_SETSIZE: i32 = 1024;
+    /// `EBADF`.
+    pub const EBADF: i32 = 9;
+    /// `ESHUTDOWN`.
+    #[cfg(target_os = "linux")]
+    pub const ESHUTDOWN: i32 = 108;
+    /// `ESHUTDOWN`.
+    #[cfg(not(target_os = "linux"))]
+    pub const ESHUTDOWN: i32 = 58;
+
+    #[cfg(target_os = "linux")]
+    type NfdsT = u64;
+    #[cfg(not(target_os = "linux"))]
+    type NfdsT = u32;
+
+    extern "C" {
+        #[link_name = "poll"]
+        fn c_poll(fds: *mut PollFd, nfds: NfdsT, timeout: i32) -> i32;
+    }
+
+    /// `poll(2)` over `fds` for at most `timeout`, retried on `EINTR`. Returns how many
+    /// descriptors have events.
+    pub fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        loop {
+            // SAFETY: `fds` is a valid, exclusively borrowed slice of `repr(C)` pollfd structs
+            // and `nfds` is its exact length, so the kernel reads and writes only inside it.
+            let n = unsafe { c_poll(fds.as_mut_ptr(), fds.len() as NfdsT, millis) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+    }
+}

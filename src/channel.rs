@@ -1,1 +1,845 @@
-//! Port of waitress/channel.py. (Being written.)
+//! Port of waitress/channel.py.
+//!
+//! An `HttpChannel` is one client connection. The I/O thread reads from the socket, feeds the
+//! bytes to a request parser and hands complete requests to the worker pool; a worker runs
+//! them and queues the response in the channel's output buffers, which the I/O thread (or the
+//! worker itself, opportunistically) flushes to the non-blocking socket. The channel is shared
+//! between those threads as an `Arc`; what each lock guards is written next to it.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use crate::adjustments::Adjustments;
+use crate::app::{ClientDisconnected, DisconnectCheck};
+use crate::buffers::{OverflowableBuffer, ReadOnlyFileBasedBuffer};
+use crate::parser::HttpRequestParser;
+use crate::profiling::{self, Stage};
+use crate::task::{
+    PeerAddr, ServerInfo, Service, Task, TaskChannel, TaskError, ThreadedTaskDispatcher,
+};
+use crate::trigger::TriggerHandle;
+use crate::utilities::{error_chain, Error, LOGGER};
+use crate::wasyncore::{is_disconnected, Dispatcher, SocketMap};
+
+/// The most bytes handed to one `send` (waitress asks the socket for `SO_SNDBUF`).
+const SEND_CHUNK: usize = 256 * 1024;
+
+/// The interim response sent for `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// An accepted connection, switched to non-blocking mode.
+#[derive(Debug)]
+pub enum ChannelStream {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix-domain connection.
+    Unix(UnixStream),
+}
+
+impl ChannelStream {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ChannelStream::Tcp(s) => (&*s).read(buf),
+            ChannelStream::Unix(s) => (&*s).read(buf),
+        }
+    }
+
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ChannelStream::Tcp(s) => (&*s).write(buf),
+            ChannelStream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            ChannelStream::Tcp(s) => s.shutdown(Shutdown::Both),
+            ChannelStream::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl AsRawFd for ChannelStream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            ChannelStream::Tcp(s) => s.as_raw_fd(),
+            ChannelStream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// One pending piece of output: bytes, or a file the application handed over.
+#[derive(Debug)]
+enum OutBuf {
+    Bytes(OverflowableBuffer),
+    File(ReadOnlyFileBasedBuffer),
+}
+
+impl OutBuf {
+    fn len(&self) -> usize {
+        match self {
+            OutBuf::Bytes(b) => b.len(),
+            OutBuf::File(f) => usize::try_from(f.len()).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn peek(&mut self, max: usize) -> io::Result<&[u8]> {
+        match self {
+            OutBuf::Bytes(b) => b.peek(max),
+            OutBuf::File(f) => f.peek(max),
+        }
+    }
+
+    fn skip(&mut self, n: usize) -> io::Result<()> {
+        match self {
+            OutBuf::Bytes(b) => b.skip(n, true),
+            OutBuf::File(f) => f.skip(n),
+        }
+    }
+
+    fn close(&mut self) {
+        match self {
+            OutBuf::Bytes(b) => b.close(),
+            OutBuf::File(f) => f.close(),
+        }
+    }
+}
+
+/// The output side, guarded by `HttpChannel::outbufs`.
+struct Outbufs {
+    /// Sent front to back; the last one takes new bytes (waitress: `outbufs`).
+    bufs: VecDeque<OutBuf>,
+    /// Bytes appended to the last buffer; past `outbuf_high_watermark` a new one is started
+    /// so a finished buffer can be dropped as soon as it is sent.
+    current_outbuf_count: usize,
+}
+
+/// The request side, guarded by `HttpChannel::requests`.
+struct Requests {
+    /// Complete requests waiting for their turn (waitress: `requests[1:]`).
+    queue: VecDeque<HttpRequestParser>,
+    /// A worker holds the first request (waitress: `requests[0]` while its task runs).
+    serving: bool,
+    /// The request being read (waitress: `request`).
+    current: Option<HttpRequestParser>,
+    /// `100 Continue` was sent for `current` (waitress: `sent_continue`).
+    sent_continue: bool,
+}
+
+impl Requests {
+    /// `len(self.requests)` in waitress.
+    fn count(&self) -> usize {
+        self.queue.len() + usize::from(self.serving)
+    }
+}
+
+/// How a flush ended badly.
+enum FlushError {
+    /// The peer has gone.
+    Disconnected,
+    /// Any other socket error.
+    Other(io::Error),
+}
+
+/// What a channel needs of its server (waitress: `channel.server`).
+pub struct ChannelServer {
+    /// The application, names and settings.
+    pub info: Arc<ServerInfo>,
+    /// The worker pool (`add_task`).
+    pub dispatcher: Arc<ThreadedTaskDispatcher>,
+    /// Wakes the I/O thread (`pull_trigger`).
+    pub trigger: TriggerHandle,
+    /// Open channels by descriptor, for the idle sweep (waitress: `active_channels`).
+    pub active_channels: RefCell<BTreeMap<RawFd, Arc<HttpChannel>>>,
+    /// One receive buffer for every channel of the I/O thread: a connection costs no read
+    /// buffer of its own while idle.
+    read_buffer: RefCell<Vec<u8>>,
+}
+
+impl ChannelServer {
+    /// The channel side of a server.
+    pub fn new(
+        info: Arc<ServerInfo>,
+        dispatcher: Arc<ThreadedTaskDispatcher>,
+        trigger: TriggerHandle,
+    ) -> Self {
+        let recv_bytes = info.adj.recv_bytes.max(1);
+        ChannelServer {
+            info,
+            dispatcher,
+            trigger,
+            active_channels: RefCell::new(BTreeMap::new()),
+            read_buffer: RefCell::new(vec![0; recv_bytes]),
+        }
+    }
+}
+
+/// One client connection (waitress: `HTTPChannel`).
+pub struct HttpChannel {
+    stream: ChannelStream,
+    fd: RawFd,
+    addr: PeerAddr,
+    adj: Arc<Adjustments>,
+    info: Arc<ServerInfo>,
+    dispatcher: Arc<ThreadedTaskDispatcher>,
+    trigger: TriggerHandle,
+    /// Ourselves, to queue ourselves as a task.
+    me: Weak<HttpChannel>,
+    /// Cleared when the peer is gone or the channel closed (waitress: `connected`).
+    connected: AtomicBool,
+    /// Close at the next chance (waitress: `will_close`).
+    will_close: AtomicBool,
+    /// Close once the output is sent (waitress: `close_when_flushed`).
+    close_when_flushed: AtomicBool,
+    /// Bytes waiting in `outbufs`; written under the `outbufs` lock, read without it by
+    /// `readable`/`writable` on the I/O thread (waitress: `total_outbufs_len`).
+    total_outbufs_len: AtomicUsize,
+    /// `Requests::count()`, readable without the lock.
+    request_count: AtomicUsize,
+    /// Last time bytes moved, for the idle sweep.
+    last_activity: Mutex<Instant>,
+    /// Guards the parsed and queued requests. Taken by the I/O thread when bytes arrive and
+    /// by a worker when it takes or finishes a request. Lock order: `requests`, then
+    /// `outbufs`.
+    requests: Mutex<Requests>,
+    /// Guards the output buffers and every write to the socket. Taken by workers queueing a
+    /// response and by the I/O thread flushing it.
+    outbufs: Mutex<Outbufs>,
+    /// Waited on by a worker whose output is over `outbuf_high_watermark`; notified by the
+    /// I/O thread when a flush brings it below, and when the channel closes.
+    outbuf_cv: Condvar,
+}
+
+impl std::fmt::Debug for HttpChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpChannel")
+            .field("fd", &self.fd)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code panics while holding these locks (applications run outside them), so a
+    // poisoned lock still guards consistent state.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl HttpChannel {
+    /// Wrap an accepted connection and register it in `map` and in the server's
+    /// `active_channels` (waitress: `HTTPChannel.__init__` with `add_channel`).
+    pub fn create(
+        server: &Rc<ChannelServer>,
+        stream: ChannelStream,
+        addr: PeerAddr,
+        adj: Arc<Adjustments>,
+        map: &SocketMap,
+    ) -> io::Result<Arc<HttpChannel>> {
+        match &stream {
+            ChannelStream::Tcp(s) => s.set_nonblocking(true)?,
+            ChannelStream::Unix(s) => s.set_nonblocking(true)?,
+        }
+        let fd = stream.as_raw_fd();
+        let outbuf_overflow = adj.outbuf_overflow;
+        let channel = Arc::new_cyclic(|me| HttpChannel {
+            stream,
+            fd,
+            addr,
+            adj,
+            info: Arc::clone(&server.info),
+            dispatcher: Arc::clone(&server.dispatcher),
+            trigger: server.trigger.clone(),
+            me: me.clone(),
+            connected: AtomicBool::new(true),
+            will_close: AtomicBool::new(false),
+            close_when_flushed: AtomicBool::new(false),
+            total_outbufs_len: AtomicUsize::new(0),
+            request_count: AtomicUsize::new(0),
+            last_activity: Mutex::new(Instant::now()),
+            requests: Mutex::new(Requests {
+                queue: VecDeque::new(),
+                serving: false,
+                current: None,
+                sent_continue: false,
+            }),
+            outbufs: Mutex::new(Outbufs {
+                bufs: VecDeque::from([OutBuf::Bytes(OverflowableBuffer::new(outbuf_overflow))]),
+                current_outbuf_count: 0,
+            }),
+            outbuf_cv: Condvar::new(),
+        });
+        let dispatcher = Rc::new(ChannelDispatcher {
+            channel: Arc::clone(&channel),
+            server: Rc::clone(server),
+            map: Rc::clone(map),
+        });
+        map.borrow_mut().insert(fd, dispatcher);
+        server
+            .active_channels
+            .borrow_mut()
+            .insert(fd, Arc::clone(&channel));
+        Ok(channel)
+    }
+
+    /// `waitress.client_disconnected`: true once the peer is gone.
+    pub fn check_client_disconnected(&self) -> bool {
+        !self.connected.load(Ordering::Acquire)
+    }
+
+    /// Whether the channel will close at the next chance.
+    pub fn will_close(&self) -> bool {
+        self.will_close.load(Ordering::Acquire)
+    }
+
+    /// Ask the channel to close (the idle sweep does this).
+    pub fn set_will_close(&self) {
+        self.will_close.store(true, Ordering::Release);
+    }
+
+    /// The last time bytes were read or sent.
+    pub fn last_activity(&self) -> Instant {
+        *lock(&self.last_activity)
+    }
+
+    fn touch(&self) {
+        *lock(&self.last_activity) = Instant::now();
+    }
+
+    /// Whether requests are queued or being served.
+    pub fn has_requests(&self) -> bool {
+        self.request_count.load(Ordering::Acquire) > 0
+    }
+
+    fn total(&self) -> usize {
+        self.total_outbufs_len.load(Ordering::Acquire)
+    }
+
+    /// Whether there is output to send or a close to carry out (waitress: `writable`).
+    pub fn writable(&self) -> bool {
+        self.total() > 0
+            || self.will_close.load(Ordering::Acquire)
+            || self.close_when_flushed.load(Ordering::Acquire)
+    }
+
+    /// Whether to read more: not while closing, not while more requests wait than
+    /// `channel_request_lookahead` allows, not while output is pending (waitress: `readable`).
+    pub fn readable(&self) -> bool {
+        !(self.will_close.load(Ordering::Acquire)
+            || self.close_when_flushed.load(Ordering::Acquire)
+            || self.request_count.load(Ordering::Acquire) > self.adj.channel_request_lookahead
+            || self.total() > 0)
+    }
+
+    /// The I/O thread may send (waitress: `handle_write`). Returns whether to close now.
+    fn handle_write(&self) -> bool {
+        let started = profiling::start();
+        let flushed = if !self.has_requests() {
+            self.flush_exception()
+        } else if self.total() >= self.adj.send_bytes {
+            self.flush_some_if_lockable()
+        } else {
+            Ok(())
+        };
+        profiling::finish(Stage::Flush, started);
+        if flushed.is_err() {
+            self.will_close.store(true, Ordering::Release);
+        }
+        if self.close_when_flushed.load(Ordering::Acquire) && self.total() == 0 {
+            self.close_when_flushed.store(false, Ordering::Release);
+            self.will_close.store(true, Ordering::Release);
+        }
+        self.will_close.load(Ordering::Acquire)
+    }
+
+    /// Flush with the lock, logging socket errors as waitress's `_flush_exception` does.
+    fn flush_exception(&self) -> Result<(), ()> {
+        let mut out = lock(&self.outbufs);
+        self.flush_locked(&mut out).map(|_| ())
+    }
+
+    /// Flush under `outbufs`, turning errors into the close decision.
+    fn flush_locked(&self, out: &mut Outbufs) -> Result<bool, ()> {
+        match self.flush_some(out) {
+            Ok(sent) => Ok(sent),
+            Err(FlushError::Disconnected) => {
+                self.connected.store(false, Ordering::Release);
+                Err(())
+            }
+            Err(FlushError::Other(e)) => {
+                if self.adj.log_socket_errors {
+                    LOGGER.error(&format!("Socket error\n{e}"));
+                }
+                Err(())
+            }
+        }
+    }
+
+    /// The I/O thread flushes only if no worker holds the buffers, and wakes a worker waiting
+    /// for room (waitress: `_flush_some_if_lockable`).
+    fn flush_some_if_lockable(&self) -> Result<(), ()> {
+        let Ok(mut out) = self.outbufs.try_lock() else {
+            return Ok(());
+        };
+        let result = self.flush_locked(&mut out);
+        if self.total() < self.adj.outbuf_high_watermark {
+            self.outbuf_cv.notify_all();
+        }
+        result.map(|_| ())
+    }
+
+    /// Send as much as the socket takes; returns whether anything was sent (waitress:
+    /// `_flush_some`). Must be called with `outbufs` locked (the guard is passed in).
+    fn flush_some(&self, out: &mut Outbufs) -> Result<bool, FlushError> {
+        let mut sent_any = false;
+        while let Some(outbuf) = out.bufs.front_mut() {
+            if outbuf.len() == 0 {
+                if out.bufs.len() > 1 {
+                    if let Some(mut done) = out.bufs.pop_front() {
+                        done.close();
+                    }
+                    continue;
+                }
+                break;
+            }
+            let chunk = outbuf.peek(SEND_CHUNK).map_err(FlushError::Other)?;
+            if chunk.is_empty() {
+                // A file that ended early: nothing more will come from it.
+                let missing = outbuf.len();
+                outbuf.close();
+                self.total_outbufs_len.fetch_sub(missing, Ordering::AcqRel);
+                continue;
+            }
+            match self.stream.send(chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    outbuf.skip(n).map_err(FlushError::Other)?;
+                    self.total_outbufs_len.fetch_sub(n, Ordering::AcqRel);
+                    sent_any = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_disconnected(&e) => return Err(FlushError::Disconnected),
+                Err(e) => return Err(FlushError::Other(e)),
+            }
+        }
+        if sent_any {
+            self.touch();
+        }
+        Ok(sent_any)
+    }
+
+    /// Bytes arrived (waitress: `received`): feed them to the parser, queue each complete
+    /// request, send `100 Continue` when the client waits for it and nothing is pending.
+    pub fn received(&self, mut data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let mut requests = lock(&self.requests);
+        if self.will_close.load(Ordering::Acquire)
+            || self.close_when_flushed.load(Ordering::Acquire)
+        {
+            return;
+        }
+        while !data.is_empty() {
+            let request = requests
+                .current
+                .get_or_insert_with(|| HttpRequestParser::new(Arc::clone(&self.adj)));
+            let n = request.received(data);
+            let wants_continue = request.expect_continue && request.headers_finished;
+            if wants_continue && requests.count() == 0 && !requests.sent_continue {
+                self.send_continue(&mut requests);
+            }
+            let done = requests.current.as_ref().is_some_and(|r| r.completed);
+            if done {
+                requests.sent_continue = false;
+                if let Some(request) = requests.current.take() {
+                    if !request.empty {
+                        requests.queue.push_back(request);
+                        self.request_count
+                            .store(requests.count(), Ordering::Release);
+                        if requests.count() == 1 {
+                            self.add_self_as_task();
+                        }
+                    }
+                }
+            }
+            if n >= data.len() {
+                break;
+            }
+            data = &data[n..];
+        }
+    }
+
+    fn add_self_as_task(&self) {
+        if let Some(me) = self.me.upgrade() {
+            self.dispatcher.add_task(me);
+        }
+    }
+
+    /// Queue `100 Continue` and try to send it at once (waitress: `send_continue`).
+    fn send_continue(&self, requests: &mut Requests) {
+        if let Some(current) = requests.current.as_mut() {
+            current.expect_continue = false;
+        }
+        let mut out = lock(&self.outbufs);
+        if let Some(OutBuf::Bytes(last)) = out.bufs.back_mut() {
+            if last.append(CONTINUE).is_ok() {
+                out.current_outbuf_count += CONTINUE.len();
+                self.total_outbufs_len
+                    .fetch_add(CONTINUE.len(), Ordering::AcqRel);
+            }
+        }
+        requests.sent_continue = true;
+        let _ = self.flush_locked(&mut out);
+    }
+
+    /// The I/O thread closes the channel (waitress: `handle_close`): drop the output, mark
+    /// it disconnected, wake a waiting worker, and shut the socket so the peer sees the end.
+    fn close_buffers(&self) {
+        let mut out = lock(&self.outbufs);
+        for buf in out.bufs.iter_mut() {
+            buf.close();
+        }
+        self.total_outbufs_len.store(0, Ordering::Release);
+        self.connected.store(false, Ordering::Release);
+        self.outbuf_cv.notify_all();
+        drop(out);
+        self.stream.shutdown();
+    }
+
+    /// Queue a file to stream after what is already queued, with a fresh byte buffer behind
+    /// it for what follows (waitress: `write_soon` with a `ReadOnlyFileBasedBuffer`).
+    fn write_file(&self, file: ReadOnlyFileBasedBuffer) -> Result<u64, ClientDisconnected> {
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(ClientDisconnected);
+        }
+        let len = file.len();
+        let mut out = lock(&self.outbufs);
+        out = self.flush_outbufs_below_high_watermark(out);
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(ClientDisconnected);
+        }
+        out.bufs.push_back(OutBuf::File(file));
+        out.bufs.push_back(OutBuf::Bytes(OverflowableBuffer::new(
+            self.adj.outbuf_overflow,
+        )));
+        out.current_outbuf_count = 0;
+        let num_bytes = usize::try_from(len).unwrap_or(usize::MAX);
+        self.total_outbufs_len
+            .fetch_add(num_bytes, Ordering::AcqRel);
+        self.flush_after_queue(&mut out);
+        Ok(len)
+    }
+
+    /// Append bytes to the last output buffer (the common case of `write_soon`).
+    fn write_bytes(&self, data: &[u8]) -> Result<usize, ClientDisconnected> {
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(ClientDisconnected);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let mut out = lock(&self.outbufs);
+        out = self.flush_outbufs_below_high_watermark(out);
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(ClientDisconnected);
+        }
+        if out.current_outbuf_count >= self.adj.outbuf_high_watermark {
+            let overflow = self.adj.outbuf_overflow;
+            out.bufs
+                .push_back(OutBuf::Bytes(OverflowableBuffer::new(overflow)));
+            out.current_outbuf_count = 0;
+        }
+        match out.bufs.back_mut() {
+            Some(OutBuf::Bytes(last)) => {
+                if let Err(e) = last.append(data) {
+                    LOGGER.error(&format!("could not buffer the response: {e}"));
+                    return Err(ClientDisconnected);
+                }
+            }
+            _ => return Err(ClientDisconnected),
+        }
+        out.current_outbuf_count += data.len();
+        self.total_outbufs_len
+            .fetch_add(data.len(), Ordering::AcqRel);
+        self.flush_after_queue(&mut out);
+        Ok(data.len())
+    }
+
+    /// After queueing: try to send now (non-blocking); leave the rest to the I/O thread.
+    fn flush_after_queue(&self, out: &mut Outbufs) {
+        if self.total() >= self.adj.send_bytes {
+            let flushed = self.flush_locked(out);
+            if flushed.is_err() {
+                self.will_close.store(true, Ordering::Release);
+            }
+            if !matches!(flushed, Ok(true)) || self.total() >= self.adj.send_bytes {
+                self.trigger.pull_trigger();
+            }
+        }
+    }
+
+    /// Wait while more than `outbuf_high_watermark` bytes are pending, so a fast application
+    /// cannot pile up a huge response for a slow client (waitress:
+    /// `_flush_outbufs_below_high_watermark`). Never waits on a closed channel.
+    fn flush_outbufs_below_high_watermark<'a>(
+        &self,
+        mut out: MutexGuard<'a, Outbufs>,
+    ) -> MutexGuard<'a, Outbufs> {
+        if self.total() <= self.adj.outbuf_high_watermark {
+            return out;
+        }
+        if self.flush_locked(&mut out).is_err() {
+            self.will_close.store(true, Ordering::Release);
+            self.trigger.pull_trigger();
+            return out;
+        }
+        while self.connected.load(Ordering::Acquire)
+            && self.total() > self.adj.outbuf_high_watermark
+        {
+            self.trigger.pull_trigger();
+            out = self.outbuf_cv.wait(out).unwrap_or_else(|e| e.into_inner());
+        }
+        out
+    }
+
+    /// Build the 500 answer for a failed application (waitress: the `except Exception` branch
+    /// of `service`).
+    fn internal_error_request(
+        &self,
+        request: &HttpRequestParser,
+        error: &TaskError,
+    ) -> HttpRequestParser {
+        let body = match error {
+            TaskError::App(e) if self.adj.expose_tracebacks => error_chain(e.as_ref()),
+            _ => "The server encountered an unexpected internal server error".to_string(),
+        };
+        let mut err_request = HttpRequestParser::new(Arc::clone(&self.adj));
+        err_request.error = Some(Error::internal_server_error(body));
+        err_request.version = request.version.clone();
+        if let Some(connection) = request.headers.get("CONNECTION") {
+            err_request
+                .headers
+                .insert("CONNECTION".to_string(), connection.clone());
+        }
+        err_request
+    }
+
+    /// Run one task for `request`; returns whether to close after it.
+    fn run_task(&self, request: &mut HttpRequestParser) -> bool {
+        let is_error = request.error.is_some();
+        let (result, wrote_header, close, path) = {
+            let mut task = if is_error {
+                Task::error(self, request)
+            } else {
+                Task::wsgi(self, request)
+            };
+            let result = if self.connected.load(Ordering::Acquire) {
+                task.service()
+            } else {
+                task.close_on_finish = true;
+                Ok(())
+            };
+            (
+                result,
+                task.wrote_header,
+                task.close_on_finish,
+                task.path().to_string(),
+            )
+        };
+        match result {
+            Ok(()) => close,
+            Err(TaskError::ClientDisconnected) => {
+                LOGGER.info(&format!("Client disconnected while serving {path}"));
+                true
+            }
+            Err(error) => {
+                if let TaskError::App(e) = &error {
+                    LOGGER.exception(&format!("Exception while serving {path}"), e.as_ref());
+                }
+                if wrote_header {
+                    return true;
+                }
+                let mut err_request = self.internal_error_request(request, &error);
+                let mut task = Task::error(self, &mut err_request);
+                match task.service() {
+                    Ok(()) => task.close_on_finish,
+                    Err(_) => true,
+                }
+            }
+        }
+    }
+}
+
+impl TaskChannel for HttpChannel {
+    fn server(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    fn addr(&self) -> &PeerAddr {
+        &self.addr
+    }
+
+    fn write_soon(&self, data: &[u8]) -> Result<usize, ClientDisconnected> {
+        self.write_bytes(data)
+    }
+
+    fn write_soon_file(&self, buffer: ReadOnlyFileBasedBuffer) -> Result<u64, ClientDisconnected> {
+        self.write_file(buffer)
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn disconnect_check(&self) -> DisconnectCheck {
+        let me = self.me.clone();
+        DisconnectCheck::new(move || me.upgrade().map_or(true, |c| c.check_client_disconnected()))
+    }
+}
+
+impl Service for HttpChannel {
+    /// Serve the first waiting request, then queue ourselves again if more wait (waitress:
+    /// `HTTPChannel.service`).
+    fn service(&self) {
+        let mut request = {
+            let mut requests = lock(&self.requests);
+            match requests.queue.pop_front() {
+                Some(request) => {
+                    requests.serving = true;
+                    request
+                }
+                None => return,
+            }
+        };
+        let close = self.run_task(&mut request);
+        if close {
+            let mut requests = lock(&self.requests);
+            self.close_when_flushed.store(true, Ordering::Release);
+            requests.queue.clear();
+            requests.serving = false;
+            self.request_count.store(0, Ordering::Release);
+        } else {
+            {
+                let out = lock(&self.outbufs);
+                let more_waiting = self.request_count.load(Ordering::Acquire) > 1;
+                let mut out = if more_waiting {
+                    self.flush_outbufs_below_high_watermark(out)
+                } else {
+                    out
+                };
+                if out.current_outbuf_count > 0 {
+                    // The next response starts a fresh buffer, so this one can be freed as
+                    // soon as it is sent.
+                    out.current_outbuf_count = self.adj.outbuf_high_watermark;
+                }
+            }
+            request.close();
+            let mut requests = lock(&self.requests);
+            requests.serving = false;
+            self.request_count
+                .store(requests.count(), Ordering::Release);
+            let connected = self.connected.load(Ordering::Acquire);
+            if connected && !requests.queue.is_empty() {
+                self.add_self_as_task();
+            } else if connected
+                && !requests.sent_continue
+                && requests
+                    .current
+                    .as_ref()
+                    .is_some_and(|r| r.expect_continue && r.headers_finished)
+            {
+                self.send_continue(&mut requests);
+            }
+        }
+        if self.connected.load(Ordering::Acquire) {
+            self.trigger.pull_trigger();
+        }
+        self.touch();
+    }
+
+    /// Drop everything at shutdown (waitress: `cancel`).
+    fn cancel(&self) {
+        self.will_close.store(true, Ordering::Release);
+        self.connected.store(false, Ordering::Release);
+        self.touch();
+        let mut requests = lock(&self.requests);
+        requests.queue.clear();
+        requests.serving = false;
+        self.request_count.store(0, Ordering::Release);
+    }
+}
+
+/// The channel's entry in the socket map, on the I/O thread.
+struct ChannelDispatcher {
+    channel: Arc<HttpChannel>,
+    server: Rc<ChannelServer>,
+    map: SocketMap,
+}
+
+impl ChannelDispatcher {
+    /// `handle_read`: one `recv` into the shared buffer, then parse.
+    fn handle_read(&self) {
+        let started = profiling::start();
+        let mut buffer = self.server.read_buffer.borrow_mut();
+        match self.channel.stream.recv(&mut buffer) {
+            Ok(0) => {
+                drop(buffer);
+                self.handle_close();
+            }
+            Ok(n) => {
+                self.channel.touch();
+                self.channel.received(&buffer[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                drop(buffer);
+                if !is_disconnected(&e) && self.channel.adj.log_socket_errors {
+                    LOGGER.error(&format!("Socket error\n{e}"));
+                }
+                self.handle_close();
+            }
+        }
+        profiling::finish(Stage::ReadParse, started);
+    }
+}
+
+impl Dispatcher for ChannelDispatcher {
+    fn fileno(&self) -> RawFd {
+        self.channel.fd
+    }
+
+    fn readable(&self) -> bool {
+        self.channel.readable()
+    }
+
+    fn writable(&self) -> bool {
+        self.channel.writable()
+    }
+
+    fn handle_read_event(&self) {
+        self.handle_read();
+    }
+
+    fn handle_write_event(&self) {
+        if self.channel.handle_write() {
+            self.handle_close();
+        }
+    }
+
+    fn handle_close(&self) {
+        self.channel.close_buffers();
+        let fd = self.channel.fd;
+        self.map.borrow_mut().remove(&fd);
+        self.server.active_channels.borrow_mut().remove(&fd);
+    }
+}

@@ -1,1 +1,693 @@
-//! Port of waitress/server.py. (Being written.)
+//! Port of waitress/server.py.
+//!
+//! `create_server` builds the listening sockets (TCP on every resolved address, a Unix socket,
+//! or sockets bound by the caller), the trigger, the worker pool and the socket map, and
+//! returns a [`WsgiServer`] whose `run` is the I/O thread's loop. The listeners accept
+//! connections into channels, stop accepting at `connection_limit`, and sweep idle channels
+//! every `cleanup_interval`.
+
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::adjustments::{Adjustments, AdjustmentsError, PreboundSocket, SOL_TCP, TCP_NODELAY};
+use crate::app::{App, SharedApp};
+use crate::channel::{ChannelServer, ChannelStream, HttpChannel};
+use crate::profiling::{self, Stage};
+use crate::proxy_headers::proxy_headers_middleware;
+use crate::task::{PeerAddr, ServerInfo, ThreadedTaskDispatcher};
+use crate::trigger::{Trigger, TriggerHandle};
+use crate::utilities::{cleanup_unix_socket, LOGGER};
+use crate::wasyncore::{self, Dispatcher, SocketMap};
+
+/// Why a server could not be built or run.
+#[derive(Debug)]
+pub enum ServerError {
+    /// A setting was refused.
+    Adjustments(AdjustmentsError),
+    /// A listening socket could not be created or bound.
+    Bind {
+        /// The address (or Unix socket path) that failed.
+        address: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// Any other system error.
+    Io(io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Adjustments(e) => write!(f, "{e}"),
+            ServerError::Bind { address, source } => {
+                write!(f, "could not listen on {address}: {source}")
+            }
+            ServerError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Adjustments(e) => Some(e),
+            ServerError::Bind { source, .. } => Some(source),
+            ServerError::Io(e) => Some(e),
+        }
+    }
+}
+
+impl From<io::Error> for ServerError {
+    fn from(e: io::Error) -> Self {
+        ServerError::Io(e)
+    }
+}
+
+impl From<AdjustmentsError> for ServerError {
+    fn from(e: AdjustmentsError) -> Self {
+        ServerError::Adjustments(e)
+    }
+}
+
+/// Build a server for `app` from waitress's settings as name/value pairs (waitress:
+/// `create_server(application, **kw)`). The server does not run until [`WsgiServer::run`].
+///
+/// ```
+/// use waitress::{AppResult, Body, Environ, StartResponse};
+///
+/// fn hello(_env: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
+///     sr.start("200 OK", [("Content-Type", "text/plain")])?;
+///     Ok(Body::from("Hello"))
+/// }
+///
+/// let server = waitress::create_server(hello, [("listen", "127.0.0.1:0")]).unwrap();
+/// let port: u16 = server.effective_port().parse().unwrap();
+/// assert!(port > 0);
+/// let stop = server.shutdown_handle();
+/// stop.shutdown();
+/// server.run().unwrap(); // returns at once: shutdown was already asked for
+/// ```
+pub fn create_server<A, I, K, V>(app: A, kw: I) -> Result<WsgiServer, ServerError>
+where
+    A: App,
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    let adj = Adjustments::new(kw)?;
+    create_server_with(Arc::new(app), adj)
+}
+
+/// Build a server from a shared application and ready settings.
+pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiServer, ServerError> {
+    let sockets = std::mem::take(&mut adj.sockets);
+    let adj = Arc::new(adj);
+    let application = if adj.trusted_proxy.is_some() || adj.clear_untrusted_proxy_headers {
+        proxy_headers_middleware(app, &adj)
+    } else {
+        app
+    };
+    let map = wasyncore::new_map();
+    let trigger = Trigger::new(&map)?;
+    let dispatcher = ThreadedTaskDispatcher::new();
+    let mut bound: Vec<Bound> = Vec::new();
+    if let Some(path) = &adj.unix_socket {
+        bound.push(bind_unix(path, &adj)?);
+    } else if sockets.is_empty() {
+        for addr in &adj.listen {
+            bound.push(bind_tcp(*addr, adj.backlog)?);
+        }
+    } else {
+        for socket in sockets {
+            bound.push(adopt(socket, adj.backlog)?);
+        }
+    }
+    dispatcher.set_thread_count(adj.threads);
+    let mut listeners = Vec::new();
+    let mut effective_listen = Vec::new();
+    for socket in bound {
+        let (host, port) = socket.effective();
+        let info = Arc::new(ServerInfo {
+            application: Arc::clone(&application),
+            server_name: adj.server_name.clone(),
+            effective_port: port.clone(),
+            adj: Arc::clone(&adj),
+        });
+        let channel_server = Rc::new(ChannelServer::new(
+            info,
+            Arc::clone(&dispatcher),
+            trigger.handle(),
+        ));
+        let listener = Rc::new(Listener {
+            socket,
+            server: channel_server,
+            map: Rc::clone(&map),
+            adj: Arc::clone(&adj),
+            in_connection_overflow: Cell::new(false),
+            next_channel_cleanup: Cell::new(Instant::now()),
+        });
+        map.borrow_mut().insert(
+            listener.fileno(),
+            Rc::clone(&listener) as Rc<dyn Dispatcher>,
+        );
+        effective_listen.push((host, port));
+        listeners.push(listener);
+    }
+    Ok(WsgiServer {
+        map,
+        listeners,
+        trigger,
+        dispatcher,
+        adj,
+        effective_listen,
+        stop: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+/// A listening socket, bound and listening.
+enum Bound {
+    Tcp(TcpListener),
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+        /// The file was created here, so it is removed on close.
+        owned: bool,
+    },
+}
+
+impl Bound {
+    fn fd(&self) -> RawFd {
+        match self {
+            Bound::Tcp(l) => l.as_raw_fd(),
+            Bound::Unix { listener, .. } => listener.as_raw_fd(),
+        }
+    }
+
+    /// The host and port as waitress reports them: numeric host and port for TCP,
+    /// `("unix", path)` for a Unix socket.
+    fn effective(&self) -> (String, String) {
+        match self {
+            Bound::Tcp(l) => match l.local_addr() {
+                Ok(addr) => (addr.ip().to_string(), addr.port().to_string()),
+                Err(_) => (String::new(), String::new()),
+            },
+            Bound::Unix { path, .. } => ("unix".to_string(), path.display().to_string()),
+        }
+    }
+}
+
+/// Create, configure, bind and listen: `SO_REUSEADDR` always, `IPV6_V6ONLY` for IPv6 so that
+/// `0.0.0.0` and `::` can both be bound on one port (waitress: `create_socket`, `bind`,
+/// `accept_connections`).
+fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<Bound, ServerError> {
+    let fail = |source| ServerError::Bind {
+        address: addr.to_string(),
+        source,
+    };
+    let fd = sys::tcp_socket(addr.is_ipv6()).map_err(fail)?;
+    sys::set_int_option(fd.as_raw_fd(), sys::SOL_SOCKET, sys::SO_REUSEADDR, 1).map_err(fail)?;
+    if addr.is_ipv6() {
+        sys::set_int_option(fd.as_raw_fd(), sys::IPPROTO_IPV6, sys::IPV6_V6ONLY, 1)
+            .map_err(fail)?;
+    }
+    sys::bind(fd.as_raw_fd(), &addr).map_err(fail)?;
+    sys::listen(fd.as_raw_fd(), backlog).map_err(fail)?;
+    let listener = TcpListener::from(fd);
+    listener.set_nonblocking(true).map_err(fail)?;
+    Ok(Bound::Tcp(listener))
+}
+
+/// Bind the Unix socket: a stale socket file is removed first, then `unix_socket_perms` is
+/// applied (waitress: `UnixWSGIServer.bind_server_socket`).
+fn bind_unix(path: &std::path::Path, adj: &Adjustments) -> Result<Bound, ServerError> {
+    let fail = |source| ServerError::Bind {
+        address: path.display().to_string(),
+        source,
+    };
+    cleanup_unix_socket(path).map_err(fail)?;
+    let listener = UnixListener::bind(path).map_err(fail)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(adj.unix_socket_perms))
+        .map_err(fail)?;
+    sys::listen(listener.as_raw_fd(), adj.backlog).map_err(fail)?;
+    listener.set_nonblocking(true).map_err(fail)?;
+    Ok(Bound::Unix {
+        listener,
+        path: path.to_path_buf(),
+        owned: true,
+    })
+}
+
+/// Serve a socket the caller bound (waitress: `sockets`); it is put in listening mode.
+fn adopt(socket: PreboundSocket, backlog: i32) -> Result<Bound, ServerError> {
+    match socket {
+        PreboundSocket::Tcp(listener) => {
+            sys::listen(listener.as_raw_fd(), backlog)?;
+            listener.set_nonblocking(true)?;
+            Ok(Bound::Tcp(listener))
+        }
+        PreboundSocket::Unix(listener) => {
+            sys::listen(listener.as_raw_fd(), backlog)?;
+            listener.set_nonblocking(true)?;
+            let path = listener
+                .local_addr()?
+                .as_pathname()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default();
+            Ok(Bound::Unix {
+                listener,
+                path,
+                owned: false,
+            })
+        }
+    }
+}
+
+/// A listening socket in the map (waitress: `BaseWSGIServer` as a dispatcher).
+struct Listener {
+    socket: Bound,
+    server: Rc<ChannelServer>,
+    map: SocketMap,
+    adj: Arc<Adjustments>,
+    /// Accepting is paused at `connection_limit` (waitress: `in_connection_overflow`).
+    in_connection_overflow: Cell<bool>,
+    next_channel_cleanup: Cell<Instant>,
+}
+
+impl Listener {
+    /// Mark channels idle past `channel_timeout` for closing (waitress: `maintenance`).
+    fn maintenance(&self, now: Instant) {
+        let timeout = Duration::from_secs(self.adj.channel_timeout);
+        for channel in self.server.active_channels.borrow().values() {
+            if !channel.has_requests() && now.duration_since(channel.last_activity()) > timeout {
+                channel.set_will_close();
+            }
+        }
+    }
+
+    /// Accept one connection (waitress: `handle_accept`).
+    fn handle_accept(&self) {
+        let started = profiling::start();
+        let accepted = match &self.socket {
+            Bound::Tcp(listener) => listener.accept().and_then(|(stream, addr)| {
+                self.set_socket_options(&stream)?;
+                Ok((
+                    ChannelStream::Tcp(stream),
+                    PeerAddr {
+                        host: addr.ip().to_string(),
+                        port: Some(addr.port()),
+                    },
+                ))
+            }),
+            Bound::Unix { listener, .. } => listener.accept().map(|(stream, _)| {
+                (
+                    ChannelStream::Unix(stream),
+                    PeerAddr {
+                        host: "localhost".to_string(),
+                        port: None,
+                    },
+                )
+            }),
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                if let Err(e) = HttpChannel::create(
+                    &self.server,
+                    stream,
+                    addr,
+                    Arc::clone(&self.adj),
+                    &self.map,
+                ) {
+                    LOGGER.warning(&format!("could not set up the connection: {e}"));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                if self.adj.log_socket_errors {
+                    LOGGER.warning(&format!("server accept() threw an exception\n{e}"));
+                }
+            }
+        }
+        profiling::finish(Stage::Accept, started);
+    }
+
+    /// Apply `socket_options` to an accepted TCP connection (waitress: `set_socket_options`).
+    fn set_socket_options(&self, stream: &std::net::TcpStream) -> io::Result<()> {
+        for &(level, name, value) in &self.adj.socket_options {
+            if level == SOL_TCP && name == TCP_NODELAY {
+                stream.set_nodelay(value != 0)?;
+            } else {
+                sys::set_int_option(stream.as_raw_fd(), level, name, value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Dispatcher for Listener {
+    fn fileno(&self) -> RawFd {
+        self.socket.fd()
+    }
+
+    /// Also the hook for the idle sweep, and where `connection_limit` pauses accepting.
+    fn readable(&self) -> bool {
+        let now = Instant::now();
+        if now >= self.next_channel_cleanup.get() {
+            self.next_channel_cleanup
+                .set(now + Duration::from_secs(self.adj.cleanup_interval));
+            self.maintenance(now);
+        }
+        let open = self.map.borrow().len();
+        if !self.in_connection_overflow.get() && open >= self.adj.connection_limit {
+            self.in_connection_overflow.set(true);
+            LOGGER.warning(
+                "total open connections reached the connection limit, no longer accepting new connections",
+            );
+        } else if self.in_connection_overflow.get() && open < self.adj.connection_limit {
+            self.in_connection_overflow.set(false);
+            LOGGER
+                .info("total open connections dropped below the connection limit, listening again");
+        }
+        !self.in_connection_overflow.get()
+    }
+
+    fn writable(&self) -> bool {
+        false
+    }
+
+    fn handle_read_event(&self) {
+        self.handle_accept();
+    }
+
+    fn handle_write_event(&self) {}
+
+    fn handle_close(&self) {
+        self.map.borrow_mut().remove(&self.fileno());
+        if let Bound::Unix {
+            path, owned: true, ..
+        } = &self.socket
+        {
+            let _ = cleanup_unix_socket(path);
+        }
+    }
+}
+
+/// Stops a running server from any thread.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    stop: Arc<AtomicBool>,
+    trigger: TriggerHandle,
+}
+
+impl ShutdownHandle {
+    /// Ask the server to stop: its `run` closes the listeners and connections, stops the
+    /// workers and returns.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.trigger.pull_trigger();
+    }
+}
+
+/// A server: listeners, worker pool and event loop (waitress: `TcpWSGIServer`,
+/// `UnixWSGIServer` and `MultiSocketServer` in one type). Not `Send`: its socket map belongs to
+/// the thread that runs it, so build it on that thread.
+pub struct WsgiServer {
+    map: SocketMap,
+    listeners: Vec<Rc<Listener>>,
+    trigger: Rc<Trigger>,
+    dispatcher: Arc<ThreadedTaskDispatcher>,
+    adj: Arc<Adjustments>,
+    effective_listen: Vec<(String, String)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for WsgiServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsgiServer")
+            .field("effective_listen", &self.effective_listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WsgiServer {
+    /// Run the event loop on this thread until [`ShutdownHandle::shutdown`] (waitress: `run`).
+    /// Then everything is closed: listeners (a Unix socket file this server created is
+    /// removed), connections, and the worker pool.
+    pub fn run(&self) -> io::Result<()> {
+        let timeout = Duration::from_secs(self.adj.asyncore_loop_timeout);
+        let mut result = Ok(());
+        while !self.stop.load(Ordering::Acquire) && !self.map.borrow().is_empty() {
+            let round = if self.adj.asyncore_use_poll {
+                wasyncore::poll2(timeout, &self.map)
+            } else {
+                wasyncore::poll(timeout, &self.map)
+            };
+            if let Err(e) = round {
+                result = Err(e);
+                break;
+            }
+        }
+        self.close();
+        result
+    }
+
+    /// Close the listeners and connections and stop the workers (waitress: `close`).
+    pub fn close(&self) {
+        for listener in &self.listeners {
+            listener.handle_close();
+        }
+        self.trigger.close();
+        wasyncore::close_all(&self.map);
+        self.dispatcher.shutdown(true, Duration::from_secs(5));
+    }
+
+    /// Log `format` with each listening host and port, e.g. `"Serving on http://{}:{}"`;
+    /// IPv6 hosts get brackets (waitress: `print_listen`).
+    pub fn print_listen(&self, format: &str) {
+        for (host, port) in &self.effective_listen {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            let line = format.replacen("{}", &host, 1).replacen("{}", port, 1);
+            LOGGER.info(&line);
+        }
+    }
+
+    /// Every (host, port) listened on.
+    pub fn effective_listen(&self) -> Vec<(String, String)> {
+        self.effective_listen.clone()
+    }
+
+    /// The host of the first listener (`unix` for a Unix socket).
+    pub fn effective_host(&self) -> String {
+        self.effective_listen
+            .first()
+            .map(|(h, _)| h.clone())
+            .unwrap_or_default()
+    }
+
+    /// The port of the first listener (the socket path for a Unix socket).
+    pub fn effective_port(&self) -> String {
+        self.effective_listen
+            .first()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// A handle that stops the server from another thread (or a signal watcher).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            stop: Arc::clone(&self.stop),
+            trigger: self.trigger.handle(),
+        }
+    }
+
+    /// The settings in use.
+    pub fn adj(&self) -> &Adjustments {
+        &self.adj
+    }
+}
+
+/// Socket calls std does not offer: creating a socket with options set before `bind`, and
+/// `listen` with the configured backlog.
+mod sys {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::raw::{c_int, c_void};
+
+    #[cfg(target_os = "linux")]
+    mod consts {
+        pub const AF_INET: i32 = 2;
+        pub const AF_INET6: i32 = 10;
+        pub const SOCK_STREAM: i32 = 1 | 0o2000000; // with SOCK_CLOEXEC
+        pub const SOL_SOCKET: i32 = 1;
+        pub const SO_REUSEADDR: i32 = 2;
+        pub const IPV6_V6ONLY: i32 = 26;
+    }
+    #[cfg(not(target_os = "linux"))]
+    mod consts {
+        pub const AF_INET: i32 = 2;
+        pub const AF_INET6: i32 = 30;
+        pub const SOCK_STREAM: i32 = 1;
+        pub const SOL_SOCKET: i32 = 0xffff;
+        pub const SO_REUSEADDR: i32 = 4;
+        pub const IPV6_V6ONLY: i32 = 27;
+    }
+    use consts::{AF_INET, AF_INET6, SOCK_STREAM};
+    pub use consts::{IPV6_V6ONLY, SOL_SOCKET, SO_REUSEADDR};
+    pub const IPPROTO_IPV6: i32 = 41;
+
+    extern "C" {
+        fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+        fn setsockopt(
+            fd: c_int,
+            level: c_int,
+            name: c_int,
+            value: *const c_void,
+            len: u32,
+        ) -> c_int;
+        #[link_name = "bind"]
+        fn c_bind(fd: c_int, addr: *const c_void, len: u32) -> c_int;
+        #[link_name = "listen"]
+        fn c_listen(fd: c_int, backlog: c_int) -> c_int;
+    }
+
+    fn check(ret: c_int) -> io::Result<c_int> {
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+
+    /// A new TCP socket, closed on drop.
+    pub fn tcp_socket(ipv6: bool) -> io::Result<OwnedFd> {
+        let domain = if ipv6 { AF_INET6 } else { AF_INET };
+        // SAFETY: socket(2) takes no pointers; a non-negative result is a new descriptor that
+        // nothing else owns, so handing it to OwnedFd is sound.
+        let fd = check(unsafe { socket(domain, SOCK_STREAM, 0) })?;
+        // SAFETY: see above: `fd` was just created and is owned by no one else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// `setsockopt` with an int value.
+    pub fn set_int_option(fd: c_int, level: i32, name: i32, value: i32) -> io::Result<()> {
+        // SAFETY: the value pointer refers to a live c_int for the duration of the call and the
+        // length passed is exactly its size.
+        check(unsafe {
+            setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const c_int).cast(),
+                std::mem::size_of::<c_int>() as u32,
+            )
+        })?;
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    #[repr(C)]
+    struct SockaddrIn {
+        family: u16,
+        port: u16,
+        addr: [u8; 4],
+        zero: [u8; 8],
+    }
+
+    #[cfg(target_os = "linux")]
+    #[repr(C)]
+    struct SockaddrIn6 {
+        family: u16,
+        port: u16,
+        flowinfo: u32,
+        addr: [u8; 16],
+        scope_id: u32,
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    #[repr(C)]
+    struct SockaddrIn {
+        len: u8,
+        family: u8,
+        port: u16,
+        addr: [u8; 4],
+        zero: [u8; 8],
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    #[repr(C)]
+    struct SockaddrIn6 {
+        len: u8,
+        family: u8,
+        port: u16,
+        flowinfo: u32,
+        addr: [u8; 16],
+        scope_id: u32,
+    }
+
+    /// `bind(2)` to a socket address.
+    pub fn bind(fd: c_int, addr: &SocketAddr) -> io::Result<()> {
+        match addr {
+            SocketAddr::V4(a) => {
+                let raw = SockaddrIn {
+                    #[cfg(not(target_os = "linux"))]
+                    len: std::mem::size_of::<SockaddrIn>() as u8,
+                    family: AF_INET as _,
+                    port: a.port().to_be(),
+                    addr: a.ip().octets(),
+                    zero: [0; 8],
+                };
+                // SAFETY: `raw` is a properly laid out sockaddr_in that lives across the call,
+                // and the length is its exact size.
+                check(unsafe {
+                    c_bind(
+                        fd,
+                        (&raw as *const SockaddrIn).cast(),
+                        std::mem::size_of::<SockaddrIn>() as u32,
+                    )
+                })?;
+            }
+            SocketAddr::V6(a) => {
+                let raw = SockaddrIn6 {
+                    #[cfg(not(target_os = "linux"))]
+                    len: std::mem::size_of::<SockaddrIn6>() as u8,
+                    family: AF_INET6 as _,
+                    port: a.port().to_be(),
+                    flowinfo: a.flowinfo().to_be(),
+                    addr: a.ip().octets(),
+                    scope_id: a.scope_id(),
+                };
+                // SAFETY: `raw` is a properly laid out sockaddr_in6 that lives across the call,
+                // and the length is its exact size.
+                check(unsafe {
+                    c_bind(
+                        fd,
+                        (&raw as *const SockaddrIn6).cast(),
+                        std::mem::size_of::<SockaddrIn6>() as u32,
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `listen(2)` with the configured backlog (also re-applies it to a listening socket).
+    pub fn listen(fd: c_int, backlog: i32) -> io::Result<()> {
+        // SAFETY: listen(2) takes no pointers; an invalid descriptor is reported as an error.
+        check(unsafe { c_listen(fd, backlog) })?;
+        Ok(())
+    }
+}

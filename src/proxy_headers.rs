@@ -438,10 +438,12 @@ mod tests {
     use crate::app::RecordedResponse;
     use std::sync::Mutex;
 
+    type Vars = Vec<(String, String)>;
+
     struct Outcome {
         status: String,
         body: Vec<u8>,
-        environ: Option<Vec<(String, String)>>,
+        environ: Option<Vars>,
     }
 
     impl Outcome {
@@ -469,7 +471,7 @@ mod tests {
     }
 
     fn call(settings: ProxySettings, addr: (&str, u16), headers: &[(&str, &str)]) -> Outcome {
-        let seen: Arc<Mutex<Option<Vec<(String, String)>>>> = Arc::new(Mutex::new(None));
+        let seen: Arc<Mutex<Option<Vars>>> = Arc::new(Mutex::new(None));
         let record = Arc::clone(&seen);
         let inner = move |environ: &mut Environ, sr: &mut StartResponse<'_>| -> AppResult {
             *record.lock().unwrap() = Some(

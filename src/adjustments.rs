@@ -587,6 +587,11 @@ const PARAMS: [(&str, bool); 34] = [
     ("server_name", false),
 ];
 
+/// The names of every setting, in waitress's order (`host`, `port`, `ipv4`, …).
+pub fn setting_names() -> impl Iterator<Item = &'static str> {
+    PARAMS.iter().map(|(name, _)| *name)
+}
+
 /// The long options the command line knows, with whether each takes a value: `help`,
 /// `call`, every setting (booleans also as `no-NAME`), and `app`.
 fn long_options() -> Vec<(String, bool)> {

@@ -1,1 +1,659 @@
-//! Port of waitress/runner.py. (Being written.)
+//! Port of waitress/runner.py.
+//!
+//! The `waitress-serve` command line: parse the options with `Adjustments::parse_args`, pick
+//! the application by name from an [`AppRegistry`], build the server, and serve until SIGINT
+//! or SIGTERM. Rust cannot import `module:object` at run time, so a program passes in the
+//! registry of applications it can serve; the built-in ones are in [`builtin`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::sync::Arc;
+
+use crate::adjustments::Adjustments;
+use crate::app::{AppResult, Environ, SharedApp, StartResponse};
+use crate::server::create_server_with;
+use crate::utilities::LOGGER;
+
+/// The help text; `{0}` is the program name.
+pub const HELP: &str = "\
+Usage:
+
+    {0} [OPTS] [APP]
+
+APP names an application known to this program (see the list at the end);
+without one, the built-in 'demo' application is served.
+
+Standard options:
+
+    --help
+        Print this text and exit.
+
+    --app=NAME
+        The application to serve, by name; the same as giving NAME as the
+        positional argument.
+
+    --call
+        Accepted for compatibility with waitress, where it means \"call the
+        named object to get the application\". Here every registered
+        application is already built by calling its factory, so it changes
+        nothing.
+
+    --host=ADDR
+        Host name or IP address to listen on. Default: '0.0.0.0', every IPv4
+        address of this machine. Cannot be combined with --listen.
+
+    --port=PORT
+        TCP port to listen on. Default: 8080. Cannot be combined with --listen.
+
+    --listen=HOST:PORT
+        An address to listen on; give it several times for several sockets.
+        Examples:
+
+            --listen=127.0.0.1:8080
+            --listen=[::1]:8080
+            --listen=*:8080
+
+        '*' stands for every address of the enabled families (see --ipv4 and
+        --ipv6).
+
+    --server-name=NAME
+        The SERVER_NAME the application sees for a request that names no host
+        (an HTTP/1.0 request without a Host header and without trusted proxy
+        headers). Default: 'waitress.invalid'.
+
+    --[no-]ipv4
+        Allow (or forbid) IPv4 addresses when resolving --listen. Default: on.
+
+    --[no-]ipv6
+        Allow (or forbid) IPv6 addresses when resolving --listen. Default: on.
+
+    --unix-socket=PATH
+        Listen on a Unix domain socket at PATH instead of TCP. A stale socket
+        file left at PATH is replaced; the file is removed when the server
+        stops.
+
+    --unix-socket-perms=PERMS
+        Octal permissions of the Unix socket file. Default: 600.
+
+    --url-scheme=STR
+        The default wsgi.url_scheme. Default: 'http'.
+
+    --url-prefix=STR
+        The SCRIPT_NAME of the application; a request path that starts with it
+        has it removed from PATH_INFO. Default: empty.
+
+    --ident=STR
+        The value of the Server response header. Default: 'waitress'.
+
+    --trusted-proxy=ADDR
+        The peer address allowed to set proxy headers ('localhost' for a Unix
+        socket, '*' for any peer).
+
+    --trusted-proxy-count=INT
+        How many proxies in a chain are trusted, counted from the right of
+        X-Forwarded-For / Forwarded. Default: 1.
+
+    --trusted-proxy-headers=LIST
+        Which proxy headers to trust: 'forwarded', or any of
+        'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto',
+        'x-forwarded-port', 'x-forwarded-by'. Needs --trusted-proxy. When
+        --trusted-proxy is given without this, 'x-forwarded-proto' is trusted,
+        as in older waitress versions.
+
+    --[no-]log-untrusted-proxy-headers
+        Log a warning naming the untrusted proxy headers that were removed.
+        Default: off.
+
+    --[no-]clear-untrusted-proxy-headers
+        Remove the proxy headers (Forwarded, X-Forwarded-For, -By, -Host,
+        -Port, -Proto) that are not trusted, so the application never sees a
+        forged one. Default: on.
+
+Tuning options:
+
+    --threads=INT
+        Worker threads that run the application. Default: 4.
+
+    --backlog=INT
+        The listen(2) backlog. Default: 1024.
+
+    --recv-bytes=INT
+        Bytes asked of each recv. Default: 8192.
+
+    --send-bytes=INT
+        Deprecated: bytes buffered before a send is tried. Default: 1.
+
+    --outbuf-overflow=INT
+        Response bytes kept in memory before a temporary file is used.
+        Default: 1048576 (1 MiB).
+
+    --outbuf-high-watermark=INT
+        Pending response bytes at which the application is paused until the
+        client has read some. Default: 16777216 (16 MiB).
+
+    --inbuf-overflow=INT
+        Request body bytes kept in memory before a temporary file is used.
+        Default: 524288 (512 KiB).
+
+    --connection-limit=INT
+        Stop accepting connections while this many are open. Default: 100.
+
+    --cleanup-interval=INT
+        Seconds between sweeps for idle connections. Default: 30.
+
+    --channel-timeout=INT
+        Seconds a connection may stay idle (nothing received or sent) before
+        it is closed. Default: 120.
+
+    --[no-]log-socket-errors
+        Log socket errors such as clients that disconnect early. Default: on.
+
+    --max-request-header-size=INT
+        Largest request head in bytes; larger ones get 431. Default: 262144.
+
+    --max-request-body-size=INT
+        Largest request body in bytes; larger ones get 413.
+        Default: 1073741824 (1 GiB).
+
+    --[no-]expose-tracebacks
+        Put the error of a failing application in the 500 response body.
+        Default: off.
+
+    --asyncore-loop-timeout=INT
+        Seconds the event loop waits in poll(2). Default: 1.
+
+    --asyncore-use-poll
+        poll(2) semantics without select's 1024-descriptor limit. Default: off.
+
+    --channel-request-lookahead=INT
+        Requests read ahead while one is being served; above 0 the application
+        also gets 'waitress.client_disconnected'. Default: 0.
+";
+
+/// Print the help, with the applications of `registry` (waitress: `show_help`).
+pub fn show_help(out: &mut dyn Write, name: &str, registry: &AppRegistry) {
+    let _ = write!(out, "{}", HELP.replace("{0}", name));
+    let _ = writeln!(out, "\nApplications:\n");
+    for (app_name, entry) in &registry.entries {
+        let _ = writeln!(out, "    {app_name:<10} {}", entry.description);
+    }
+}
+
+/// A way to build an application.
+pub type AppFactory = Arc<dyn Fn() -> SharedApp + Send + Sync>;
+
+struct Entry {
+    description: String,
+    factory: AppFactory,
+}
+
+/// The applications a `waitress-serve` program can serve, by name.
+#[derive(Default)]
+pub struct AppRegistry {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl fmt::Debug for AppRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppRegistry")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
+/// An application name the registry does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownApp {
+    /// The name asked for.
+    pub name: String,
+    /// The names that exist.
+    pub known: Vec<String>,
+}
+
+impl fmt::Display for UnknownApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown application '{}' (available: {})",
+            self.name,
+            self.known.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownApp {}
+
+impl AppRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        AppRegistry::default()
+    }
+
+    /// A registry with the built-in `demo`, `hello` and `echo` applications.
+    pub fn with_builtins() -> Self {
+        let mut registry = AppRegistry::new();
+        registry.register_fn(
+            "demo",
+            "an HTML page listing the request's environ",
+            builtin::demo,
+        );
+        registry.register_fn(
+            "hello",
+            "'Hello, World!' as text/plain (the benchmark app)",
+            builtin::hello,
+        );
+        registry.register_fn("echo", "the request as JSON, then its body", builtin::echo);
+        registry
+    }
+
+    /// Register a factory that builds the application when it is chosen.
+    pub fn register(
+        &mut self,
+        name: &str,
+        description: &str,
+        factory: impl Fn() -> SharedApp + Send + Sync + 'static,
+    ) {
+        self.entries.insert(
+            name.to_string(),
+            Entry {
+                description: description.to_string(),
+                factory: Arc::new(factory),
+            },
+        );
+    }
+
+    /// Register an application function or closure.
+    pub fn register_fn<F>(&mut self, name: &str, description: &str, app: F)
+    where
+        F: Fn(&mut Environ, &mut StartResponse<'_>) -> AppResult + Send + Sync + 'static,
+    {
+        let app: SharedApp = Arc::new(app);
+        self.register(name, description, move || Arc::clone(&app));
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// Build the application called `name`.
+    pub fn build(&self, name: &str) -> Result<SharedApp, UnknownApp> {
+        match self.entries.get(name) {
+            Some(entry) => Ok((entry.factory)()),
+            None => Err(UnknownApp {
+                name: name.to_string(),
+                known: self.names(),
+            }),
+        }
+    }
+}
+
+/// The application served when none is named.
+pub const DEFAULT_APP: &str = "demo";
+
+/// Run `waitress-serve` with `argv` (program name first) and return the exit status: 0 after
+/// `--help` or a clean stop by SIGINT/SIGTERM, 1 for a bad command line, setting or address.
+pub fn run(argv: &[String], registry: &AppRegistry) -> i32 {
+    let name = argv
+        .first()
+        .map(|a| {
+            std::path::Path::new(a)
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| a.clone())
+        })
+        .unwrap_or_else(|| "waitress-serve".to_string());
+    let fail = |message: &str| {
+        eprintln!("Error: {message}");
+        eprintln!("Usage: {name} [OPTS] [APP]   ({name} --help lists the options)");
+        1
+    };
+    let parsed = match Adjustments::parse_args(argv.get(1..).unwrap_or(&[])) {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if parsed.help {
+        show_help(&mut std::io::stdout().lock(), &name, registry);
+        return 0;
+    }
+    let app_name = parsed.app.as_deref().unwrap_or(DEFAULT_APP);
+    let app = match registry.build(app_name) {
+        Ok(app) => app,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let adj = match Adjustments::new(parsed.kw) {
+        Ok(adj) => adj,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let server = match create_server_with(app, adj) {
+        Ok(server) => server,
+        Err(e) => return fail(&e.to_string()),
+    };
+    server.print_listen("Serving on http://{}:{}");
+    if let Err(e) = signals::stop_on_signals(server.shutdown_handle()) {
+        LOGGER.warning(&format!(
+            "SIGINT/SIGTERM will not stop the server cleanly: {e}"
+        ));
+    }
+    match server.run() {
+        Ok(()) => 0,
+        Err(e) => {
+            LOGGER.error(&format!("the event loop failed: {e}"));
+            1
+        }
+    }
+}
+
+/// The applications that come with the binary.
+pub mod builtin {
+    use super::*;
+    use crate::app::Body;
+    use std::io::Read;
+
+    /// `Hello, World!` as `text/plain` with its length: the benchmark application.
+    pub fn hello(_environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+        start_response.start(
+            "200 OK",
+            [("Content-Type", "text/plain"), ("Content-Length", "13")],
+        )?;
+        Ok(Body::from("Hello, World!"))
+    }
+
+    /// An HTML page saying who serves it and listing the request's environ.
+    pub fn demo(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+        let mut page = String::from(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>waitress-rs</title></head>\n<body>\n<h1>Hello from waitress-rs</h1>\n<p>This page is served by the Rust port of waitress. The request's environ:</p>\n<table>\n",
+        );
+        for (key, value) in environ.vars() {
+            page.push_str(&format!(
+                "<tr><th align=\"left\">{}</th><td>{}</td></tr>\n",
+                html_escape(key),
+                html_escape(value)
+            ));
+        }
+        page.push_str("</table>\n</body></html>\n");
+        start_response.start(
+            "200 OK",
+            [
+                ("Content-Type", "text/html; charset=utf-8".to_string()),
+                ("Content-Length", page.len().to_string()),
+            ],
+        )?;
+        Ok(Body::from(page))
+    }
+
+    /// `&`, `<`, `>`, `"` and `'` as entities.
+    pub fn html_escape(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&#x27;"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// The request as JSON (method, path, query, length, scheme, addresses, headers), a blank
+    /// line, then the request body: waitress's `tests/fixtureapps/echo.py`.
+    pub fn echo(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+        let mut body = Vec::new();
+        match environ
+            .get("CONTENT_LENGTH")
+            .and_then(|cl| cl.parse::<u64>().ok())
+        {
+            Some(cl) => environ.input().take(cl).read_to_end(&mut body)?,
+            None => environ.input().read_to_end(&mut body)?,
+        };
+        let get = |key: &str| environ.get(key).unwrap_or("").to_string();
+        let mut fields: Vec<(String, String)> = vec![
+            ("method".into(), json_string(&get("REQUEST_METHOD"))),
+            ("path_info".into(), json_string(&get("PATH_INFO"))),
+            ("script_name".into(), json_string(&get("SCRIPT_NAME"))),
+            ("query_string".into(), json_string(&get("QUERY_STRING"))),
+            (
+                "content_length".into(),
+                json_string(&body.len().to_string()),
+            ),
+            ("scheme".into(), json_string(&get("wsgi.url_scheme"))),
+            ("remote_addr".into(), json_string(&get("REMOTE_ADDR"))),
+            ("remote_host".into(), json_string(&get("REMOTE_HOST"))),
+            ("server_port".into(), json_string(&get("SERVER_PORT"))),
+            ("server_name".into(), json_string(&get("SERVER_NAME"))),
+        ];
+        let headers: Vec<String> = environ
+            .vars()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("HTTP_")
+                    .map(|name| format!("{}: {}", json_string(name), json_string(v)))
+            })
+            .collect();
+        fields.push(("headers".into(), format!("{{{}}}", headers.join(", "))));
+        let meta: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{}: {}", json_string(k), v))
+            .collect();
+        let mut response = format!("{{{}}}\r\n\r\n", meta.join(", ")).into_bytes();
+        response.extend_from_slice(&body);
+        start_response.start(
+            "200 OK",
+            [
+                ("Content-Length", response.len().to_string()),
+                ("Content-Type", "text/plain".to_string()),
+            ],
+        )?;
+        Ok(Body::from(response))
+    }
+
+    /// A JSON string as Python's `json.dumps` writes it (ASCII only, `\uXXXX` escapes).
+    pub fn json_string(text: &str) -> String {
+        let mut out = String::with_capacity(text.len() + 2);
+        out.push('"');
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+}
+
+/// SIGINT and SIGTERM stop the server: the handler only writes one byte to a pipe
+/// (async-signal-safe); a watcher thread reads it and calls the shutdown handle.
+mod signals {
+    use std::io::{self, Read};
+    use std::os::raw::c_int;
+    use std::os::unix::io::{AsRawFd, IntoRawFd};
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    use crate::server::ShutdownHandle;
+
+    const SIGINT: c_int = 2;
+    const SIGTERM: c_int = 15;
+
+    /// The write end of the pipe, for the handler; -1 before installation.
+    static PIPE: AtomicI32 = AtomicI32::new(-1);
+
+    extern "C" {
+        fn signal(signum: c_int, handler: extern "C" fn(c_int)) -> usize;
+        fn write(fd: c_int, buf: *const u8, count: usize) -> isize;
+    }
+
+    extern "C" fn on_signal(_signum: c_int) {
+        let fd = PIPE.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let byte = 1u8;
+            // SAFETY: write(2) is async-signal-safe; the pointer is to a live local byte and
+            // the count is 1. A full pipe or a closed descriptor only makes it fail, harmlessly.
+            unsafe {
+                write(fd, &byte, 1);
+            }
+        }
+    }
+
+    /// Install the handlers and start the watcher thread.
+    pub fn stop_on_signals(handle: ShutdownHandle) -> io::Result<()> {
+        let (mut reader, writer) = UnixStream::pair()?;
+        writer.set_nonblocking(true)?;
+        let previous = PIPE.swap(writer.into_raw_fd(), Ordering::SeqCst);
+        if previous >= 0 {
+            // A second server in this process: its pipe replaces the first one's. The old
+            // descriptor stays open (closing it under a running handler would be a race).
+        }
+        std::thread::Builder::new()
+            .name("waitress-signals".to_string())
+            .spawn(move || {
+                let mut byte = [0u8; 1];
+                if let Ok(1) = reader.read(&mut byte) {
+                    handle.shutdown();
+                }
+                let _ = reader.as_raw_fd();
+            })?;
+        for signum in [SIGINT, SIGTERM] {
+            // SAFETY: `on_signal` is an `extern "C" fn(c_int)` that only performs an
+            // async-signal-safe write(2); installing it has no other effect on memory.
+            let result = unsafe { signal(signum, on_signal) };
+            if result == usize::MAX {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Ports of tests/test_runner.py. Skipped: the `module:object` resolution tests
+    //! (`test_bad`, `test_simple_call`, `test_returned_app`, …): applications are found in a
+    //! registry here; the registry tests below stand in for them. The process-level behaviour
+    //! (exit statuses, signals) is tested in tests/runner.rs.
+    use super::*;
+    use crate::app::{Body, RecordedResponse};
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn test_bad_option_exits_1() {
+        let registry = AppRegistry::with_builtins();
+        assert_eq!(
+            run(&args(&["waitress-serve", "--no-such-option"]), &registry),
+            1
+        );
+        assert_eq!(run(&args(&["waitress-serve", "--threads=x"]), &registry), 1);
+    }
+
+    #[test]
+    fn test_unknown_app_exits_1() {
+        let registry = AppRegistry::with_builtins();
+        assert_eq!(run(&args(&["waitress-serve", "nope"]), &registry), 1);
+        let err = registry.build("nope").err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "unknown application 'nope' (available: demo, echo, hello)"
+        );
+    }
+
+    #[test]
+    fn test_help() {
+        let registry = AppRegistry::with_builtins();
+        assert_eq!(run(&args(&["waitress-serve", "--help"]), &registry), 0);
+        let mut out = Vec::new();
+        show_help(&mut out, "prog", &registry);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("Usage:\n\n    prog [OPTS] [APP]"));
+        // `sockets` takes bound sockets, which only a program can pass.
+        for setting in crate::adjustments::setting_names().filter(|s| *s != "sockets") {
+            let option = setting.replace('_', "-");
+            assert!(
+                text.contains(&format!("--{option}")) || text.contains(&format!("--[no-]{option}")),
+                "--{option} missing from the help"
+            );
+        }
+        assert!(text.contains("hello"));
+    }
+
+    #[test]
+    fn test_registry_register_and_build() {
+        let mut registry = AppRegistry::new();
+        registry.register_fn("mine", "mine", |_e, sr| {
+            sr.start("200 OK", [("Content-Type", "text/plain")])?;
+            Ok(Body::from("mine"))
+        });
+        assert_eq!(registry.names(), vec!["mine"]);
+        let app = registry.build("mine").unwrap();
+        let mut recorded = RecordedResponse::default();
+        let body = app
+            .call(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
+            .unwrap();
+        assert_eq!(body.into_bytes().unwrap(), b"mine");
+    }
+
+    #[test]
+    fn builtin_hello_and_echo() {
+        let mut recorded = RecordedResponse::default();
+        let body =
+            builtin::hello(&mut Environ::new(), &mut StartResponse::new(&mut recorded)).unwrap();
+        assert_eq!(body.into_bytes().unwrap(), b"Hello, World!");
+        assert!(recorded
+            .headers
+            .contains(&("Content-Length".into(), "13".into())));
+
+        let mut environ = Environ::new();
+        environ.set("REQUEST_METHOD", "POST");
+        environ.set("CONTENT_LENGTH", "3");
+        environ.set("HTTP_X_NAME", "é\"");
+        environ.set_input(crate::app::Input::from_bytes(b"abcdef".to_vec()));
+        let mut recorded = RecordedResponse::default();
+        let body = builtin::echo(&mut environ, &mut StartResponse::new(&mut recorded))
+            .unwrap()
+            .into_bytes()
+            .unwrap();
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.starts_with("{\"method\": \"POST\", \"path_info\": \"\""),
+            "{text}"
+        );
+        assert!(text.contains("\"content_length\": \"3\""));
+        assert!(
+            text.contains("\"headers\": {\"X_NAME\": \"\\u00e9\\\"\"}"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nabc"));
+    }
+
+    #[test]
+    fn demo_escapes_html() {
+        let mut environ = Environ::new();
+        environ.set("PATH_INFO", "/<script>");
+        let mut recorded = RecordedResponse::default();
+        let body = builtin::demo(&mut environ, &mut StartResponse::new(&mut recorded))
+            .unwrap()
+            .into_bytes()
+            .unwrap();
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains("/&lt;script&gt;"));
+        assert!(!text.contains("<script>"));
+    }
+}

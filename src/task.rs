@@ -771,3 +771,747 @@ impl Task<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Ports of tests/test_task.py with a recording `DummyChannel`. Skipped:
+    //! `test_get_environment_already_cached` (the environ is built once per task here, by
+    //! construction), `test_service_server_raises_socket_error` (write_soon cannot raise a
+    //! socket error: socket errors stay on the channel), `test_execute_bad_header_key`/
+    //! `_value` and `test_execute_bad_status_value` (Python type checks; names and values are
+    //! `String`s here), `test_start` (no start time is kept: the Date header comes from the
+    //! per-second cache) and `test_execute_app_returns_closeable` (closing is `Drop`, which
+    //! Rust guarantees).
+    use super::*;
+    use crate::app::{AppResult, Body, FileWrapper};
+    use crate::utilities::Error;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    struct DummyChannel {
+        info: ServerInfo,
+        addr: PeerAddr,
+        written: Mutex<Vec<u8>>,
+        files: AtomicUsize,
+        connected: AtomicBool,
+    }
+
+    impl TaskChannel for DummyChannel {
+        fn server(&self) -> &ServerInfo {
+            &self.info
+        }
+        fn addr(&self) -> &PeerAddr {
+            &self.addr
+        }
+        fn write_soon(&self, data: &[u8]) -> Result<usize, ClientDisconnected> {
+            if !self.connected.load(Ordering::SeqCst) {
+                return Err(ClientDisconnected);
+            }
+            self.written.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn write_soon_file(
+            &self,
+            mut buffer: ReadOnlyFileBasedBuffer,
+        ) -> Result<u64, ClientDisconnected> {
+            self.files.fetch_add(1, Ordering::SeqCst);
+            let len = buffer.len();
+            let bytes = buffer.peek(len as usize).unwrap().to_vec();
+            self.written.lock().unwrap().extend_from_slice(&bytes);
+            Ok(len)
+        }
+        fn connected(&self) -> bool {
+            self.connected.load(Ordering::SeqCst)
+        }
+        fn disconnect_check(&self) -> DisconnectCheck {
+            DisconnectCheck::new(|| false)
+        }
+    }
+
+    fn channel_with(app: SharedApp, change: impl FnOnce(&mut Adjustments)) -> DummyChannel {
+        let mut adj = Adjustments::default();
+        change(&mut adj);
+        DummyChannel {
+            info: ServerInfo {
+                application: app,
+                server_name: "localhost".to_string(),
+                effective_port: "80".to_string(),
+                adj: Arc::new(adj),
+            },
+            addr: PeerAddr {
+                host: "127.0.0.1".to_string(),
+                port: Some(39830),
+            },
+            written: Mutex::new(Vec::new()),
+            files: AtomicUsize::new(0),
+            connected: AtomicBool::new(true),
+        }
+    }
+
+    fn channel(
+        app: impl Fn(&mut Environ, &mut StartResponse<'_>) -> AppResult + Send + Sync + 'static,
+    ) -> DummyChannel {
+        channel_with(Arc::new(app), |_| {})
+    }
+
+    fn request(version: &str) -> HttpRequestParser {
+        let mut r = HttpRequestParser::new(Arc::new(Adjustments::default()));
+        r.version = version.to_string();
+        r.command = "GET".to_string();
+        r.path = "/".to_string();
+        r.url_scheme = "http".to_string();
+        r
+    }
+
+    fn ok_app(_e: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
+        sr.start("200 OK", [("Content-Length", "0")])?;
+        Ok(Body::empty())
+    }
+
+    /// The written bytes split at CRLF, blank lines dropped (waitress: `filter_lines`).
+    fn lines(channel: &DummyChannel) -> Vec<String> {
+        let written = channel.written.lock().unwrap();
+        String::from_utf8_lossy(&written)
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn head(channel: &DummyChannel) -> String {
+        let written = channel.written.lock().unwrap();
+        let text = String::from_utf8_lossy(&written).to_string();
+        text.split("\r\n\r\n").next().unwrap().to_string()
+    }
+
+    /// Build only the response head for a task in a given state.
+    fn build(version: &str, setup: impl FnOnce(&mut Task<'_>)) -> (String, bool) {
+        let ch = channel(ok_app);
+        let mut req = request(version);
+        let mut task = Task::wsgi(&ch, &mut req);
+        task.complete = true;
+        setup(&mut task);
+        let head = String::from_utf8(task.build_response_header()).unwrap();
+        (head, task.close_on_finish)
+    }
+
+    // TestThreadedTaskDispatcher
+
+    struct CountingTask {
+        serviced: Arc<AtomicUsize>,
+        cancelled: Arc<AtomicUsize>,
+        panic: bool,
+    }
+
+    impl Service for CountingTask {
+        fn service(&self) {
+            if self.panic {
+                panic!("task raised");
+            }
+            self.serviced.fetch_add(1, Ordering::SeqCst);
+        }
+        fn cancel(&self) {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn wait_until(mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "condition not reached in time");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn test_handler_thread_task_raises() {
+        let dispatcher = ThreadedTaskDispatcher::new();
+        dispatcher.set_thread_count(1);
+        let serviced = Arc::new(AtomicUsize::new(0));
+        let cancelled = Arc::new(AtomicUsize::new(0));
+        let task = |panic| {
+            Arc::new(CountingTask {
+                serviced: Arc::clone(&serviced),
+                cancelled: Arc::clone(&cancelled),
+                panic,
+            })
+        };
+        dispatcher.add_task(task(true));
+        dispatcher.add_task(task(false));
+        wait_until(|| serviced.load(Ordering::SeqCst) == 1);
+        assert!(dispatcher.shutdown(true, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn test_set_thread_count_increase_and_decrease() {
+        let dispatcher = ThreadedTaskDispatcher::new();
+        dispatcher.set_thread_count(3);
+        assert_eq!(dispatcher.lock().threads.len(), 3);
+        dispatcher.set_thread_count(3);
+        assert_eq!(dispatcher.lock().threads.len(), 3);
+        dispatcher.set_thread_count(1);
+        wait_until(|| dispatcher.lock().threads.len() == 1);
+        dispatcher.set_thread_count(2);
+        assert_eq!(
+            dispatcher
+                .lock()
+                .threads
+                .iter()
+                .copied()
+                .collect::<Vec<_>>()
+                .len(),
+            2
+        );
+        assert!(dispatcher.shutdown(true, Duration::from_secs(5)));
+        assert!(dispatcher.lock().threads.is_empty());
+    }
+
+    #[test]
+    fn test_shutdown_cancels_pending_tasks() {
+        let dispatcher = ThreadedTaskDispatcher::new();
+        let serviced = Arc::new(AtomicUsize::new(0));
+        let cancelled = Arc::new(AtomicUsize::new(0));
+        dispatcher.add_task(Arc::new(CountingTask {
+            serviced: Arc::clone(&serviced),
+            cancelled: Arc::clone(&cancelled),
+            panic: false,
+        }));
+        assert!(dispatcher.shutdown(true, Duration::from_secs(1)));
+        assert_eq!(cancelled.load(Ordering::SeqCst), 1);
+        assert_eq!(serviced.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn test_shutdown_no_cancel_pending() {
+        let dispatcher = ThreadedTaskDispatcher::new();
+        assert!(!dispatcher.shutdown(false, Duration::from_millis(10)));
+    }
+
+    // TestTask
+
+    #[test]
+    fn test_ctor_version_not_in_known() {
+        let ch = channel(ok_app);
+        let mut req = request("8.4");
+        assert_eq!(Task::wsgi(&ch, &mut req).version, "1.0");
+    }
+
+    #[test]
+    fn test_build_response_header_bad_http_version() {
+        let (head, close) = build("8.4", |_| {});
+        assert!(head.starts_with("HTTP/1.0 200 OK"));
+        assert!(close);
+    }
+
+    #[test]
+    fn test_build_response_header_v10_keepalive_no_content_length() {
+        let (head, close) = build("1.0", |t| {
+            t.request
+                .headers
+                .insert("CONNECTION".into(), "keep-alive".into());
+        });
+        let lines: Vec<&str> = head.split("\r\n").filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 4, "{head}");
+        assert_eq!(lines[0], "HTTP/1.0 200 OK");
+        assert_eq!(lines[1], "Connection: close");
+        assert!(lines[2].starts_with("Date:"));
+        assert_eq!(lines[3], "Server: waitress");
+        assert!(close);
+    }
+
+    #[test]
+    fn test_build_response_header_v10_keepalive_with_content_length() {
+        let (head, close) = build("1.0", |t| {
+            t.request
+                .headers
+                .insert("CONNECTION".into(), "keep-alive".into());
+            t.response_headers = vec![("Content-Length".into(), "10".into())];
+            t.content_length = Some(0);
+        });
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(lines[1], "Connection: Keep-Alive");
+        assert_eq!(lines[2], "Content-Length: 10");
+        assert!(!close);
+    }
+
+    #[test]
+    fn test_build_response_header_v11_connection_closed_by_client() {
+        let (head, close) = build("1.1", |t| {
+            t.request
+                .headers
+                .insert("CONNECTION".into(), "close".into());
+        });
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(lines[0], "HTTP/1.1 200 OK");
+        assert_eq!(lines[1], "Connection: close");
+        assert_eq!(lines[4], "Transfer-Encoding: chunked");
+        assert!(close);
+    }
+
+    #[test]
+    fn test_build_response_header_v11_connection_keepalive_by_client() {
+        let (head, close) = build("1.1", |t| {
+            t.request
+                .headers
+                .insert("CONNECTION".into(), "keep-alive".into());
+        });
+        assert!(head.contains("Connection: close"));
+        assert!(head.contains("Transfer-Encoding: chunked"));
+        assert!(close);
+    }
+
+    #[test]
+    fn test_build_response_header_v11_200_no_content_length() {
+        let (head, close) = build("1.1", |_| {});
+        assert!(head.contains("Transfer-Encoding: chunked"));
+        assert!(close);
+    }
+
+    #[test]
+    fn test_build_response_header_v11_no_body_statuses() {
+        for status in ["204 No Content", "100 Continue", "304 Not Modified"] {
+            let (head, close) = build("1.1", |t| t.status = status.to_string());
+            assert!(head.starts_with(&format!("HTTP/1.1 {status}")));
+            assert!(!head.contains("Transfer-Encoding"), "{status}");
+            assert!(!head.contains("Content-Length"), "{status}");
+            assert!(head.contains("Connection: close"));
+            assert!(close);
+        }
+    }
+
+    #[test]
+    fn test_build_response_header_via_added() {
+        let (head, _) = build("1.0", |t| {
+            t.response_headers = vec![("Server".into(), "abc".into())];
+        });
+        assert!(head.contains("Server: abc"));
+        assert!(head.contains("Via: waitress"));
+    }
+
+    #[test]
+    fn test_build_response_header_date_exists() {
+        let (head, _) = build("1.0", |t| {
+            t.response_headers = vec![("Date".into(), "date".into())];
+        });
+        assert!(head.contains("Date: date"));
+        assert_eq!(head.matches("Date:").count(), 1);
+    }
+
+    #[test]
+    fn test_build_response_header_preexisting_content_length() {
+        let (head, _) = build("1.1", |t| {
+            t.content_length = Some(100);
+        });
+        assert!(head.contains("Content-Length: 100"));
+        assert!(!head.contains("Transfer-Encoding"));
+    }
+
+    #[test]
+    fn test_remove_content_length_header() {
+        let ch = channel(ok_app);
+        let mut req = request("1.0");
+        let mut task = Task::wsgi(&ch, &mut req);
+        task.response_headers = vec![
+            ("Content-Length".into(), "70".into()),
+            ("Content-Type".into(), "text/html".into()),
+        ];
+        task.remove_content_length_header();
+        assert_eq!(
+            task.response_headers,
+            vec![("Content-Type".to_string(), "text/html".to_string())]
+        );
+    }
+
+    #[test]
+    fn test_finish_didnt_write_header_and_chunked() {
+        let ch = channel(ok_app);
+        let mut req = request("1.1");
+        let mut task = Task::wsgi(&ch, &mut req);
+        task.complete = true;
+        task.finish().unwrap();
+        assert!(task.wrote_header);
+        assert!(task.chunked_response);
+        let written = ch.written.lock().unwrap().clone();
+        assert!(written.ends_with(b"\r\n\r\n0\r\n\r\n"));
+    }
+
+    #[test]
+    fn test_write_start_response_uncalled() {
+        let ch = channel(ok_app);
+        let mut req = request("1.1");
+        let mut task = Task::wsgi(&ch, &mut req);
+        match task.write(b"abc") {
+            Err(TaskError::App(e)) => {
+                assert_eq!(
+                    e.to_string(),
+                    "start_response was not called before body written"
+                )
+            }
+            _ => panic!("write before start_response must fail"),
+        }
+    }
+
+    #[test]
+    fn test_write_chunked_response() {
+        let ch = channel(ok_app);
+        let mut req = request("1.1");
+        let mut task = Task::wsgi(&ch, &mut req);
+        task.complete = true;
+        task.write(b"abc").unwrap();
+        let written = ch.written.lock().unwrap().clone();
+        assert!(written.ends_with(b"\r\n\r\n3\r\nabc\r\n"));
+    }
+
+    #[test]
+    fn test_write_preexisting_content_length() {
+        let ch = channel(ok_app);
+        let mut req = request("1.1");
+        let mut task = Task::wsgi(&ch, &mut req);
+        task.complete = true;
+        task.content_length = Some(1);
+        task.write(b"abc").unwrap();
+        let written = ch.written.lock().unwrap().clone();
+        assert!(written.ends_with(b"\r\n\r\na"));
+        assert!(task.logged_write_excess);
+    }
+
+    // TestWSGITask
+
+    fn serve(ch: &DummyChannel, version: &str) -> (Result<(), TaskError>, bool) {
+        let mut req = request(version);
+        let mut task = Task::wsgi(ch, &mut req);
+        let result = task.service();
+        (result, task.close_on_finish)
+    }
+
+    #[test]
+    fn test_service() {
+        let ch = channel(ok_app);
+        let (result, _) = serve(&ch, "1.1");
+        assert!(result.is_ok());
+        assert!(lines(&ch)[0].starts_with("HTTP/1.1 200 OK"));
+    }
+
+    #[test]
+    fn test_execute_app_calls_start_response_twice_wo_exc_info() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", Vec::<(String, String)>::new())?;
+            sr.start("200 OK", Vec::<(String, String)>::new())?;
+            Ok(Body::empty())
+        });
+        match serve(&ch, "1.1").0 {
+            Err(TaskError::App(e)) => assert_eq!(
+                e.to_string(),
+                "start_response called a second time without providing exc_info."
+            ),
+            _ => panic!("expected an application error"),
+        }
+    }
+
+    #[test]
+    fn test_execute_app_calls_start_response_w_excinf_headers_unwritten() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", [("Content-Length", "0")])?;
+            sr.start_with_error("500 Oops", [("Content-Length", "0")], "boom".into())?;
+            Ok(Body::empty())
+        });
+        assert!(serve(&ch, "1.1").0.is_ok());
+        assert!(lines(&ch)[0].starts_with("HTTP/1.1 500 Oops"));
+    }
+
+    #[test]
+    fn test_execute_app_calls_start_response_w_excinf_headers_written() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", [("Content-Length", "3")])?;
+            sr.write(b"abc")?;
+            sr.start_with_error("500 Oops", [("Content-Length", "0")], "boom".into())?;
+            Ok(Body::empty())
+        });
+        match serve(&ch, "1.1").0 {
+            Err(TaskError::App(e)) => assert_eq!(e.to_string(), "boom"),
+            _ => panic!("the error comes back once the headers are written"),
+        }
+    }
+
+    #[test]
+    fn test_execute_bad_headers() {
+        type Case = (
+            Vec<(&'static str, &'static str)>,
+            &'static str,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            (vec![("Connection", "close")], "200 OK", "Connection is a \"hop-by-hop\" header; it cannot be used by a WSGI application (see PEP 3333)"),
+            (vec![("a", "\nabc")], "200 OK", "carriage return/line feed character present in header value"),
+            (vec![("a\r", "abc")], "200 OK", "carriage return/line feed character present in header name"),
+            (vec![], "200 OK\r\nFoo: bar", "carriage return/line feed character present in status"),
+        ];
+        for (headers, status, message) in cases {
+            let headers: Vec<(String, String)> = headers
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let status = status.to_string();
+            let ch = channel(move |_e, sr| {
+                sr.start(&status, headers.clone())?;
+                Ok(Body::empty())
+            });
+            match serve(&ch, "1.1").0 {
+                Err(TaskError::App(e)) => assert_eq!(e.to_string(), message),
+                _ => panic!("expected {message}"),
+            }
+        }
+    }
+
+    #[test]
+    fn test_preserve_header_value_order() {
+        let ch = channel(|_e, sr| {
+            sr.start(
+                "200 OK",
+                [("C", "b"), ("A", "b"), ("A", "a"), ("Content-Length", "0")],
+            )?;
+            Ok(Body::empty())
+        });
+        serve(&ch, "1.1").0.unwrap();
+        let head = head(&ch);
+        assert!(head.contains("A: b\r\nA: a\r\nC: b"), "{head}");
+    }
+
+    #[test]
+    fn test_execute_app_calls_write_and_len1_body() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", [("Content-Length", "12")])?;
+            sr.write(b"abc")?;
+            Ok(Body::from("123456789"))
+        });
+        serve(&ch, "1.1").0.unwrap();
+        assert!(ch.written.lock().unwrap().ends_with(b"abc123456789"));
+
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", Vec::<(String, String)>::new())?;
+            Ok(Body::from("abc"))
+        });
+        serve(&ch, "1.0").0.unwrap();
+        assert!(head(&ch).contains("Content-Length: 3"));
+    }
+
+    #[test]
+    fn test_execute_app_returns_empty_chunk_as_first() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", Vec::<(String, String)>::new())?;
+            Ok(Body::from_chunks(vec![
+                Ok(b"".to_vec()),
+                Ok(b"abc".to_vec()),
+            ]))
+        });
+        serve(&ch, "1.0").0.unwrap();
+        assert!(!head(&ch).contains("Content-Length"));
+        assert!(ch.written.lock().unwrap().ends_with(b"abc"));
+    }
+
+    #[test]
+    fn test_execute_app_returns_too_many_and_too_few_bytes() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", [("Content-Length", "1")])?;
+            Ok(Body::from_chunks(vec![Ok(b"abc".to_vec())]))
+        });
+        let (result, close) = serve(&ch, "1.0");
+        result.unwrap();
+        assert!(ch.written.lock().unwrap().ends_with(b"\r\n\r\na"));
+        assert!(close, "1.0 without keep-alive closes anyway");
+
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", [("Content-Length", "9")])?;
+            Ok(Body::from_chunks(vec![Ok(b"abc".to_vec())]))
+        });
+        let (_, close) = serve(&ch, "1.1");
+        assert!(close, "too few bytes closes the connection");
+    }
+
+    #[test]
+    fn test_execute_app_head_with_content_length() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", [("Content-Length", "9")])?;
+            Ok(Body::from_chunks(Vec::new()))
+        });
+        let mut req = request("1.1");
+        req.command = "HEAD".to_string();
+        let mut task = Task::wsgi(&ch, &mut req);
+        task.service().unwrap();
+        assert!(!task.close_on_finish);
+    }
+
+    #[test]
+    fn test_execute_app_without_body_204() {
+        let ch = channel(|_e, sr| {
+            sr.start("204 No Content", [("Content-Length", "3")])?;
+            Ok(Body::from("abc"))
+        });
+        serve(&ch, "1.1").0.unwrap();
+        let written = ch.written.lock().unwrap().clone();
+        assert!(written.ends_with(b"\r\n\r\n"), "no body for 204");
+        assert!(!head(&ch).contains("Content-Length"));
+    }
+
+    #[test]
+    fn test_execute_app_returns_filewrapper() {
+        for (cl, expected_cl) in [
+            (None, "6"),
+            (Some("6"), "6"),
+            (Some("3"), "3"),
+            (Some("9"), "6"),
+        ] {
+            let ch = channel(move |_e, sr| {
+                let headers: Vec<(&str, &str)> =
+                    cl.map(|c| vec![("Content-Length", c)]).unwrap_or_default();
+                sr.start("200 OK", headers)?;
+                Ok(Body::File(FileWrapper::new(
+                    std::io::Cursor::new(b"abcdef".to_vec()),
+                    2,
+                )))
+            });
+            serve(&ch, "1.1").0.unwrap();
+            assert_eq!(ch.files.load(Ordering::SeqCst), 1);
+            let head = head(&ch);
+            assert!(
+                head.contains(&format!("Content-Length: {expected_cl}")),
+                "{cl:?}: {head}"
+            );
+            assert_eq!(head.matches("Content-Length").count(), 1);
+        }
+    }
+
+    #[test]
+    fn test_get_environment_paths_and_prefix() {
+        let cases = [
+            ("//abc/def", "", "/abc/def", ""),
+            ("", "", "", ""),
+            ("/abc", "/foo", "/abc", "/foo"),
+            ("/foo/abc", "/foo", "/abc", "/foo"),
+            ("/foo", "/foo", "", "/foo"),
+            ("/foobar", "/foo", "/foobar", "/foo"),
+        ];
+        for (path, prefix, path_info, script_name) in cases {
+            let ch = channel_with(Arc::new(ok_app), |a| a.url_prefix = prefix.to_string());
+            let mut req = request("1.0");
+            req.path = path.to_string();
+            let mut task = Task::wsgi(&ch, &mut req);
+            let environ = task.get_environment().unwrap();
+            assert_eq!(environ.get("PATH_INFO"), Some(path_info), "{path} {prefix}");
+            assert_eq!(environ.get("SCRIPT_NAME"), Some(script_name));
+        }
+    }
+
+    #[test]
+    fn test_get_environment_values() {
+        let ch = channel(ok_app);
+        let mut req = request("1.0");
+        for (k, v) in [
+            ("CONTENT_TYPE", "abc"),
+            ("CONTENT_LENGTH", "10"),
+            ("X_FOO", "\u{a0}BAR\u{85}"),
+            ("CONNECTION", "close"),
+        ] {
+            req.headers.insert(k.to_string(), v.to_string());
+        }
+        req.query = "abc".to_string();
+        let mut task = Task::wsgi(&ch, &mut req);
+        let environ = task.get_environment().unwrap();
+        let keys = environ.keys();
+        assert_eq!(
+            keys,
+            [
+                "CONTENT_LENGTH",
+                "CONTENT_TYPE",
+                "HTTP_CONNECTION",
+                "HTTP_X_FOO",
+                "PATH_INFO",
+                "QUERY_STRING",
+                "REMOTE_ADDR",
+                "REMOTE_HOST",
+                "REMOTE_PORT",
+                "REQUEST_METHOD",
+                "REQUEST_URI",
+                "SCRIPT_NAME",
+                "SERVER_NAME",
+                "SERVER_PORT",
+                "SERVER_PROTOCOL",
+                "SERVER_SOFTWARE",
+                "wsgi.input_terminated",
+                "wsgi.multiprocess",
+                "wsgi.multithread",
+                "wsgi.run_once",
+                "wsgi.url_scheme",
+                "wsgi.version",
+            ]
+        );
+        for (key, value) in [
+            ("REQUEST_METHOD", "GET"),
+            ("SERVER_PORT", "80"),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_SOFTWARE", "waitress"),
+            ("SERVER_PROTOCOL", "HTTP/1.0"),
+            ("SCRIPT_NAME", ""),
+            ("HTTP_CONNECTION", "close"),
+            ("PATH_INFO", "/"),
+            ("QUERY_STRING", "abc"),
+            ("REMOTE_ADDR", "127.0.0.1"),
+            ("REMOTE_HOST", "127.0.0.1"),
+            ("REMOTE_PORT", "39830"),
+            ("CONTENT_TYPE", "abc"),
+            ("CONTENT_LENGTH", "10"),
+            ("HTTP_X_FOO", "\u{a0}BAR\u{85}"),
+            ("wsgi.url_scheme", "http"),
+        ] {
+            assert_eq!(environ.get(key), Some(value), "{key}");
+        }
+        assert!(environ.client_disconnected().is_some());
+    }
+
+    // TestErrorTask
+
+    fn error_lines(version: &str, connection: Option<&str>) -> (Vec<String>, bool) {
+        let ch = channel(ok_app);
+        let mut req = request(version);
+        req.error = Some(Error::new(crate::utilities::ErrorKind::BadRequest, "body"));
+        if let Some(c) = connection {
+            req.headers.insert("CONNECTION".into(), c.into());
+        }
+        let mut task = Task::error(&ch, &mut req);
+        task.service().unwrap();
+        let close = task.close_on_finish;
+        (lines(&ch), close)
+    }
+
+    #[test]
+    fn test_execute_http_10_and_11() {
+        for (version, connection) in [
+            ("1.0", None),
+            ("1.1", None),
+            ("1.1", Some("close")),
+            ("1.1", Some("keep-alive")),
+        ] {
+            let (lines, close) = error_lines(version, connection);
+            assert_eq!(lines.len(), 9, "{lines:?}");
+            assert_eq!(lines[0], format!("HTTP/{version} 400 Bad Request"));
+            assert_eq!(lines[1], "Connection: close");
+            assert_eq!(lines[2], "Content-Length: 46");
+            assert_eq!(lines[3], "Content-Type: text/plain; charset=utf-8");
+            assert!(lines[4].starts_with("Date: "));
+            assert_eq!(lines[5], "Server: waitress");
+            assert_eq!(lines[6], "Bad Request");
+            assert_eq!(lines[7], "body");
+            assert_eq!(lines[8], "(generated by waitress)");
+            assert!(close);
+        }
+    }
+
+    #[test]
+    fn client_disconnected_is_reported() {
+        let ch = channel(ok_app);
+        ch.connected.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            serve(&ch, "1.1").0,
+            Err(TaskError::ClientDisconnected)
+        ));
+    }
+}

@@ -843,3 +843,325 @@ impl Dispatcher for ChannelDispatcher {
         self.server.active_channels.borrow_mut().remove(&fd);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Behaviour tests for tests/test_channel.py, over a real `UnixStream` pair instead of
+    //! waitress's `DummySock`, with a worker pool of no threads so the test thread plays the
+    //! worker (`service`) and the I/O thread (`handle_write`, `received`) by turns. The
+    //! waitress tests that poke private attributes through dummies (`DummyLock`,
+    //! `DummyBuffer`, `test_handle_write_*_raises_*`) are covered by the observable behaviour
+    //! below; the lookahead variants by `lookahead_*` tests.
+    use super::*;
+    use crate::app::{AppResult, Body, Environ, StartResponse};
+    use crate::trigger::Trigger;
+    use crate::wasyncore::new_map;
+    use std::io::Read;
+    use std::time::Duration;
+
+    struct Fixture {
+        channel: Arc<HttpChannel>,
+        peer: UnixStream,
+        map: SocketMap,
+        _trigger: Rc<Trigger>,
+        server: Rc<ChannelServer>,
+    }
+
+    fn fixture_with(
+        app: impl Fn(&mut Environ, &mut StartResponse<'_>) -> AppResult + Send + Sync + 'static,
+        change: impl FnOnce(&mut Adjustments),
+    ) -> Fixture {
+        let mut adj = Adjustments::default();
+        change(&mut adj);
+        let adj = Arc::new(adj);
+        let map = new_map();
+        let trigger = Trigger::new(&map).unwrap();
+        let info = Arc::new(ServerInfo {
+            application: Arc::new(app),
+            server_name: "localhost".into(),
+            effective_port: "80".into(),
+            adj: Arc::clone(&adj),
+        });
+        let server = Rc::new(ChannelServer::new(
+            info,
+            ThreadedTaskDispatcher::new(),
+            trigger.handle(),
+        ));
+        let (ours, peer) = UnixStream::pair().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let channel = HttpChannel::create(
+            &server,
+            ChannelStream::Unix(ours),
+            PeerAddr {
+                host: "localhost".into(),
+                port: None,
+            },
+            adj,
+            &map,
+        )
+        .unwrap();
+        Fixture {
+            channel,
+            peer,
+            map,
+            _trigger: trigger,
+            server,
+        }
+    }
+
+    fn hello(_e: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
+        sr.start("200 OK", [("Content-Length", "5")])?;
+        Ok(Body::from("hello"))
+    }
+
+    fn fixture() -> Fixture {
+        fixture_with(hello, |_| {})
+    }
+
+    fn read_available(peer: &mut UnixStream) -> Vec<u8> {
+        peer.set_nonblocking(true).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = peer.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        peer.set_nonblocking(false).unwrap();
+        out
+    }
+
+    #[test]
+    fn test_ctor_registers_in_map_and_active_channels() {
+        let f = fixture();
+        assert!(f.map.borrow().contains_key(&f.channel.fd));
+        assert!(f
+            .server
+            .active_channels
+            .borrow()
+            .contains_key(&f.channel.fd));
+        assert!(f.channel.readable());
+        assert!(!f.channel.writable());
+    }
+
+    #[test]
+    fn test_received_queues_one_request_and_stops_reading() {
+        let f = fixture();
+        f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(f.channel.has_requests());
+        assert!(
+            !f.channel.readable(),
+            "no lookahead: wait for the response first"
+        );
+    }
+
+    #[test]
+    fn test_received_empty_and_blank_lines() {
+        let f = fixture();
+        f.channel.received(b"");
+        f.channel.received(b"\r\n\r\n");
+        assert!(!f.channel.has_requests());
+    }
+
+    #[test]
+    fn test_received_while_closing_is_ignored() {
+        let f = fixture();
+        f.channel.set_will_close();
+        f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(!f.channel.has_requests());
+    }
+
+    #[test]
+    fn test_service_writes_the_response_and_keeps_alive() {
+        let mut f = fixture();
+        f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
+        f.channel.service();
+        assert!(!f.channel.has_requests());
+        let out = read_available(&mut f.peer);
+        assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(out.ends_with(b"\r\n\r\nhello"));
+        assert!(f.channel.readable());
+        assert!(!f.channel.close_when_flushed.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn test_service_pipelined_requests_in_order() {
+        let mut f = fixture_with(
+            |e, sr| {
+                let path = e.get("PATH_INFO").unwrap_or("").to_string();
+                sr.start("200 OK", [("Content-Length", path.len().to_string())])?;
+                Ok(Body::from(path))
+            },
+            |_| {},
+        );
+        f.channel
+            .received(b"GET /a HTTP/1.1\r\n\r\nGET /bb HTTP/1.1\r\n\r\n");
+        assert_eq!(f.channel.request_count.load(Ordering::SeqCst), 2);
+        f.channel.service();
+        f.channel.service();
+        let out = String::from_utf8(read_available(&mut f.peer)).unwrap();
+        let a = out.find("\r\n\r\n/a").unwrap();
+        let b = out.find("\r\n\r\n/bb").unwrap();
+        assert!(a < b);
+    }
+
+    #[test]
+    fn test_service_error_request_closes_when_flushed() {
+        let mut f = fixture();
+        f.channel.received(b"GET / HTTP/1.1\r\nfoo : bar\r\n\r\n");
+        f.channel.service();
+        let out = String::from_utf8(read_available(&mut f.peer)).unwrap();
+        // The header fails before the start line is read, so the answer is HTTP/1.0, as in
+        // waitress.
+        assert!(out.starts_with("HTTP/1.0 400 Bad Request"), "{out}");
+        assert!(out.contains("Connection: close"));
+        assert!(f.channel.close_when_flushed.load(Ordering::SeqCst));
+        assert!(f.channel.handle_write(), "flushed: now close");
+    }
+
+    #[test]
+    fn test_service_app_error_is_a_500() {
+        let mut f = fixture_with(|_e, _sr| Err("nope".into()), |_| {});
+        f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
+        f.channel.service();
+        let out = String::from_utf8(read_available(&mut f.peer)).unwrap();
+        assert!(out.starts_with("HTTP/1.1 500 Internal Server Error"));
+        assert!(out.ends_with("The server encountered an unexpected internal server error\r\n\r\n(generated by waitress)"));
+    }
+
+    #[test]
+    fn test_service_app_error_with_expose_tracebacks() {
+        let mut f = fixture_with(|_e, _sr| Err("nope".into()), |a| a.expose_tracebacks = true);
+        f.channel.received(b"GET / HTTP/1.0\r\n\r\n");
+        f.channel.service();
+        let out = String::from_utf8(read_available(&mut f.peer)).unwrap();
+        assert!(out.starts_with("HTTP/1.0 500 Internal Server Error"));
+        assert!(out.contains("\r\n\r\nnope\r\n\r\n"));
+    }
+
+    #[test]
+    fn test_expect_continue_sent_when_nothing_pending() {
+        let mut f = fixture();
+        f.channel
+            .received(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+        assert_eq!(read_available(&mut f.peer), CONTINUE);
+        f.channel.received(b"ok");
+        assert!(f.channel.has_requests());
+    }
+
+    #[test]
+    fn test_write_soon_after_disconnect() {
+        let f = fixture();
+        f.channel.connected.store(false, Ordering::SeqCst);
+        assert_eq!(f.channel.write_soon(b"abc"), Err(ClientDisconnected));
+        assert!(f.channel.check_client_disconnected());
+    }
+
+    #[test]
+    fn test_handle_close_leaves_the_map_and_wakes_nobody_forever() {
+        let f = fixture();
+        let dispatcher = f.map.borrow().get(&f.channel.fd).cloned().unwrap();
+        dispatcher.handle_close();
+        assert!(!f.map.borrow().contains_key(&f.channel.fd));
+        assert!(f.server.active_channels.borrow().is_empty());
+        assert!(!f.channel.connected());
+    }
+
+    #[test]
+    fn test_peer_hangup_closes_on_read() {
+        let f = fixture();
+        drop(f.peer);
+        let dispatcher = f.map.borrow().get(&f.channel.fd).cloned().unwrap();
+        dispatcher.handle_read_event();
+        assert!(!f.map.borrow().contains_key(&f.channel.fd));
+    }
+
+    #[test]
+    fn test_high_watermark_pauses_the_worker_until_flushed() {
+        // A response far bigger than the socket buffer and the watermark: the worker must
+        // wait for the "I/O thread" (this test) to drain the socket, and must not be lost.
+        let body = vec![b'x'; 4 << 20];
+        let expected = body.len();
+        let mut f = fixture_with(
+            move |_e, sr| {
+                sr.start("200 OK", [("Content-Length", body.len().to_string())])?;
+                Ok(Body::from_chunks(
+                    body.chunks(64 * 1024)
+                        .map(|c| Ok(c.to_vec()))
+                        .collect::<Vec<_>>(),
+                ))
+            },
+            |a| a.outbuf_high_watermark = 256 * 1024,
+        );
+        f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
+        let worker_channel = Arc::clone(&f.channel);
+        let worker = std::thread::spawn(move || worker_channel.service());
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        f.peer.set_nonblocking(true).unwrap();
+        while !worker.is_finished() || f.channel.writable() {
+            f.channel.handle_write();
+            match f.peer.read(&mut buf) {
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        worker.join().unwrap();
+        received.extend(read_available(&mut f.peer));
+        let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(received.len() - head_end, expected);
+    }
+
+    #[test]
+    fn test_close_wakes_a_worker_waiting_for_room() {
+        let body = vec![b'x'; 4 << 20];
+        let f = fixture_with(
+            move |_e, sr| {
+                sr.start("200 OK", [("Content-Length", body.len().to_string())])?;
+                Ok(Body::from_chunks(
+                    body.chunks(64 * 1024)
+                        .map(|c| Ok(c.to_vec()))
+                        .collect::<Vec<_>>(),
+                ))
+            },
+            |a| a.outbuf_high_watermark = 256 * 1024,
+        );
+        f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
+        let worker_channel = Arc::clone(&f.channel);
+        let worker = std::thread::spawn(move || worker_channel.service());
+        // Wait until the worker is stuck behind the watermark, then close under it.
+        while f.channel.total() <= f.channel.adj.outbuf_high_watermark {
+            std::thread::yield_now();
+        }
+        let dispatcher = f.map.borrow().get(&f.channel.fd).cloned().unwrap();
+        dispatcher.handle_close();
+        worker.join().unwrap();
+        assert!(!f.channel.connected());
+    }
+
+    #[test]
+    fn lookahead_keeps_reading_while_serving() {
+        let f = fixture_with(hello, |a| a.channel_request_lookahead = 2);
+        f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(f.channel.readable(), "one request is within the lookahead");
+        f.channel
+            .received(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        assert!(
+            !f.channel.readable(),
+            "three requests exceed a lookahead of 2"
+        );
+    }
+
+    #[test]
+    fn test_cancel() {
+        let f = fixture();
+        f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
+        f.channel.cancel();
+        assert!(f.channel.will_close());
+        assert!(!f.channel.connected());
+        assert!(!f.channel.has_requests());
+    }
+}

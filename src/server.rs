@@ -691,3 +691,239 @@ mod sys {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Ports of tests/test_server.py with real sockets on port 0 instead of waitress's dummy
+    //! sockets. Skipped: `test_ctor_app_is_None` (an application cannot be None in Rust),
+    //! `test_ctor_start_false`/`_true`, `test_run_base_server`, `test_backward_compatibility`
+    //! (test shims of the Python constructor), `test_handle_read`/`test_handle_connect`
+    //! (no-ops).
+    use super::*;
+    use crate::app::{AppResult, Body, Environ, StartResponse};
+    use std::io::{Read, Write};
+
+    fn hello(_e: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
+        sr.start("200 OK", [("Content-Length", "5")])?;
+        Ok(Body::from("hello"))
+    }
+
+    fn server(kw: &[(&str, &str)]) -> WsgiServer {
+        let mut all = vec![("listen", "127.0.0.1:0")];
+        all.extend_from_slice(kw);
+        create_server(hello, all).unwrap()
+    }
+
+    fn listener(server: &WsgiServer) -> Rc<Listener> {
+        Rc::clone(&server.listeners[0])
+    }
+
+    #[test]
+    fn test_ctor_makes_dispatcher_and_listens() {
+        let s = server(&[("threads", "2")]);
+        assert_eq!(s.dispatcher.thread_count(), 2);
+        let port: u16 = s.effective_port().parse().unwrap();
+        assert!(port > 0);
+        assert_eq!(s.effective_host(), "127.0.0.1");
+        s.close();
+        assert_eq!(s.dispatcher.thread_count(), 0);
+    }
+
+    #[test]
+    fn test_get_server_multi() {
+        let s = create_server(hello, [("listen", "127.0.0.1:0 127.0.0.1:0")]).unwrap();
+        assert_eq!(s.effective_listen().len(), 2);
+        s.close();
+    }
+
+    #[test]
+    fn test_bind_failure_names_the_address() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        let err = create_server(hello, [("listen", address.as_str())]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("could not listen on {address}")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn test_readable_maplen_toggles_connection_overflow() {
+        let s = server(&[("connection_limit", "3")]);
+        let l = listener(&s);
+        // The map holds the listener and the trigger: 2 < 3.
+        assert!(l.readable());
+        let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fake = Trigger::new(&s.map).unwrap();
+        assert!(!l.readable(), "3 entries reach the limit");
+        assert!(l.in_connection_overflow.get());
+        fake.close();
+        drop(b);
+        assert!(l.readable(), "below the limit again");
+        assert!(!l.in_connection_overflow.get());
+        s.close();
+    }
+
+    #[test]
+    fn test_writable() {
+        let s = server(&[]);
+        assert!(!listener(&s).writable());
+        s.close();
+    }
+
+    #[test]
+    fn test_handle_accept_wouldblock_and_noerror() {
+        let s = server(&[]);
+        let l = listener(&s);
+        let before = s.map.borrow().len();
+        l.handle_accept(); // nothing pending: WouldBlock, ignored
+        assert_eq!(s.map.borrow().len(), before);
+        let port: u16 = s.effective_port().parse().unwrap();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // The connection is queued by the kernel; accept until it shows up.
+        while s.map.borrow().len() == before {
+            l.handle_accept();
+        }
+        assert_eq!(l.server.active_channels.borrow().len(), 1);
+        s.close();
+    }
+
+    #[test]
+    fn test_maintenance() {
+        let s = server(&[("channel_timeout", "0")]);
+        let l = listener(&s);
+        let port: u16 = s.effective_port().parse().unwrap();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        while l.server.active_channels.borrow().is_empty() {
+            l.handle_accept();
+        }
+        let channel = l
+            .server
+            .active_channels
+            .borrow()
+            .values()
+            .next()
+            .cloned()
+            .unwrap();
+        assert!(!channel.will_close());
+        l.maintenance(Instant::now() + Duration::from_secs(1));
+        assert!(channel.will_close());
+        s.close();
+    }
+
+    #[test]
+    fn test_run_serves_and_shuts_down() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let s = server(&[]);
+            tx.send((s.effective_port(), s.shutdown_handle())).unwrap();
+            s.run().unwrap();
+        });
+        let (port, handle) = rx.recv().unwrap();
+        let mut client =
+            std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut response = String::new();
+        client.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.0 200 OK\r\n"));
+        assert!(response.ends_with("\r\n\r\nhello"));
+        handle.shutdown();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn test_create_with_one_tcp_socket() {
+        let bound = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = bound.local_addr().unwrap().port();
+        let adj =
+            Adjustments::with_sockets(Vec::<(&str, &str)>::new(), vec![PreboundSocket::Tcp(bound)])
+                .unwrap();
+        let s = create_server_with(Arc::new(hello), adj).unwrap();
+        assert_eq!(s.effective_port(), port.to_string());
+        s.close();
+    }
+
+    #[test]
+    fn test_create_with_multiple_tcp_sockets() {
+        let sockets = vec![
+            PreboundSocket::Tcp(TcpListener::bind("127.0.0.1:0").unwrap()),
+            PreboundSocket::Tcp(TcpListener::bind("127.0.0.1:0").unwrap()),
+        ];
+        let adj = Adjustments::with_sockets(Vec::<(&str, &str)>::new(), sockets).unwrap();
+        let s = create_server_with(Arc::new(hello), adj).unwrap();
+        assert_eq!(s.effective_listen().len(), 2);
+        s.close();
+    }
+
+    #[test]
+    fn test_create_with_unix_socket() {
+        let dir = std::env::temp_dir().join(format!("waitress-server-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("u.sock");
+        // A stale file from an earlier run is replaced.
+        drop(UnixListener::bind(&path).unwrap());
+        let s = create_server(hello, [("unix_socket", path.to_str().unwrap())]).unwrap();
+        assert_eq!(s.effective_host(), "unix");
+        assert_eq!(s.effective_port(), path.display().to_string());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        s.close();
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn test_ipv4_and_ipv6_wildcards_bind_the_same_port() {
+        if TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("skipped: no IPv6");
+            return;
+        }
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let listen = format!("0.0.0.0:{port} [::]:{port}");
+        match create_server(hello, [("listen", listen.as_str())]) {
+            Ok(s) => {
+                assert_eq!(s.effective_listen().len(), 2);
+                s.close();
+            }
+            // Another process took the port between the probe and the bind.
+            Err(ServerError::Bind { .. }) => eprintln!("skipped: port taken meanwhile"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn test_print_listen_brackets_ipv6() {
+        use std::sync::Mutex;
+        struct Capture(Mutex<Vec<String>>);
+        impl crate::utilities::LogSink for Capture {
+            fn log(&self, _l: crate::utilities::Level, _n: &str, m: &str) {
+                self.0.lock().unwrap().push(m.to_string());
+            }
+        }
+        let s = WsgiServer {
+            effective_listen: vec![
+                ("::1".into(), "80".into()),
+                ("127.0.0.1".into(), "81".into()),
+            ],
+            ..server(&[])
+        };
+        let _ = &s;
+        let capture = Arc::new(Capture(Mutex::new(Vec::new())));
+        crate::utilities::set_log_sink(capture.clone());
+        s.print_listen("Serving on http://{}:{}");
+        crate::utilities::set_log_sink(Arc::new(crate::utilities::StderrSink));
+        let lines = capture.0.lock().unwrap().clone();
+        assert!(
+            lines.contains(&"Serving on http://[::1]:80".to_string()),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&"Serving on http://127.0.0.1:81".to_string()));
+        s.close();
+    }
+}

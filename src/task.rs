@@ -148,6 +148,11 @@ impl ThreadedTaskDispatcher {
         }
     }
 
+    /// How many worker threads exist (for tests and diagnostics).
+    pub fn thread_count(&self) -> usize {
+        self.lock().threads.len()
+    }
+
     /// Queue work and wake one idle worker; logs "Task queue depth is N" on the
     /// `waitress.queue` logger when there are more tasks than idle threads.
     pub fn add_task(&self, task: Arc<dyn Service>) {

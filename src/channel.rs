@@ -1078,23 +1078,27 @@ mod tests {
         assert!(!f.map.borrow().contains_key(&f.channel.fd));
     }
 
+    const BIG: usize = 4 << 20;
+
+    /// A 4 MiB response, sent in 64 KiB chunks, with a 256 KiB high watermark: far more than
+    /// a socket buffer holds, so the worker has to wait for the I/O side.
+    fn big_response_fixture() -> Fixture {
+        fixture_with(
+            |_e, sr| {
+                sr.start("200 OK", [("Content-Length", BIG.to_string())])?;
+                let chunks = (0..BIG / (64 * 1024)).map(|_| Ok(vec![b'x'; 64 * 1024]));
+                Ok(Body::from_chunks(chunks.collect::<Vec<_>>()))
+            },
+            |a| a.outbuf_high_watermark = 256 * 1024,
+        )
+    }
+
     #[test]
     fn test_high_watermark_pauses_the_worker_until_flushed() {
         // A response far bigger than the socket buffer and the watermark: the worker must
         // wait for the "I/O thread" (this test) to drain the socket, and must not be lost.
-        let body = vec![b'x'; 4 << 20];
-        let expected = body.len();
-        let mut f = fixture_with(
-            move |_e, sr| {
-                sr.start("200 OK", [("Content-Length", body.len().to_string())])?;
-                Ok(Body::from_chunks(
-                    body.chunks(64 * 1024)
-                        .map(|c| Ok(c.to_vec()))
-                        .collect::<Vec<_>>(),
-                ))
-            },
-            |a| a.outbuf_high_watermark = 256 * 1024,
-        );
+        let expected = BIG;
+        let mut f = big_response_fixture();
         f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
         let worker_channel = Arc::clone(&f.channel);
         let worker = std::thread::spawn(move || worker_channel.service());
@@ -1117,18 +1121,7 @@ mod tests {
 
     #[test]
     fn test_close_wakes_a_worker_waiting_for_room() {
-        let body = vec![b'x'; 4 << 20];
-        let f = fixture_with(
-            move |_e, sr| {
-                sr.start("200 OK", [("Content-Length", body.len().to_string())])?;
-                Ok(Body::from_chunks(
-                    body.chunks(64 * 1024)
-                        .map(|c| Ok(c.to_vec()))
-                        .collect::<Vec<_>>(),
-                ))
-            },
-            |a| a.outbuf_high_watermark = 256 * 1024,
-        );
+        let f = big_response_fixture();
         f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
         let worker_channel = Arc::clone(&f.channel);
         let worker = std::thread::spawn(move || worker_channel.service());

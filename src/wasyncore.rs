@@ -311,6 +311,17 @@ mod tests {
         }
     }
 
+    impl Recorder {
+        fn new(fd: RawFd, readable: bool, writable: bool) -> Recorder {
+            Recorder {
+                fd,
+                readable,
+                writable,
+                ..Default::default()
+            }
+        }
+    }
+
     #[test]
     fn test_readwrite_dispatches_each_flag() {
         let obj = Recorder::default();
@@ -338,14 +349,7 @@ mod tests {
     fn test_poll2_reports_ready_descriptors() {
         let (mut a, b) = UnixStream::pair().unwrap();
         let map = new_map();
-        let reader = register(
-            &map,
-            Recorder {
-                fd: b.as_raw_fd(),
-                readable: true,
-                ..Default::default()
-            },
-        );
+        let reader = register(&map, Recorder::new(b.as_raw_fd(), true, false));
         a.write_all(b"x").unwrap();
         poll2(Duration::from_secs(5), &map).unwrap();
         assert_eq!(*reader.events.borrow(), vec!["read"]);
@@ -355,14 +359,7 @@ mod tests {
     fn test_poll_select_semantics_hangup_reads() {
         let (a, b) = UnixStream::pair().unwrap();
         let map = new_map();
-        let reader = register(
-            &map,
-            Recorder {
-                fd: b.as_raw_fd(),
-                readable: true,
-                ..Default::default()
-            },
-        );
+        let reader = register(&map, Recorder::new(b.as_raw_fd(), true, false));
         drop(a);
         poll(Duration::from_secs(5), &map).unwrap();
         // select() shows a hang-up as readable; the next recv sees the end.
@@ -372,14 +369,7 @@ mod tests {
     #[test]
     fn test_poll_refuses_descriptors_beyond_fd_setsize() {
         let map = new_map();
-        register(
-            &map,
-            Recorder {
-                fd: sys::FD_SETSIZE + 5,
-                readable: true,
-                ..Default::default()
-            },
-        );
+        register(&map, Recorder::new(sys::FD_SETSIZE + 5, true, false));
         let err = poll(Duration::from_millis(1), &map).unwrap_err();
         assert!(err.to_string().contains("asyncore_use_poll"));
     }
@@ -388,14 +378,7 @@ mod tests {
     fn test_poll2_writable_and_uninterested() {
         let (_a, b) = UnixStream::pair().unwrap();
         let map = new_map();
-        let writer = register(
-            &map,
-            Recorder {
-                fd: b.as_raw_fd(),
-                writable: true,
-                ..Default::default()
-            },
-        );
+        let writer = register(&map, Recorder::new(b.as_raw_fd(), false, true));
         poll2(Duration::from_secs(5), &map).unwrap();
         assert_eq!(*writer.events.borrow(), vec!["write"]);
     }
@@ -404,14 +387,7 @@ mod tests {
     fn test_loop_ends_when_the_map_empties() {
         let (_a, b) = UnixStream::pair().unwrap();
         let map = new_map();
-        let obj = register(
-            &map,
-            Recorder {
-                fd: b.as_raw_fd(),
-                writable: true,
-                ..Default::default()
-            },
-        );
+        let obj = register(&map, Recorder::new(b.as_raw_fd(), false, true));
         loop_(Duration::from_millis(10), true, &map, Some(3)).unwrap();
         assert_eq!(obj.events.borrow().len(), 3);
         close_all(&map);

@@ -129,15 +129,17 @@ impl Dispatcher for Trigger {
     }
 
     fn handle_read_event(&self) {
-        // Clear the latch before draining: a pull that races with us writes a fresh byte and
-        // so is never lost.
-        self.handle.shared.pending.store(false, Ordering::Release);
         let mut sink = [0u8; 512];
         while let Ok(n) = (&self.reader).read(&mut sink) {
             if n == 0 {
                 break;
             }
         }
+        // Clear the latch only after draining. A pull before this point wrote nothing, but
+        // its change of state is seen when the loop next asks who is readable or writable; a
+        // pull after it writes a fresh byte. (Clearing first could drain that fresh byte and
+        // leave the latch set with an empty pipe: every later pull would be lost.)
+        self.handle.shared.pending.store(false, Ordering::Release);
         let thunks = std::mem::take(
             &mut *self
                 .handle

@@ -221,4 +221,28 @@ mod tests {
         let mut byte = [0u8; 1];
         assert!((&trigger.reader).read(&mut byte).is_err());
     }
+
+    #[test]
+    fn a_pull_after_racing_pulls_still_wakes_the_loop() {
+        let map = new_map();
+        let trigger = Trigger::new(&map).unwrap();
+        let handle = trigger.handle();
+        let puller = std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                handle.pull_trigger();
+            }
+        });
+        while !puller.is_finished() {
+            loop_(Duration::from_millis(1), true, &map, Some(1)).unwrap();
+        }
+        puller.join().unwrap();
+        loop_(Duration::from_millis(1), true, &map, Some(2)).unwrap();
+        trigger.handle().pull_trigger();
+        let started = std::time::Instant::now();
+        loop_(Duration::from_secs(30), true, &map, Some(1)).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the last pull was lost"
+        );
+    }
 }

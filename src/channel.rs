@@ -340,7 +340,6 @@ impl HttpChannel {
 
     /// The I/O thread may send (waitress: `handle_write`). Returns whether to close now.
     fn handle_write(&self) -> bool {
-        let started = profiling::start();
         let flushed = if !self.has_requests() {
             self.flush_exception()
         } else if self.total() >= self.adj.send_bytes {
@@ -348,7 +347,6 @@ impl HttpChannel {
         } else {
             Ok(())
         };
-        profiling::finish(Stage::Flush, started);
         if flushed.is_err() {
             self.will_close.store(true, Ordering::Release);
         }
@@ -367,7 +365,10 @@ impl HttpChannel {
 
     /// Flush under `outbufs`, turning errors into the close decision.
     fn flush_locked(&self, out: &mut Outbufs) -> Result<bool, ()> {
-        match self.flush_some(out) {
+        let started = profiling::start();
+        let flushed = self.flush_some(out);
+        profiling::finish(Stage::Flush, started);
+        match flushed {
             Ok(sent) => Ok(sent),
             Err(FlushError::Disconnected) => {
                 self.connected.store(false, Ordering::Release);

@@ -897,6 +897,45 @@ fn test_sleepy_request_does_not_block_others(t: Transport) {
     assert_eq!(slow.read_response().unwrap().body, b"sleepy returned");
 }
 
+/// Ten workers all blocked in the application: the I/O thread still accepts and reads an
+/// eleventh connection, which is answered as soon as one worker is released.
+fn test_blocked_workers_do_not_stop_the_io_thread(t: Transport) {
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let entered_tx = Mutex::new(entered_tx);
+    let release_rx = Mutex::new(release_rx);
+    let app = move |env: &mut waitress::Environ, sr: &mut waitress::StartResponse<'_>| {
+        if env.get("PATH_INFO") == Some("/block") {
+            entered_tx.lock().unwrap().send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+        sr.start("200 OK", [("Content-Length", "4")])?;
+        Ok(waitress::Body::from("done"))
+    };
+    let server = support::serve(Arc::new(app), &[("threads", "10")], t);
+    let mut blocked: Vec<Client> = (0..10)
+        .map(|_| {
+            let mut c = Client::connect(&server.target);
+            c.send(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n");
+            c
+        })
+        .collect();
+    for _ in 0..10 {
+        entered_rx.recv().unwrap();
+    }
+    // Every worker is busy; this connection is accepted and its request queued.
+    let mut late = Client::connect(&server.target);
+    late.send(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n");
+    release_tx.send(()).unwrap();
+    assert_eq!(late.read_response().unwrap().body, b"done");
+    for _ in 0..9 {
+        release_tx.send(()).unwrap();
+    }
+    for c in blocked.iter_mut() {
+        assert_eq!(c.read_response().unwrap().body, b"done");
+    }
+}
+
 fn serve(app: waitress::SharedApp, t: Transport) -> support::ServerGuard {
     support::serve(app, &[], t)
 }
@@ -1003,5 +1042,6 @@ both_transports!(
     test_notfilelike_http10,
     test_notfilelike_nocl_http10,
     test_sleepy_request_does_not_block_others,
+    test_blocked_workers_do_not_stop_the_io_thread,
     test_content_length_with_chunked_closes_after_response,
 );

@@ -202,3 +202,37 @@ fn ipv6_listener_answers_where_the_machine_has_ipv6() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.ends_with("Hello, World!"), "{response}");
 }
+
+fn echo_with_forwarded_headers(trusted_proxy: &str) -> support::Echo {
+    let running = start(
+        &[
+            "--listen=127.0.0.1:0",
+            &format!("--trusted-proxy={trusted_proxy}"),
+            "--trusted-proxy-headers=x-forwarded-for x-forwarded-proto",
+            "echo",
+        ],
+        1,
+    );
+    let mut client = Client::connect(&tcp_target(&running, 0));
+    client.send(
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\r\n",
+    );
+    support::Echo::parse(&client.read_response().unwrap().body)
+}
+
+#[test]
+fn trusted_proxy_headers_are_applied_only_for_the_trusted_peer() {
+    let trusted = echo_with_forwarded_headers("127.0.0.1");
+    assert_eq!(trusted.field("remote_addr").as_deref(), Some("203.0.113.7"));
+    assert_eq!(trusted.field("scheme").as_deref(), Some("https"));
+    assert_eq!(
+        trusted.header("X_FORWARDED_FOR").as_deref(),
+        Some("203.0.113.7")
+    );
+
+    let untrusted = echo_with_forwarded_headers("10.0.0.1");
+    assert_eq!(untrusted.field("remote_addr").as_deref(), Some("127.0.0.1"));
+    assert_eq!(untrusted.field("scheme").as_deref(), Some("http"));
+    assert_eq!(untrusted.header("X_FORWARDED_FOR"), None);
+    assert_eq!(untrusted.header("X_FORWARDED_PROTO"), None);
+}

@@ -259,12 +259,35 @@ pub fn http_date_now() -> String {
     cache.1.clone()
 }
 
-/// Parse an HTTP date in the RFC 1123 (`Sun, 06 Nov 1994 08:49:37 GMT`) or RFC 850
-/// (`Sunday, 06-Nov-94 08:49:37 GMT`) form, case-insensitively, to seconds since the epoch.
-/// Anything else gives 0, as in waitress (which does not accept the asctime form either).
+/// Parse an HTTP date in any of the three forms HTTP/1.1 allows, case-insensitively, to
+/// seconds since the epoch: RFC 1123 (`Sun, 06 Nov 1994 08:49:37 GMT`), RFC 850
+/// (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`). Anything else
+/// gives 0, as in waitress. (waitress itself stops at the first two; the server never parses
+/// dates, so the third only helps applications that use this function.)
 pub fn parse_http_date(d: &str) -> i64 {
     let d = d.to_ascii_lowercase();
-    parse_rfc850(&d).or_else(|| parse_rfc822(&d)).unwrap_or(0)
+    parse_rfc850(&d)
+        .or_else(|| parse_rfc822(&d))
+        .or_else(|| parse_asctime(&d))
+        .unwrap_or(0)
+}
+
+/// `sun nov  6 08:49:37 1994` (the day is padded with a space to two characters).
+fn parse_asctime(d: &str) -> Option<i64> {
+    let fields: Vec<&str> = d.split_whitespace().collect();
+    let [day_name, month, day, hms, year] = fields[..] else {
+        return None;
+    };
+    if !WEEKDAY_NAMES
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(day_name))
+    {
+        return None;
+    }
+    let month = month_number(month)?;
+    let day = digits(day, 1, 2)?;
+    let year = digits(year, 4, 4)?;
+    Some(timegm(year, month, day, parse_hms(hms)?))
 }
 
 fn digits(s: &str, min: usize, max: usize) -> Option<i64> {
@@ -537,8 +560,17 @@ mod tests {
     #[test]
     fn test_neither() {
         assert_eq!(parse_http_date(""), 0);
-        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), 0);
         assert_eq!(parse_http_date("Sun, 08 Feb 1994 14:15:29 GMT trailing"), 0);
+    }
+
+    #[test]
+    fn asctime_dates_parse_too() {
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), 784111777);
+        assert_eq!(
+            parse_http_date("Sun Nov 16 08:49:37 1994"),
+            784111777 + 10 * 86_400
+        );
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 94"), 0);
     }
 
     #[test]

@@ -628,20 +628,47 @@ mod tests {
         }
     }
 
+    fn forwarded_for(value: &str) -> Outcome {
+        call(
+            settings(Some("*"), 1, &["x-forwarded-for"]),
+            ("127.0.0.1", 8080),
+            &[("X_FORWARDED_FOR", value)],
+        )
+    }
+
     #[test]
     fn test_parse_proxy_headers_forwarded_for() {
-        let r = call(
-            settings(Some("*"), 1, &["x-forwarded-for"]),
-            ("127.0.0.1", 8080),
-            &[("X_FORWARDED_FOR", "192.0.2.1")],
+        assert_eq!(forwarded_for("192.0.2.1").env("REMOTE_ADDR"), "192.0.2.1");
+    }
+
+    #[test]
+    fn test_parse_proxy_headers_forwarded_for_v6_missing_brackets() {
+        assert_eq!(
+            forwarded_for("2001:db8::0").env("REMOTE_ADDR"),
+            "2001:db8::0"
         );
-        assert_eq!(r.env("REMOTE_ADDR"), "192.0.2.1");
+    }
+
+    #[test]
+    fn test_parse_forwarded_for_bad_quote() {
+        let r = forwarded_for("\"foo");
+        assert_eq!(r.status, "400 Bad Request");
+        assert!(String::from_utf8(r.body)
+            .unwrap()
+            .contains("Header \"X-Forwarded-For\" malformed"));
+    }
+
+    #[test]
+    fn test_parse_forwarded_host_bad_quote() {
         let r = call(
-            settings(Some("*"), 1, &["x-forwarded-for"]),
+            settings(Some("*"), 1, &["x-forwarded-host"]),
             ("127.0.0.1", 8080),
-            &[("X_FORWARDED_FOR", "2001:db8::0")],
+            &[("X_FORWARDED_HOST", "\"foo")],
         );
-        assert_eq!(r.env("REMOTE_ADDR"), "2001:db8::0");
+        assert_eq!(r.status, "400 Bad Request");
+        assert!(String::from_utf8(r.body)
+            .unwrap()
+            .contains("Header \"X-Forwarded-Host\" malformed"));
     }
 
     #[test]
@@ -725,44 +752,77 @@ mod tests {
     }
 
     #[test]
-    fn test_parse_proxy_headers_forwarded_host_variants() {
+    fn test_parse_proxy_headers_forwarded_host_with_port() {
         let r = x_forwarded(2, "example.com:8080", None);
-        assert_eq!(
-            (
-                r.env("REMOTE_ADDR"),
-                r.env("SERVER_NAME"),
-                r.env("HTTP_HOST"),
-                r.env("SERVER_PORT")
-            ),
-            ("198.51.100.2", "example.com", "example.com:8080", "8080")
-        );
+        assert_eq!(r.env("REMOTE_ADDR"), "198.51.100.2");
+        assert_eq!(r.env("SERVER_NAME"), "example.com");
+        assert_eq!(r.env("HTTP_HOST"), "example.com:8080");
+        assert_eq!(r.env("SERVER_PORT"), "8080");
+        assert_eq!(r.env("HTTP_X_FORWARDED_FOR"), "198.51.100.2, 203.0.113.1");
+    }
+
+    #[test]
+    fn test_parse_proxy_headers_forwarded_host_without_port() {
         let r = x_forwarded(2, "example.com", None);
-        assert_eq!(
-            (r.env("HTTP_HOST"), r.env("SERVER_PORT")),
-            ("example.com", "80")
-        );
+        assert_eq!(r.env("SERVER_NAME"), "example.com");
+        assert_eq!(r.env("HTTP_HOST"), "example.com");
+        assert_eq!(r.env("SERVER_PORT"), "80");
+    }
+
+    #[test]
+    fn test_parse_proxy_headers_forwarded_host_with_forwarded_port() {
         let r = x_forwarded(2, "example.com", Some("8080"));
-        assert_eq!(
-            (r.env("HTTP_HOST"), r.env("SERVER_PORT")),
-            ("example.com:8080", "8080")
-        );
+        assert_eq!(r.env("HTTP_HOST"), "example.com:8080");
+        assert_eq!(r.env("SERVER_PORT"), "8080");
+    }
+
+    #[test]
+    fn test_parse_proxy_headers_forwarded_host_multiple_with_forwarded_port() {
         let r = x_forwarded(2, "example.com, example.org", Some("8080"));
-        assert_eq!(
-            (r.env("SERVER_NAME"), r.env("HTTP_HOST")),
-            ("example.com", "example.com:8080")
-        );
+        assert_eq!(r.env("SERVER_NAME"), "example.com");
+        assert_eq!(r.env("HTTP_HOST"), "example.com:8080");
+        assert_eq!(r.env("SERVER_PORT"), "8080");
         assert_eq!(r.env("HTTP_X_FORWARDED_HOST"), "example.com, example.org");
+    }
+
+    #[test]
+    fn test_parse_proxy_headers_forwarded_host_multiple_with_forwarded_port_limit_one_trusted() {
         let r = x_forwarded(1, "example.com, example.org", Some("8080"));
-        assert_eq!(
-            (
-                r.env("REMOTE_ADDR"),
-                r.env("SERVER_NAME"),
-                r.env("HTTP_HOST")
-            ),
-            ("203.0.113.1", "example.org", "example.org:8080")
-        );
+        assert_eq!(r.env("REMOTE_ADDR"), "203.0.113.1");
+        assert_eq!(r.env("SERVER_NAME"), "example.org");
+        assert_eq!(r.env("HTTP_HOST"), "example.org:8080");
         assert_eq!(r.env("HTTP_X_FORWARDED_FOR"), "203.0.113.1");
         assert_eq!(r.env("HTTP_X_FORWARDED_HOST"), "example.org");
+    }
+
+    fn wrong_proto(port: &str, proto: &str) -> Outcome {
+        let trusted = ["x-forwarded-port", "x-forwarded-host", "x-forwarded-proto"];
+        call(
+            settings(Some("*"), 1, &trusted),
+            ("127.0.0.1", 8080),
+            &[
+                ("X_FORWARDED_PORT", port),
+                ("X_FORWARDED_PROTO", proto),
+                ("X_FORWARDED_HOST", "example.com"),
+            ],
+        )
+    }
+
+    #[test]
+    fn test_parse_forwarded_port_wrong_proto_port_80() {
+        let r = wrong_proto("80", "https");
+        assert_eq!(r.env("SERVER_NAME"), "example.com");
+        assert_eq!(r.env("HTTP_HOST"), "example.com:80");
+        assert_eq!(r.env("SERVER_PORT"), "80");
+        assert_eq!(r.env("wsgi.url_scheme"), "https");
+    }
+
+    #[test]
+    fn test_parse_forwarded_port_wrong_proto_port_443() {
+        let r = wrong_proto("443", "http");
+        assert_eq!(r.env("HTTP_HOST"), "example.com:443");
+        assert_eq!(r.env("SERVER_PORT"), "443");
+        assert_eq!(r.env("wsgi.url_scheme"), "http");
     }
 
     fn forwarded(value: &str) -> Outcome {
@@ -782,32 +842,55 @@ mod tests {
         assert_eq!(r.env("HTTP_HOST"), "example.com:8080");
         assert_eq!(r.env("SERVER_PORT"), "8080");
         assert_eq!(r.env("wsgi.url_scheme"), "https");
-        let r = forwarded("For=198.51.100.2;;proto=https;by=_unused");
-        assert_eq!(r.env("REMOTE_ADDR"), "198.51.100.2");
-        let r = forwarded("For=198.51.100.2;unknown=x;host=example.com:8080;proto=https");
-        assert_eq!(r.status, "200 OK");
-        assert_eq!(r.env("SERVER_NAME"), "example.com");
     }
 
     #[test]
-    fn test_parse_forwarded_malformed() {
-        for value in [
-            "For=198.51.100.2; proto =https",
-            "For= \"198.51.100.2\"; proto =https",
-            "For",
-            "for=\"unterminated",
-        ] {
-            let r = forwarded(value);
-            assert_eq!(r.status, "400 Bad Request", "{value}");
-            assert!(String::from_utf8(r.body)
-                .unwrap()
-                .contains("Header \"Forwarded\" malformed"));
-        }
-        let r = forwarded("proto=ftp");
-        assert_eq!(r.status, "400 Bad Request");
-        assert!(String::from_utf8(r.body)
-            .unwrap()
-            .contains("Header \"Forwarded Proto=\" malformed"));
+    fn test_parse_forwarded_empty_pair() {
+        let r = forwarded("For=198.51.100.2;;proto=https;by=_unused");
+        assert_eq!(r.status, "200 OK");
+        assert_eq!(r.env("REMOTE_ADDR"), "198.51.100.2");
+    }
+
+    #[test]
+    fn test_parse_forwarded_warning_unknown_token() {
+        let r = forwarded("For=198.51.100.2;host=example.com:8080;proto=https;unknown=\"yolo\"");
+        assert_eq!(r.status, "200 OK");
+        assert_eq!(r.env("REMOTE_ADDR"), "198.51.100.2");
+        assert_eq!(r.env("SERVER_NAME"), "example.com");
+        assert_eq!(r.env("HTTP_HOST"), "example.com:8080");
+        assert_eq!(r.env("SERVER_PORT"), "8080");
+        assert_eq!(r.env("wsgi.url_scheme"), "https");
+    }
+
+    fn assert_forwarded_malformed(value: &str, header: &str) {
+        let r = forwarded(value);
+        assert_eq!(r.status, "400 Bad Request", "{value}");
+        let body = String::from_utf8(r.body).unwrap();
+        assert!(
+            body.contains(&format!("Header \"{header}\" malformed")),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn test_parse_forwarded_pair_token_whitespace() {
+        assert_forwarded_malformed("For=198.51.100.2; proto =https", "Forwarded");
+    }
+
+    #[test]
+    fn test_parse_forwarded_pair_value_whitespace() {
+        assert_forwarded_malformed("For= \"198.51.100.2\"; proto =https", "Forwarded");
+    }
+
+    #[test]
+    fn test_parse_forwarded_pair_no_equals() {
+        assert_forwarded_malformed("For", "Forwarded");
+    }
+
+    #[test]
+    fn forwarded_bad_quote_and_unsupported_proto() {
+        assert_forwarded_malformed("for=\"unterminated", "Forwarded");
+        assert_forwarded_malformed("proto=ftp", "Forwarded Proto=");
     }
 
     #[test]
@@ -831,7 +914,7 @@ mod tests {
     }
 
     #[test]
-    fn test_parse_multiple_x_forwarded_proto_and_port() {
+    fn test_parse_multiple_x_forwarded_proto() {
         let r = call(
             settings(Some("*"), 1, &["x-forwarded-proto"]),
             ("127.0.0.1", 8080),
@@ -841,6 +924,10 @@ mod tests {
         assert!(String::from_utf8(r.body)
             .unwrap()
             .contains("Header \"X-Forwarded-Proto\" malformed"));
+    }
+
+    #[test]
+    fn test_parse_multiple_x_forwarded_port() {
         let r = call(
             settings(Some("*"), 1, &["x-forwarded-port"]),
             ("127.0.0.1", 8080),

@@ -599,30 +599,92 @@ mod tests {
         assert!((now - parsed).abs() <= 1, "{parsed} vs {now}");
     }
 
-    // Test_unpack_rfc850 / Test_unpack_rfc_822: the field splitting is private here; the two
-    // tests above check the same fields through the public function.
+    // Test_unpack_rfc850.test_it / Test_unpack_rfc_822.test_it: the field splitting is private
+    // here; test_rfc850 and test_rfc822 check the same fields through the public function.
 
-    #[test]
-    fn test_find_double_newline() {
-        assert_eq!(find_double_newline(b""), None);
-        assert_eq!(find_double_newline(b"\n"), None);
-        assert_eq!(find_double_newline(b"\n\n"), None);
-        assert_eq!(find_double_newline(b"\r\n"), None);
-        assert_eq!(find_double_newline(b"\r\n\r\n"), Some(4));
-        assert_eq!(find_double_newline(b"\n\n00\r\n\r\n"), Some(8));
+    /// Test_find_double_newline
+    mod find_double_newline {
+        use super::super::find_double_newline;
+
+        #[test]
+        fn test_empty() {
+            assert_eq!(find_double_newline(b""), None);
+        }
+
+        #[test]
+        fn test_one_linefeed() {
+            assert_eq!(find_double_newline(b"\n"), None);
+        }
+
+        #[test]
+        fn test_double_linefeed() {
+            assert_eq!(find_double_newline(b"\n\n"), None);
+        }
+
+        #[test]
+        fn test_one_crlf() {
+            assert_eq!(find_double_newline(b"\r\n"), None);
+        }
+
+        #[test]
+        fn test_double_crfl() {
+            assert_eq!(find_double_newline(b"\r\n\r\n"), Some(4));
+        }
+
+        #[test]
+        fn test_mixed() {
+            assert_eq!(find_double_newline(b"\n\n00\r\n\r\n"), Some(8));
+        }
     }
 
-    #[test]
-    fn test_undquote() {
-        assert_eq!(undquote("").unwrap(), "");
-        assert_eq!(undquote("\"test\"").unwrap(), "test");
-        assert_eq!(undquote("test").unwrap(), "test");
-        assert_eq!(undquote("\"\\\"\"").unwrap(), "\"");
-        assert_eq!(undquote("\"\t\"").unwrap(), "\t");
-        assert_eq!(undquote("\"\\\t\"").unwrap(), "\t");
-        assert_eq!(undquote("\"\\\""), Err(InvalidQuoting));
-        assert_eq!(undquote("\"test"), Err(InvalidQuoting));
-        assert_eq!(undquote("\""), Err(InvalidQuoting));
+    /// Test_undquote
+    mod undquote {
+        use super::super::{undquote, InvalidQuoting};
+
+        #[test]
+        fn test_empty() {
+            assert_eq!(undquote("").unwrap(), "");
+        }
+
+        #[test]
+        fn test_quoted() {
+            assert_eq!(undquote("\"test\"").unwrap(), "test");
+        }
+
+        #[test]
+        fn test_unquoted() {
+            assert_eq!(undquote("test").unwrap(), "test");
+        }
+
+        #[test]
+        fn test_quoted_backslash_quote() {
+            assert_eq!(undquote("\"\\\"\"").unwrap(), "\"");
+        }
+
+        #[test]
+        fn test_quoted_htab() {
+            assert_eq!(undquote("\"\t\"").unwrap(), "\t");
+        }
+
+        #[test]
+        fn test_quoted_backslash_htab() {
+            assert_eq!(undquote("\"\\\t\"").unwrap(), "\t");
+        }
+
+        #[test]
+        fn test_quoted_backslash_invalid() {
+            assert_eq!(undquote("\"\\\""), Err(InvalidQuoting));
+        }
+
+        #[test]
+        fn test_invalid_quoting() {
+            assert_eq!(undquote("\"test"), Err(InvalidQuoting));
+        }
+
+        #[test]
+        fn test_invalid_quoting_single_quote() {
+            assert_eq!(undquote("\""), Err(InvalidQuoting));
+        }
     }
 
     #[test]

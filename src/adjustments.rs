@@ -771,8 +771,8 @@ fn parse_port(port: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     //! Ports of tests/test_adjustments.py.
-    //! Skipped on purpose: `test_s_is_None`, `test_s_is_True`, `test_s_is_False`,
-    //! `test_s_is_1` (Python passes non-strings; `asbool` takes `&str` here),
+    //! Skipped on purpose: `test_s_is_None`, `test_s_is_True`, `test_s_is_False` (Python
+    //! passes None and booleans; `asbool` takes `&str` here, and `test_s_is_1` uses `"1"`),
     //! `Test_as_socket_list` and `test_dont_use_unsupported_socket_types` (a typed
     //! `PreboundSocket` cannot hold a non-socket or a datagram socket), `test_app_flag`,
     //! `test_call`, `test_app_arg` resolving Python objects (here the name is kept and the
@@ -794,14 +794,39 @@ mod tests {
         std::net::TcpListener::bind("[::1]:0").is_ok()
     }
 
-    #[test]
-    fn test_asbool() {
-        assert!(asbool("True"));
-        assert!(!asbool("False"));
-        assert!(asbool("yes"));
-        assert!(asbool("on"));
-        assert!(asbool(" 1 "));
-        assert!(!asbool(""));
+    /// Test_asbool
+    mod asbool_tests {
+        use super::super::asbool;
+
+        #[test]
+        fn test_s_is_true() {
+            assert!(asbool("True"));
+        }
+
+        #[test]
+        fn test_s_is_false() {
+            assert!(!asbool("False"));
+        }
+
+        #[test]
+        fn test_s_is_yes() {
+            assert!(asbool("yes"));
+        }
+
+        #[test]
+        fn test_s_is_on() {
+            assert!(asbool("on"));
+        }
+
+        #[test]
+        fn test_s_is_1() {
+            assert!(asbool(" 1 "));
+        }
+
+        #[test]
+        fn empty_is_false() {
+            assert!(!asbool(""));
+        }
     }
 
     #[test]

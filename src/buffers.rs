@@ -388,12 +388,26 @@ impl ReadOnlyFileBasedBuffer {
 #[cfg(test)]
 mod tests {
     //! Ports of tests/test_buffers.py. waitress's `FileBasedBuffer`, `TempfileBasedBuffer` and
-    //! `BytesIOBasedBuffer` are the two storages of `OverflowableBuffer` here, so their tests
-    //! (`test_append`, `test_get_skip_*`, `test_skip_*`, `test_prune_*`, `test_close`) run
-    //! against it in both states. Skipped: `test_newfile` (returns a Python file object),
-    //! `test___nonzero__*`, the `*_more_than_max_int` tests (they mock `__len__` to exceed a C
-    //! long; lengths here are `usize`), `test_ctor_from_buffer*` (private constructors) and
-    //! `test_append` of the read-only buffer (it has no `append`).
+    //! `BytesIOBasedBuffer` are the two storages of `OverflowableBuffer` here (memory, file), so
+    //! their tests run against it on both sides of `overflow`:
+    //! - `test___len__*`, `test_append*`, `test_append_overflow`, `test_append_sz_gt_overflow`,
+    //!   `test__create_buffer_large/small`, `test_ctor_from_buffer*` → `test_len`,
+    //!   `test_append_overflow`, `test_append_buf_none_longer_than_strbuf_limit`;
+    //! - `test_get_skip_true/false`, `test_get_buf_None_skip_*`, `test_get_numbytes_*` →
+    //!   `test_get_skip_true_and_false`, `test_get_numbytes_lt_and_gt_remain`;
+    //! - `test_skip_remain_gt_bytes/lt_bytes`, `test_skip_buf_None*` → `test_skip_remain_lt_bytes`;
+    //! - `test_prune_*` → `test_prune_with_buf`, `test_prune_with_buf_overflow`;
+    //! - `test_getfile_*` → `test_getfile`; `test_close*` → `test_close_withbuf`;
+    //! - `TestReadOnlyFileBasedBuffer`: `test_prepare_*`, `test_get_numbytes_*`, `test___iter__`
+    //!   → `test_prepare_*`, `test_get_numbytes_lt_and_gt_remain`, `test_iter`;
+    //! - the proptest `overflowable_buffer_matches_a_vec` checks all operations together.
+    //!
+    //! Skipped: `test_newfile` (returns a Python file object), `test___nonzero__*` (Python
+    //! truthiness), `test_append_with_len_more_than_max_int` and
+    //! `test_prune_with_buflen_more_than_max_int` (they mock `__len__` past a C long; lengths are
+    //! `usize` here), `test_get_skip_bytes_less_than_zero` (a count cannot be negative), the
+    //! `*_closeable` variants (closing is `Drop`) and the read-only buffer's `test_append` (it has
+    //! no `append`).
     use super::*;
     use proptest::prelude::*;
 

@@ -360,6 +360,20 @@ pub mod builtin {
         Ok(Body::from("Hello, World!"))
     }
 
+    /// The request body, `CONTENT_LENGTH` bytes of it when the header is there (the fixture
+    /// applications' `environ["wsgi.input"].read(cl)`).
+    pub fn read_body(environ: &mut Environ) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        match environ
+            .get("CONTENT_LENGTH")
+            .and_then(|cl| cl.parse::<u64>().ok())
+        {
+            Some(cl) => environ.input().take(cl).read_to_end(&mut body)?,
+            None => environ.input().read_to_end(&mut body)?,
+        };
+        Ok(body)
+    }
+
     /// An HTML page saying who serves it and listing the request's environ.
     pub fn demo(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
         let mut page = String::from(
@@ -402,14 +416,7 @@ pub mod builtin {
     /// The request as JSON (method, path, query, length, scheme, addresses, headers), a blank
     /// line, then the request body: waitress's `tests/fixtureapps/echo.py`.
     pub fn echo(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
-        let mut body = Vec::new();
-        match environ
-            .get("CONTENT_LENGTH")
-            .and_then(|cl| cl.parse::<u64>().ok())
-        {
-            Some(cl) => environ.input().take(cl).read_to_end(&mut body)?,
-            None => environ.input().read_to_end(&mut body)?,
-        };
+        let body = read_body(environ)?;
         let get = |key: &str| environ.get(key).unwrap_or("").to_string();
         let mut fields: Vec<(String, String)> = vec![
             ("method".into(), json_string(&get("REQUEST_METHOD"))),

@@ -21,18 +21,7 @@ use waitress::{AppResult, Body, Environ, SharedApp, StartResponse};
 // Fixture applications (waitress: tests/fixtureapps)
 // ---------------------------------------------------------------------------------------------
 
-/// The request body, read by CONTENT_LENGTH when there is one.
-fn read_body(environ: &mut Environ) -> std::io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    match environ
-        .get("CONTENT_LENGTH")
-        .and_then(|c| c.parse::<u64>().ok())
-    {
-        Some(cl) => environ.input().take(cl).read_to_end(&mut body)?,
-        None => environ.input().read_to_end(&mut body)?,
-    };
-    Ok(body)
-}
+use waitress::runner::builtin::read_body;
 
 /// echo.py `app`: the request as JSON, a blank line, then the body.
 pub fn echo(environ: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {

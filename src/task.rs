@@ -5,6 +5,7 @@
 //! environ, calls the application, and turns the status, headers and body into bytes queued
 //! on the channel (the socket itself belongs to the I/O thread and the channel's flush logic).
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -508,13 +509,27 @@ impl<'a> Task<'a> {
         if !self.complete {
             return Err(TaskError::App(StartResponseError::NotStarted.into()));
         }
-        if !self.wrote_header {
-            let head = self.build_response_header();
-            self.channel.write_soon(&head)?;
-            self.wrote_header = true;
-        }
-        if data.is_empty() {
+        if self.wrote_header {
+            let body = self.body_bytes(data);
+            if !body.is_empty() {
+                self.channel.write_soon(&body)?;
+            }
             return Ok(());
+        }
+        // The head goes out together with the first body bytes: one buffer, one send.
+        let mut head = self.build_response_header();
+        head.extend_from_slice(&self.body_bytes(data));
+        self.channel.write_soon(&head)?;
+        self.wrote_header = true;
+        Ok(())
+    }
+
+    /// What goes on the wire for `data`: framed as a chunk for a chunked response, cut at the
+    /// declared `Content-Length`, or nothing for a status without a body; the last two are
+    /// logged once each, as waitress does.
+    fn body_bytes<'d>(&mut self, data: &'d [u8]) -> Cow<'d, [u8]> {
+        if data.is_empty() {
+            return Cow::Borrowed(data);
         }
         if !self.has_body() {
             self.content_bytes_written += data.len() as u64;
@@ -525,31 +540,28 @@ impl<'a> Task<'a> {
                 ));
                 self.logged_write_no_body = true;
             }
-            return Ok(());
+            return Cow::Borrowed(&[]);
         }
         if self.chunked_response {
             let mut framed = Vec::with_capacity(data.len() + 12);
             framed.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
             framed.extend_from_slice(data);
             framed.extend_from_slice(b"\r\n");
-            self.channel.write_soon(&framed)?;
-        } else if let Some(cl) = self.content_length {
-            let room = cl.saturating_sub(self.content_bytes_written);
-            let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-            self.content_bytes_written += take as u64;
-            if take != data.len() && !self.logged_write_excess {
-                LOGGER.warning(&format!(
-                    "application-written content exceeded the number of bytes specified by Content-Length header ({cl})"
-                ));
-                self.logged_write_excess = true;
-            }
-            if take > 0 {
-                self.channel.write_soon(&data[..take])?;
-            }
-        } else {
-            self.channel.write_soon(data)?;
+            return Cow::Owned(framed);
         }
-        Ok(())
+        let Some(cl) = self.content_length else {
+            return Cow::Borrowed(data);
+        };
+        let room = cl.saturating_sub(self.content_bytes_written);
+        let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        self.content_bytes_written += take as u64;
+        if take != data.len() && !self.logged_write_excess {
+            LOGGER.warning(&format!(
+                "application-written content exceeded the number of bytes specified by Content-Length header ({cl})"
+            ));
+            self.logged_write_excess = true;
+        }
+        Cow::Borrowed(&data[..take])
     }
 
     /// `ErrorTask.execute`: the error's status, headers and body, then close.

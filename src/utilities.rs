@@ -243,20 +243,25 @@ pub fn build_http_date(when: i64) -> String {
     )
 }
 
-/// The `Date` header value for the current second. Every response needs it, so the string is
-/// built once per second and shared (a mutex held only for a compare and a clone).
+/// The `Date` header value for the current second. Every response needs it, so each thread
+/// keeps the string of the current second and rebuilds it only when the second changes (no
+/// lock shared between the workers).
 pub fn http_date_now() -> String {
-    static CACHE: std::sync::Mutex<(i64, String)> =
-        std::sync::Mutex::new((i64::MIN, String::new()));
+    thread_local! {
+        static CACHE: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.0 != now {
-        *cache = (now, build_http_date(now));
-    }
-    cache.1.clone()
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != now {
+            *cache = (now, build_http_date(now));
+        }
+        cache.1.clone()
+    })
 }
 
 /// Parse an HTTP date in any of the three forms HTTP/1.1 allows, case-insensitively, to

@@ -439,15 +439,25 @@ impl HttpChannel {
 
     /// Bytes arrived (waitress: `received`): feed them to the parser, queue each complete
     /// request, send `100 Continue` when the client waits for it and nothing is pending.
-    pub fn received(&self, mut data: &[u8]) {
+    pub fn received(&self, data: &[u8]) {
         if data.is_empty() {
             return;
         }
+        if self.receive_requests(data) {
+            // Queued once the requests lock is released, so the worker that picks the task up
+            // does not find the lock still held.
+            self.add_self_as_task();
+        }
+    }
+
+    /// Parse `data` into requests; returns whether a task must be queued for them.
+    fn receive_requests(&self, mut data: &[u8]) -> bool {
+        let mut needs_task = false;
         let mut requests = lock(&self.requests);
         if self.will_close.load(Ordering::Acquire)
             || self.close_when_flushed.load(Ordering::Acquire)
         {
-            return;
+            return false;
         }
         while !data.is_empty() {
             let request = requests
@@ -466,9 +476,7 @@ impl HttpChannel {
                         requests.queue.push_back(request);
                         self.request_count
                             .store(requests.count(), Ordering::Release);
-                        if requests.count() == 1 {
-                            self.add_self_as_task();
-                        }
+                        needs_task |= requests.count() == 1;
                     }
                 }
             }
@@ -477,6 +485,7 @@ impl HttpChannel {
             }
             data = &data[n..];
         }
+        needs_task
     }
 
     fn add_self_as_task(&self) {

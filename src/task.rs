@@ -158,16 +158,19 @@ impl ThreadedTaskDispatcher {
     /// `waitress.queue` logger when there are more tasks than idle threads.
     pub fn add_task(&self, task: Arc<dyn Service>) {
         task.defer();
-        let mut state = self.lock();
-        state.queue.push_back((task, profiling::start()));
-        self.queue_cv.notify_one();
-        let queue_size = state.queue.len();
-        let idle = state
-            .threads
-            .len()
-            .saturating_sub(state.stop_count + state.active_count);
-        if queue_size > idle {
-            QUEUE_LOGGER.warning(&format!("Task queue depth is {}", queue_size - idle));
+        let depth = {
+            let mut state = self.lock();
+            state.queue.push_back((task, profiling::start()));
+            self.queue_cv.notify_one();
+            let idle = state
+                .threads
+                .len()
+                .saturating_sub(state.stop_count + state.active_count);
+            state.queue.len().saturating_sub(idle)
+        };
+        // Logged after the lock is released: a woken worker must not wait on our write.
+        if depth > 0 {
+            QUEUE_LOGGER.warning(&format!("Task queue depth is {depth}"));
         }
     }
 

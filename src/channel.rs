@@ -13,9 +13,9 @@ use std::net::{Shutdown, TcpStream};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::adjustments::Adjustments;
 use crate::app::{ClientDisconnected, DisconnectCheck};
@@ -205,7 +205,7 @@ pub struct HttpChannel {
     /// `Requests::count()`, readable without the lock.
     request_count: AtomicUsize,
     /// Last time bytes moved, for the idle sweep.
-    last_activity: Mutex<Instant>,
+    last_activity: AtomicU64,
     /// Guards the parsed and queued requests. Taken by the I/O thread when bytes arrive and
     /// by a worker when it takes or finishes a request. Lock order: `requests`, then
     /// `outbufs`.
@@ -225,6 +225,17 @@ impl std::fmt::Debug for HttpChannel {
             .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
+}
+
+/// The moment the first channel was made: last-activity times are kept as microseconds since
+/// then, in an atomic, so neither thread takes a lock to note activity.
+fn start_instant() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn since_start(now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(start_instant()).as_micros()).unwrap_or(u64::MAX)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -263,7 +274,7 @@ impl HttpChannel {
             close_when_flushed: AtomicBool::new(false),
             total_outbufs_len: AtomicUsize::new(0),
             request_count: AtomicUsize::new(0),
-            last_activity: Mutex::new(Instant::now()),
+            last_activity: AtomicU64::new(since_start(Instant::now())),
             requests: Mutex::new(Requests {
                 queue: VecDeque::new(),
                 serving: false,
@@ -306,11 +317,12 @@ impl HttpChannel {
 
     /// The last time bytes were read or sent.
     pub fn last_activity(&self) -> Instant {
-        *lock(&self.last_activity)
+        start_instant() + Duration::from_micros(self.last_activity.load(Ordering::Relaxed))
     }
 
     fn touch(&self) {
-        *lock(&self.last_activity) = Instant::now();
+        self.last_activity
+            .store(since_start(Instant::now()), Ordering::Relaxed);
     }
 
     /// Whether requests are queued or being served.

@@ -390,6 +390,9 @@ impl HttpChannel {
                 if self.adj.log_socket_errors {
                     LOGGER.error(&format!("Socket error\n{e}"));
                 }
+                // A socket that failed a send is of no further use: stop the application
+                // from queueing more for it while the I/O thread closes it.
+                self.connected.store(false, Ordering::Release);
                 Err(())
             }
         }
@@ -620,9 +623,13 @@ impl HttpChannel {
             return out;
         }
         if self.flush_locked(&mut out).is_err() {
+            // As waitress does: have the I/O thread close the channel, and wait for it.
             self.will_close.store(true, Ordering::Release);
             self.trigger.pull_trigger();
-            return out;
+            return self
+                .outbuf_cv
+                .wait_while(out, |_| self.connected.load(Ordering::Acquire))
+                .unwrap_or_else(|e| e.into_inner());
         }
         while self.connected.load(Ordering::Acquire)
             && self.total() > self.adj.outbuf_high_watermark

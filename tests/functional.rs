@@ -936,6 +936,93 @@ fn test_blocked_workers_do_not_stop_the_io_thread(t: Transport) {
     }
 }
 
+/// The client leaves in the middle of a long streamed response: the body iterator is dropped
+/// (WSGI's `close()`), and the worker is free again.
+fn test_body_is_closed_when_the_client_goes_away(t: Transport) {
+    struct Endless(Arc<Mutex<Option<mpsc::Sender<()>>>>);
+    impl Iterator for Endless {
+        type Item = Result<Vec<u8>, waitress::AppError>;
+        fn next(&mut self) -> Option<Self::Item> {
+            Some(Ok(vec![b'x'; 64 * 1024]))
+        }
+    }
+    impl Drop for Endless {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    let closed_tx = Arc::new(Mutex::new(Some(closed_tx)));
+    let app = move |env: &mut waitress::Environ, sr: &mut waitress::StartResponse<'_>| {
+        if env.get("PATH_INFO") != Some("/endless") {
+            sr.start("200 OK", [("Content-Length", "2")])?;
+            return Ok(waitress::Body::from("ok"));
+        }
+        sr.start("200 OK", [("Content-Type", "application/octet-stream")])?;
+        Ok(waitress::Body::Chunks(Box::new(Endless(Arc::clone(
+            &closed_tx,
+        )))))
+    };
+    // A small watermark so the worker waits after little output.
+    let kw = [
+        ("threads", "1"),
+        ("outbuf_high_watermark", "262144"),
+        ("outbuf_overflow", "65536"),
+    ];
+    let server = serve_fn(app, &kw, t);
+    {
+        let mut c = Client::connect(&server.target);
+        c.send(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n");
+        let line = c.read_line().unwrap();
+        assert!(line.starts_with(b"HTTP/1.1 200 OK"));
+    } // the client hangs up here
+    closed_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the body was closed after the client left");
+    // The only worker is free again.
+    let (_c, r) = exchange(&server, b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(r.body, b"ok");
+}
+
+/// With `channel_request_lookahead`, the application can ask whether its client is still
+/// there (`waitress.client_disconnected`).
+fn test_client_disconnected_is_visible_with_lookahead(t: Transport) {
+    let (result_tx, result_rx) = mpsc::channel::<bool>();
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let result_tx = Mutex::new(result_tx);
+    let entered_tx = Mutex::new(entered_tx);
+    let app = move |env: &mut waitress::Environ, sr: &mut waitress::StartResponse<'_>| {
+        let check = env
+            .client_disconnected()
+            .expect("present with lookahead")
+            .clone();
+        entered_tx.lock().unwrap().send(()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !check.is_disconnected() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        result_tx
+            .lock()
+            .unwrap()
+            .send(check.is_disconnected())
+            .unwrap();
+        sr.start("200 OK", [("Content-Length", "0")])?;
+        Ok(waitress::Body::empty())
+    };
+    let server = serve_fn(app, &[("channel_request_lookahead", "1")], t);
+    {
+        let mut c = Client::connect(&server.target);
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        entered_rx.recv().unwrap();
+    } // hang up while the application runs
+    assert!(
+        result_rx.recv().unwrap(),
+        "the application saw the disconnect"
+    );
+}
+
 fn serve(app: waitress::SharedApp, t: Transport) -> support::ServerGuard {
     support::serve(app, &[], t)
 }
@@ -1043,5 +1130,7 @@ both_transports!(
     test_notfilelike_nocl_http10,
     test_sleepy_request_does_not_block_others,
     test_blocked_workers_do_not_stop_the_io_thread,
+    test_body_is_closed_when_the_client_goes_away,
+    test_client_disconnected_is_visible_with_lookahead,
     test_content_length_with_chunked_closes_after_response,
 );

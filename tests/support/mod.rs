@@ -367,6 +367,9 @@ impl Response {
     }
 }
 
+/// The most a test reads of a response without a length.
+const MAX_BODY: u64 = 64 << 20;
+
 /// The connection was closed before a response arrived (waitress: `ConnectionClosed`).
 #[derive(Debug)]
 pub struct ConnectionClosed;
@@ -454,7 +457,10 @@ impl Client {
                 let _ = (&mut self.reader).take(n).read_to_end(&mut body);
             }
             None => {
-                let _ = self.reader.read_to_end(&mut body);
+                // To the end of the stream, but never without bound: a test that reads an
+                // endless response fails instead of eating the machine's memory.
+                let _ = (&mut self.reader).take(MAX_BODY + 1).read_to_end(&mut body);
+                assert!(body.len() as u64 <= MAX_BODY, "response body without end");
             }
         }
         Ok(Response {

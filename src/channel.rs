@@ -540,62 +540,66 @@ impl HttpChannel {
         self.stream.shutdown();
     }
 
+    /// The output buffers, once there is room in them: refused when the client is gone,
+    /// before or after waiting for the I/O thread to drain them (the start of waitress's
+    /// `write_soon`).
+    fn outbufs_with_room(&self) -> Result<MutexGuard<'_, Outbufs>, ClientDisconnected> {
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(ClientDisconnected);
+        }
+        let out = self.flush_outbufs_below_high_watermark(lock(&self.outbufs));
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(ClientDisconnected);
+        }
+        Ok(out)
+    }
+
+    /// Count queued bytes and try to send them (the end of waitress's `write_soon`).
+    fn queued(&self, out: &mut Outbufs, num_bytes: usize) {
+        self.total_outbufs_len
+            .fetch_add(num_bytes, Ordering::AcqRel);
+        self.flush_after_queue(out);
+    }
+
     /// Queue a file to stream after what is already queued, with a fresh byte buffer behind
     /// it for what follows (waitress: `write_soon` with a `ReadOnlyFileBasedBuffer`).
     fn write_file(&self, file: ReadOnlyFileBasedBuffer) -> Result<u64, ClientDisconnected> {
-        if !self.connected.load(Ordering::Acquire) {
-            return Err(ClientDisconnected);
-        }
         let len = file.len();
-        let mut out = lock(&self.outbufs);
-        out = self.flush_outbufs_below_high_watermark(out);
-        if !self.connected.load(Ordering::Acquire) {
-            return Err(ClientDisconnected);
-        }
+        let mut out = self.outbufs_with_room()?;
         out.bufs.push_back(OutBuf::File(file));
         out.bufs.push_back(OutBuf::Bytes(OverflowableBuffer::new(
             self.adj.outbuf_overflow,
         )));
         out.current_outbuf_count = 0;
-        let num_bytes = usize::try_from(len).unwrap_or(usize::MAX);
-        self.total_outbufs_len
-            .fetch_add(num_bytes, Ordering::AcqRel);
-        self.flush_after_queue(&mut out);
+        self.queued(&mut out, usize::try_from(len).unwrap_or(usize::MAX));
         Ok(len)
     }
 
     /// Append bytes to the last output buffer (the common case of `write_soon`).
     fn write_bytes(&self, data: &[u8]) -> Result<usize, ClientDisconnected> {
-        if !self.connected.load(Ordering::Acquire) {
-            return Err(ClientDisconnected);
-        }
         if data.is_empty() {
-            return Ok(0);
+            return if self.connected.load(Ordering::Acquire) {
+                Ok(0)
+            } else {
+                Err(ClientDisconnected)
+            };
         }
-        let mut out = lock(&self.outbufs);
-        out = self.flush_outbufs_below_high_watermark(out);
-        if !self.connected.load(Ordering::Acquire) {
-            return Err(ClientDisconnected);
-        }
+        let mut out = self.outbufs_with_room()?;
         if out.current_outbuf_count >= self.adj.outbuf_high_watermark {
-            let overflow = self.adj.outbuf_overflow;
-            out.bufs
-                .push_back(OutBuf::Bytes(OverflowableBuffer::new(overflow)));
+            out.bufs.push_back(OutBuf::Bytes(OverflowableBuffer::new(
+                self.adj.outbuf_overflow,
+            )));
             out.current_outbuf_count = 0;
         }
-        match out.bufs.back_mut() {
-            Some(OutBuf::Bytes(last)) => {
-                if let Err(e) = last.append(data) {
-                    LOGGER.error(&format!("could not buffer the response: {e}"));
-                    return Err(ClientDisconnected);
-                }
-            }
-            _ => return Err(ClientDisconnected),
+        let Some(OutBuf::Bytes(last)) = out.bufs.back_mut() else {
+            return Err(ClientDisconnected);
+        };
+        if let Err(e) = last.append(data) {
+            LOGGER.error(&format!("could not buffer the response: {e}"));
+            return Err(ClientDisconnected);
         }
         out.current_outbuf_count += data.len();
-        self.total_outbufs_len
-            .fetch_add(data.len(), Ordering::AcqRel);
-        self.flush_after_queue(&mut out);
+        self.queued(&mut out, data.len());
         Ok(data.len())
     }
 

@@ -879,12 +879,21 @@ impl Dispatcher for ChannelDispatcher {
 
 #[cfg(test)]
 mod tests {
-    //! Behaviour tests for tests/test_channel.py, over a real `UnixStream` pair instead of
-    //! waitress's `DummySock`, with a worker pool of no threads so the test thread plays the
-    //! worker (`service`) and the I/O thread (`handle_write`, `received`) by turns. The
-    //! waitress tests that poke private attributes through dummies (`DummyLock`,
-    //! `DummyBuffer`, `test_handle_write_*_raises_*`) are covered by the observable behaviour
-    //! below; the lookahead variants by `lookahead_*` tests.
+    //! Ports of tests/test_channel.py over a real `UnixStream` pair instead of waitress's
+    //! `DummySock`, with a worker pool of no threads so that the test thread plays the worker
+    //! (`service`) and the I/O thread (`handle_write`, `received`) by turns. Tests named after
+    //! two waitress tests cover both. The waitress tests that drive private attributes through
+    //! dummies are covered by the observable behaviour here:
+    //! `test_writable_*`/`test_readable_*`/`test_handle_write_*` by the readable/writable
+    //! assertions and `test_service_with_one_error_request` (close when flushed);
+    //! `test_write_soon_*` and `test__flush_some_*` by `test_service_*` (bytes arrive on the
+    //! peer), `test_write_soon_waits_on_backpressure` and
+    //! `test_write_soon_disconnected_while_over_watermark`; `test_received_preq_*` by the
+    //! parser's tests and `test_received_*` here; `test_service_with_request_raises_disconnect`
+    //! by the functional test `test_body_is_closed_when_the_client_goes_away`;
+    //! `test_client_disconnect*` by `test_client_disconnected_is_visible_with_lookahead`.
+    //! Skipped: the `*_gt_sys_maxint` tests (mocked `__len__` past a C long) and the
+    //! `*_raises_*` tests of closing a buffer (closing cannot fail here).
     use super::*;
     use crate::app::{AppResult, Body, Environ, StartResponse};
     use crate::trigger::Trigger;
@@ -967,7 +976,7 @@ mod tests {
     }
 
     #[test]
-    fn test_ctor_registers_in_map_and_active_channels() {
+    fn test_ctor_and_add_channel() {
         let f = fixture();
         assert!(f.map.borrow().contains_key(&f.channel.fd));
         assert!(f
@@ -980,7 +989,7 @@ mod tests {
     }
 
     #[test]
-    fn test_received_queues_one_request_and_stops_reading() {
+    fn test_received_and_readable_with_requests() {
         let f = fixture();
         f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
         assert!(f.channel.has_requests());
@@ -991,7 +1000,7 @@ mod tests {
     }
 
     #[test]
-    fn test_received_empty_and_blank_lines() {
+    fn test_received_no_chunk_and_preq_completed_empty() {
         let f = fixture();
         f.channel.received(b"");
         f.channel.received(b"\r\n\r\n");
@@ -1007,7 +1016,7 @@ mod tests {
     }
 
     #[test]
-    fn test_service_writes_the_response_and_keeps_alive() {
+    fn test_service_with_one_request() {
         let mut f = fixture();
         f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
         f.channel.service();
@@ -1020,7 +1029,7 @@ mod tests {
     }
 
     #[test]
-    fn test_service_pipelined_requests_in_order() {
+    fn test_service_with_multiple_requests() {
         let mut f = fixture_with(
             |e, sr| {
                 let path = e.get("PATH_INFO").unwrap_or("").to_string();
@@ -1041,7 +1050,7 @@ mod tests {
     }
 
     #[test]
-    fn test_service_error_request_closes_when_flushed() {
+    fn test_service_with_one_error_request() {
         let mut f = fixture();
         f.channel.received(b"GET / HTTP/1.1\r\nfoo : bar\r\n\r\n");
         f.channel.service();
@@ -1055,7 +1064,7 @@ mod tests {
     }
 
     #[test]
-    fn test_service_app_error_is_a_500() {
+    fn test_service_with_requests_raises_didnt_write_header() {
         let mut f = fixture_with(|_e, _sr| Err("nope".into()), |_| {});
         f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
         f.channel.service();
@@ -1065,7 +1074,7 @@ mod tests {
     }
 
     #[test]
-    fn test_service_app_error_with_expose_tracebacks() {
+    fn test_service_with_requests_raises_didnt_write_header_expose_tbs() {
         let mut f = fixture_with(|_e, _sr| Err("nope".into()), |a| a.expose_tracebacks = true);
         f.channel.received(b"GET / HTTP/1.0\r\n\r\n");
         f.channel.service();
@@ -1075,7 +1084,7 @@ mod tests {
     }
 
     #[test]
-    fn test_expect_continue_sent_when_nothing_pending() {
+    fn test_received_headers_finished_expect_continue_true() {
         let mut f = fixture();
         f.channel
             .received(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
@@ -1085,7 +1094,7 @@ mod tests {
     }
 
     #[test]
-    fn test_write_soon_after_disconnect() {
+    fn test_write_soon_disconnected() {
         let f = fixture();
         f.channel.connected.store(false, Ordering::SeqCst);
         assert_eq!(f.channel.write_soon(b"abc"), Err(ClientDisconnected));
@@ -1093,7 +1102,7 @@ mod tests {
     }
 
     #[test]
-    fn test_handle_close_leaves_the_map_and_wakes_nobody_forever() {
+    fn test_handle_close_and_del_channel() {
         let f = fixture();
         let dispatcher = f.map.borrow().get(&f.channel.fd).cloned().unwrap();
         dispatcher.handle_close();
@@ -1103,7 +1112,7 @@ mod tests {
     }
 
     #[test]
-    fn test_peer_hangup_closes_on_read() {
+    fn test_handle_read_peer_gone() {
         let f = fixture();
         drop(f.peer);
         let dispatcher = f.map.borrow().get(&f.channel.fd).cloned().unwrap();
@@ -1127,7 +1136,7 @@ mod tests {
     }
 
     #[test]
-    fn test_high_watermark_pauses_the_worker_until_flushed() {
+    fn test_write_soon_waits_on_backpressure() {
         // A response far bigger than the socket buffer and the watermark: the worker must
         // wait for the "I/O thread" (this test) to drain the socket, and must not be lost.
         let expected = BIG;
@@ -1153,7 +1162,7 @@ mod tests {
     }
 
     #[test]
-    fn test_close_wakes_a_worker_waiting_for_room() {
+    fn test_write_soon_disconnected_while_over_watermark() {
         let f = big_response_fixture();
         f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
         let worker_channel = Arc::clone(&f.channel);
@@ -1169,7 +1178,7 @@ mod tests {
     }
 
     #[test]
-    fn lookahead_keeps_reading_while_serving() {
+    fn test_lookahead_continue() {
         let f = fixture_with(hello, |a| a.channel_request_lookahead = 2);
         f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
         assert!(f.channel.readable(), "one request is within the lookahead");
@@ -1182,7 +1191,7 @@ mod tests {
     }
 
     #[test]
-    fn test_cancel() {
+    fn test_cancel_with_requests() {
         let f = fixture();
         f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
         f.channel.cancel();

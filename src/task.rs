@@ -161,14 +161,16 @@ impl ThreadedTaskDispatcher {
         let depth = {
             let mut state = self.lock();
             state.queue.push_back((task, profiling::start()));
-            self.queue_cv.notify_one();
             let idle = state
                 .threads
                 .len()
                 .saturating_sub(state.stop_count + state.active_count);
             state.queue.len().saturating_sub(idle)
         };
-        // Logged after the lock is released: a woken worker must not wait on our write.
+        // Woken after the lock is released, so the worker does not wake into a held lock; the
+        // task is already queued, so the wake-up cannot be missed.
+        self.queue_cv.notify_one();
+        // Logged after the lock is released too: a woken worker must not wait on our write.
         if depth > 0 {
             QUEUE_LOGGER.warning(&format!("Task queue depth is {depth}"));
         }

@@ -319,6 +319,16 @@ impl Listener {
             }),
         };
         match accepted {
+            Ok((stream, _))
+                if !wasyncore::can_watch(stream.as_raw_fd(), self.adj.asyncore_use_poll) =>
+            {
+                // Past select()'s limit the whole loop would fail; refuse this one connection.
+                LOGGER.warning(&format!(
+                    "refused a connection: descriptor {} is beyond select()'s limit of {}; set asyncore_use_poll to serve more connections",
+                    stream.as_raw_fd(),
+                    wasyncore::sys::FD_SETSIZE
+                ));
+            }
             Ok((stream, addr)) => {
                 if let Err(e) = HttpChannel::create(
                     &self.server,

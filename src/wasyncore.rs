@@ -91,6 +91,13 @@ fn interest(obj: &dyn Dispatcher) -> i16 {
     flags
 }
 
+/// Whether the loop can watch `fd`: always with `poll`, below `FD_SETSIZE` with `select`
+/// semantics. The server refuses connections it could not watch, rather than let one
+/// descriptor stop the loop for everybody.
+pub fn can_watch(fd: RawFd, use_poll: bool) -> bool {
+    use_poll || fd < sys::FD_SETSIZE
+}
+
 /// One round with `select()` semantics (waitress: `poll`): only descriptors that want
 /// something are watched, and descriptors at or above `FD_SETSIZE` (1024) are refused as
 /// `select` would refuse them.
@@ -116,7 +123,7 @@ fn poll_round(timeout: Duration, map: &SocketMap, use_poll: bool) -> io::Result<
         if flags == 0 {
             continue;
         }
-        if !use_poll && *fd >= sys::FD_SETSIZE {
+        if !can_watch(*fd, use_poll) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("filedescriptor out of range in select() ({fd}); set asyncore_use_poll"),
@@ -394,6 +401,13 @@ mod tests {
         assert!(map.borrow().is_empty());
         assert_eq!(obj.closes.get(), 1);
         loop_(Duration::from_millis(10), true, &map, None).unwrap();
+    }
+
+    #[test]
+    fn can_watch_follows_select_limit() {
+        assert!(can_watch(1023, false));
+        assert!(!can_watch(1024, false));
+        assert!(can_watch(5000, true));
     }
 
     #[test]

@@ -1147,7 +1147,12 @@ mod tests {
         let mut received = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
         f.peer.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !worker.is_finished() || f.channel.writable() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the response never drained"
+            );
             f.channel.handle_write();
             match f.peer.read(&mut buf) {
                 Ok(n) => received.extend_from_slice(&buf[..n]),
@@ -1168,7 +1173,12 @@ mod tests {
         let worker_channel = Arc::clone(&f.channel);
         let worker = std::thread::spawn(move || worker_channel.service());
         // Wait until the worker is stuck behind the watermark, then close under it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while f.channel.total() <= f.channel.adj.outbuf_high_watermark {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never filled the buffers"
+            );
             std::thread::yield_now();
         }
         let dispatcher = f.map.borrow().get(&f.channel.fd).cloned().unwrap();

@@ -792,7 +792,9 @@ mod tests {
         let port: u16 = s.effective_port().parse().unwrap();
         let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         // The connection is queued by the kernel; accept until it shows up.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while s.map.borrow().len() == before {
+            assert!(Instant::now() < deadline, "the connection never arrived");
             l.handle_accept();
         }
         assert_eq!(l.server.active_channels.borrow().len(), 1);
@@ -805,7 +807,9 @@ mod tests {
         let l = listener(&s);
         let port: u16 = s.effective_port().parse().unwrap();
         let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
         while l.server.active_channels.borrow().is_empty() {
+            assert!(Instant::now() < deadline, "the connection never arrived");
             l.handle_accept();
         }
         let channel = l

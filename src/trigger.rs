@@ -233,6 +233,7 @@ mod tests {
             }
         });
         while !puller.is_finished() {
+            // Bounded by the puller, which always finishes.
             loop_(Duration::from_millis(1), true, &map, Some(1)).unwrap();
         }
         puller.join().unwrap();

@@ -11,6 +11,8 @@ use support::{serve_fn, Client, Echo, Response, Transport};
 
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const S32: &[u8] = b"This string has 32 characters.\r\n";
+/// How long a test waits for the server's side of a hand-shake before failing.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 const ERROR_HEADERS: [&str; 5] = [
     "connection",
     "content-length",
@@ -890,7 +892,9 @@ fn test_sleepy_request_does_not_block_others(t: Transport) {
     let server = serve(Arc::new(app), t);
     let mut slow = Client::connect(&server.target);
     slow.send(b"GET /sleepy HTTP/1.1\r\nHost: x\r\n\r\n");
-    entered_rx.recv().unwrap();
+    entered_rx
+        .recv_timeout(WAIT)
+        .expect("the application was called");
     let (_c, fast) = exchange(&server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(fast.body, b"notsleepy returned");
     release_tx.send(()).unwrap();
@@ -921,7 +925,9 @@ fn test_blocked_workers_do_not_stop_the_io_thread(t: Transport) {
         })
         .collect();
     for _ in 0..10 {
-        entered_rx.recv().unwrap();
+        entered_rx
+            .recv_timeout(WAIT)
+            .expect("the application was called");
     }
     // Every worker is busy; this connection is accepted and its request queued.
     let mut late = Client::connect(&server.target);
@@ -1015,10 +1021,14 @@ fn test_client_disconnected_is_visible_with_lookahead(t: Transport) {
     {
         let mut c = Client::connect(&server.target);
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-        entered_rx.recv().unwrap();
+        entered_rx
+            .recv_timeout(WAIT)
+            .expect("the application was called");
     } // hang up while the application runs
     assert!(
-        result_rx.recv().unwrap(),
+        result_rx
+            .recv_timeout(WAIT)
+            .expect("the application answered"),
         "the application saw the disconnect"
     );
 }

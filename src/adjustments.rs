@@ -22,6 +22,11 @@ pub enum PreboundSocket {
     Unix(UnixListener),
 }
 
+/// The access log's default line: Apache's combined format plus the microseconds taken
+/// (see the README's access-log section for every `%` field).
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
+    "%h %l %u %t \"%r\" %s %b \"%{Referer}i\" \"%{User-Agent}i\" %D";
+
 /// Every setting of the server.
 ///
 /// waitress: `Adjustments`. The fields appear in the order of waitress's class attributes; the
@@ -85,6 +90,20 @@ pub struct Adjustments {
     pub cleanup_interval: u64,
     /// Seconds an idle connection is kept (`int`, default 120).
     pub channel_timeout: u64,
+    /// Seconds a client may take to send a whole request head, from its first byte; 0 turns
+    /// the deadline off (not in waitress; default 0, as waitress has none). Defends against
+    /// slowloris clients that trickle a head byte by byte to stay clear of `channel_timeout`.
+    pub request_header_timeout: u64,
+    /// Seconds a graceful shutdown waits for requests already read to finish and flush
+    /// before the remaining connections are closed; 0 closes at once, as waitress does (not in
+    /// waitress; default 0).
+    pub shutdown_timeout: u64,
+    /// Log one line per response to the `waitress.access` logger (not in waitress; default
+    /// false).
+    pub access_log: bool,
+    /// The format of an access-log line (not in waitress; default Apache's combined format
+    /// plus the time taken, see the README's access-log section).
+    pub access_log_format: String,
     /// Log socket errors such as premature disconnects (`asbool`, default true).
     pub log_socket_errors: bool,
     /// Largest request head, in bytes (`int`, default 256 KiB).
@@ -143,6 +162,10 @@ impl Default for Adjustments {
             connection_limit: 100,
             cleanup_interval: 30,
             channel_timeout: 120,
+            request_header_timeout: 0,
+            shutdown_timeout: 0,
+            access_log: false,
+            access_log_format: DEFAULT_ACCESS_LOG_FORMAT.to_string(),
             log_socket_errors: true,
             max_request_header_size: 262_144,
             max_request_body_size: 1_073_741_824,
@@ -402,6 +425,10 @@ impl Adjustments {
             "connection_limit" => self.connection_limit = bad(name, asint(value))?,
             "cleanup_interval" => self.cleanup_interval = bad(name, asint(value))?,
             "channel_timeout" => self.channel_timeout = bad(name, asint(value))?,
+            "request_header_timeout" => self.request_header_timeout = bad(name, asint(value))?,
+            "shutdown_timeout" => self.shutdown_timeout = bad(name, asint(value))?,
+            "access_log" => self.access_log = asbool(value),
+            "access_log_format" => self.access_log_format = value.to_string(),
             "log_socket_errors" => self.log_socket_errors = asbool(value),
             "max_request_header_size" => self.max_request_header_size = bad(name, asint(value))?,
             "max_request_body_size" => self.max_request_body_size = bad(name, asint(value))?,
@@ -550,7 +577,7 @@ impl Adjustments {
 }
 
 /// Every setting name with whether it is a boolean (waitress: `Adjustments._params`).
-const PARAMS: [(&str, bool); 34] = [
+const PARAMS: [(&str, bool); 38] = [
     ("host", false),
     ("port", false),
     ("ipv4", true),
@@ -573,6 +600,10 @@ const PARAMS: [(&str, bool); 34] = [
     ("connection_limit", false),
     ("cleanup_interval", false),
     ("channel_timeout", false),
+    ("request_header_timeout", false),
+    ("shutdown_timeout", false),
+    ("access_log", true),
+    ("access_log_format", false),
     ("log_socket_errors", true),
     ("max_request_header_size", false),
     ("max_request_body_size", false),

@@ -13,6 +13,7 @@ pub mod adjustments;
 pub mod app;
 pub mod buffers;
 pub mod channel;
+pub mod compat;
 pub mod parser;
 pub mod profiling;
 pub mod proxy_headers;

@@ -146,6 +146,22 @@ Tuning options:
         Seconds a connection may stay idle (nothing received or sent) before
         it is closed. Default: 120.
 
+    --request-header-timeout=INT
+        Seconds a client may take to send a whole request head; 0 is no limit,
+        as in waitress. Recommended in production (e.g. 10): it closes
+        connections that trickle a head to hold a connection slot. Default: 0.
+
+    --shutdown-timeout=INT
+        On SIGTERM or SIGINT, seconds to let requests already read finish and
+        flush before closing; 0 stops at once, as waitress does. Default: 0.
+
+    --[no-]access-log
+        Log one line per response to the waitress.access logger. Default: off.
+
+    --access-log-format=STR
+        The access-log line, Apache style. Default: combined format plus the
+        microseconds taken (%D).
+
     --[no-]log-socket-errors
         Log socket errors such as clients that disconnect early. Default: on.
 

@@ -18,9 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::adjustments::{Adjustments, AdjustmentsError, PreboundSocket, SOL_TCP, TCP_NODELAY};
+use crate::adjustments::{Adjustments, AdjustmentsError, PreboundSocket};
 use crate::app::{App, SharedApp};
 use crate::channel::{ChannelServer, ChannelStream, HttpChannel};
+use crate::compat::{
+    self, IPPROTO_IPV6, IPPROTO_TCP, IPV6_V6ONLY, SOL_SOCKET, SO_REUSEADDR, TCP_NODELAY,
+};
 use crate::profiling::{self, Stage};
 use crate::proxy_headers::proxy_headers_middleware;
 use crate::task::{PeerAddr, ServerInfo, ThreadedTaskDispatcher};
@@ -213,14 +216,13 @@ fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<Bound, ServerError> {
         address: addr.to_string(),
         source,
     };
-    let fd = sys::tcp_socket(addr.is_ipv6()).map_err(fail)?;
-    sys::set_int_option(fd.as_raw_fd(), sys::SOL_SOCKET, sys::SO_REUSEADDR, 1).map_err(fail)?;
+    let fd = compat::tcp_socket(addr.is_ipv6()).map_err(fail)?;
+    compat::set_int_option(&fd, SOL_SOCKET, SO_REUSEADDR, 1).map_err(fail)?;
     if addr.is_ipv6() {
-        sys::set_int_option(fd.as_raw_fd(), sys::IPPROTO_IPV6, sys::IPV6_V6ONLY, 1)
-            .map_err(fail)?;
+        compat::set_int_option(&fd, IPPROTO_IPV6, IPV6_V6ONLY, 1).map_err(fail)?;
     }
-    sys::bind(fd.as_raw_fd(), &addr).map_err(fail)?;
-    sys::listen(fd.as_raw_fd(), backlog).map_err(fail)?;
+    compat::bind_to(&fd, &addr).map_err(fail)?;
+    compat::listen_on(&fd, backlog).map_err(fail)?;
     let listener = TcpListener::from(fd);
     listener.set_nonblocking(true).map_err(fail)?;
     Ok(Bound::Tcp(listener))
@@ -238,7 +240,7 @@ fn bind_unix(path: &std::path::Path, adj: &Adjustments) -> Result<Bound, ServerE
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(adj.unix_socket_perms))
         .map_err(fail)?;
-    sys::listen(listener.as_raw_fd(), adj.backlog).map_err(fail)?;
+    compat::listen_on(&listener, adj.backlog).map_err(fail)?;
     listener.set_nonblocking(true).map_err(fail)?;
     Ok(Bound::Unix {
         listener,
@@ -251,12 +253,12 @@ fn bind_unix(path: &std::path::Path, adj: &Adjustments) -> Result<Bound, ServerE
 fn adopt(socket: PreboundSocket, backlog: i32) -> Result<Bound, ServerError> {
     match socket {
         PreboundSocket::Tcp(listener) => {
-            sys::listen(listener.as_raw_fd(), backlog)?;
+            compat::listen_on(&listener, backlog)?;
             listener.set_nonblocking(true)?;
             Ok(Bound::Tcp(listener))
         }
         PreboundSocket::Unix(listener) => {
-            sys::listen(listener.as_raw_fd(), backlog)?;
+            compat::listen_on(&listener, backlog)?;
             listener.set_nonblocking(true)?;
             let path = listener
                 .local_addr()?
@@ -326,7 +328,7 @@ impl Listener {
                 LOGGER.warning(&format!(
                     "refused a connection: descriptor {} is beyond select()'s limit of {}; set asyncore_use_poll to serve more connections",
                     stream.as_raw_fd(),
-                    wasyncore::sys::FD_SETSIZE
+                    compat::FD_SETSIZE
                 ));
             }
             Ok((stream, addr)) => {
@@ -353,10 +355,10 @@ impl Listener {
     /// Apply `socket_options` to an accepted TCP connection (waitress: `set_socket_options`).
     fn set_socket_options(&self, stream: &std::net::TcpStream) -> io::Result<()> {
         for &(level, name, value) in &self.adj.socket_options {
-            if level == SOL_TCP && name == TCP_NODELAY {
+            if level == IPPROTO_TCP && name == TCP_NODELAY {
                 stream.set_nodelay(value != 0)?;
             } else {
-                sys::set_int_option(stream.as_raw_fd(), level, name, value)?;
+                compat::set_int_option(stream, level, name, value)?;
             }
         }
         Ok(())
@@ -526,179 +528,6 @@ impl WsgiServer {
     /// The settings in use.
     pub fn adj(&self) -> &Adjustments {
         &self.adj
-    }
-}
-
-/// Socket calls std does not offer: creating a socket with options set before `bind`, and
-/// `listen` with the configured backlog.
-mod sys {
-    use std::io;
-    use std::net::SocketAddr;
-    use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::raw::{c_int, c_void};
-
-    #[cfg(target_os = "linux")]
-    mod consts {
-        pub const AF_INET: i32 = 2;
-        pub const AF_INET6: i32 = 10;
-        pub const SOCK_STREAM: i32 = 1 | 0o2000000; // with SOCK_CLOEXEC
-        pub const SOL_SOCKET: i32 = 1;
-        pub const SO_REUSEADDR: i32 = 2;
-        pub const IPV6_V6ONLY: i32 = 26;
-    }
-    #[cfg(not(target_os = "linux"))]
-    mod consts {
-        pub const AF_INET: i32 = 2;
-        pub const AF_INET6: i32 = 30;
-        pub const SOCK_STREAM: i32 = 1;
-        pub const SOL_SOCKET: i32 = 0xffff;
-        pub const SO_REUSEADDR: i32 = 4;
-        pub const IPV6_V6ONLY: i32 = 27;
-    }
-    use consts::{AF_INET, AF_INET6, SOCK_STREAM};
-    pub use consts::{IPV6_V6ONLY, SOL_SOCKET, SO_REUSEADDR};
-    pub const IPPROTO_IPV6: i32 = 41;
-
-    extern "C" {
-        fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
-        fn setsockopt(
-            fd: c_int,
-            level: c_int,
-            name: c_int,
-            value: *const c_void,
-            len: u32,
-        ) -> c_int;
-        #[link_name = "bind"]
-        fn c_bind(fd: c_int, addr: *const c_void, len: u32) -> c_int;
-        #[link_name = "listen"]
-        fn c_listen(fd: c_int, backlog: c_int) -> c_int;
-    }
-
-    fn check(ret: c_int) -> io::Result<c_int> {
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret)
-        }
-    }
-
-    /// A new TCP socket, closed on drop.
-    pub fn tcp_socket(ipv6: bool) -> io::Result<OwnedFd> {
-        let domain = if ipv6 { AF_INET6 } else { AF_INET };
-        // SAFETY: socket(2) takes no pointers; a non-negative result is a new descriptor that
-        // nothing else owns, so handing it to OwnedFd is sound.
-        let fd = check(unsafe { socket(domain, SOCK_STREAM, 0) })?;
-        // SAFETY: see above: `fd` was just created and is owned by no one else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    /// `setsockopt` with an int value.
-    pub fn set_int_option(fd: c_int, level: i32, name: i32, value: i32) -> io::Result<()> {
-        // SAFETY: the value pointer refers to a live c_int for the duration of the call and the
-        // length passed is exactly its size.
-        check(unsafe {
-            setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const c_int).cast(),
-                std::mem::size_of::<c_int>() as u32,
-            )
-        })?;
-        Ok(())
-    }
-
-    #[cfg(target_os = "linux")]
-    #[repr(C)]
-    struct SockaddrIn {
-        family: u16,
-        port: u16,
-        addr: [u8; 4],
-        zero: [u8; 8],
-    }
-
-    #[cfg(target_os = "linux")]
-    #[repr(C)]
-    struct SockaddrIn6 {
-        family: u16,
-        port: u16,
-        flowinfo: u32,
-        addr: [u8; 16],
-        scope_id: u32,
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    #[repr(C)]
-    struct SockaddrIn {
-        len: u8,
-        family: u8,
-        port: u16,
-        addr: [u8; 4],
-        zero: [u8; 8],
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    #[repr(C)]
-    struct SockaddrIn6 {
-        len: u8,
-        family: u8,
-        port: u16,
-        flowinfo: u32,
-        addr: [u8; 16],
-        scope_id: u32,
-    }
-
-    /// `bind(2)` to a socket address.
-    pub fn bind(fd: c_int, addr: &SocketAddr) -> io::Result<()> {
-        match addr {
-            SocketAddr::V4(a) => {
-                let raw = SockaddrIn {
-                    #[cfg(not(target_os = "linux"))]
-                    len: std::mem::size_of::<SockaddrIn>() as u8,
-                    family: AF_INET as _,
-                    port: a.port().to_be(),
-                    addr: a.ip().octets(),
-                    zero: [0; 8],
-                };
-                // SAFETY: `raw` is a properly laid out sockaddr_in that lives across the call,
-                // and the length is its exact size.
-                check(unsafe {
-                    c_bind(
-                        fd,
-                        (&raw as *const SockaddrIn).cast(),
-                        std::mem::size_of::<SockaddrIn>() as u32,
-                    )
-                })?;
-            }
-            SocketAddr::V6(a) => {
-                let raw = SockaddrIn6 {
-                    #[cfg(not(target_os = "linux"))]
-                    len: std::mem::size_of::<SockaddrIn6>() as u8,
-                    family: AF_INET6 as _,
-                    port: a.port().to_be(),
-                    flowinfo: a.flowinfo().to_be(),
-                    addr: a.ip().octets(),
-                    scope_id: a.scope_id(),
-                };
-                // SAFETY: `raw` is a properly laid out sockaddr_in6 that lives across the call,
-                // and the length is its exact size.
-                check(unsafe {
-                    c_bind(
-                        fd,
-                        (&raw as *const SockaddrIn6).cast(),
-                        std::mem::size_of::<SockaddrIn6>() as u32,
-                    )
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `listen(2)` with the configured backlog (also re-applies it to a listening socket).
-    pub fn listen(fd: c_int, backlog: i32) -> io::Result<()> {
-        // SAFETY: listen(2) takes no pointers; an invalid descriptor is reported as an error.
-        check(unsafe { c_listen(fd, backlog) })?;
-        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@
 //! connections into channels, stop accepting at `connection_limit`, and sweep idle channels
 //! every `cleanup_interval`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -29,7 +29,7 @@ use crate::proxy_headers::proxy_headers_middleware;
 use crate::task::{PeerAddr, ServerInfo, ThreadedTaskDispatcher};
 use crate::trigger::{Trigger, TriggerHandle};
 use crate::utilities::{cleanup_unix_socket, LOGGER};
-use crate::wasyncore::{self, Dispatcher, SocketMap};
+use crate::wasyncore::{self, Dispatcher, SocketMap, WeakSocketMap};
 
 /// Why a server could not be built or run.
 #[derive(Debug)]
@@ -151,9 +151,10 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
             trigger.handle(),
         ));
         let listener = Rc::new(Listener {
-            socket,
+            fd: socket.fd(),
+            socket: RefCell::new(Some(socket)),
             server: channel_server,
-            map: Rc::clone(&map),
+            map: Rc::downgrade(&map),
             adj: Arc::clone(&adj),
             in_connection_overflow: Cell::new(false),
             next_channel_cleanup: Cell::new(Instant::now()),
@@ -173,6 +174,7 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
         adj,
         effective_listen,
         stop: Arc::new(AtomicBool::new(false)),
+        closed: Cell::new(false),
     })
 }
 
@@ -276,9 +278,13 @@ fn adopt(socket: PreboundSocket, backlog: i32) -> Result<Bound, ServerError> {
 
 /// A listening socket in the map (waitress: `BaseWSGIServer` as a dispatcher).
 struct Listener {
-    socket: Bound,
+    /// The socket's descriptor, its key in the map (kept after the socket is closed).
+    fd: RawFd,
+    /// The socket; `None` once closed.
+    socket: RefCell<Option<Bound>>,
     server: Rc<ChannelServer>,
-    map: SocketMap,
+    /// The map this listener sits in; weak, since the map holds the listener.
+    map: WeakSocketMap,
     adj: Arc<Adjustments>,
     /// Accepting is paused at `connection_limit` (waitress: `in_connection_overflow`).
     in_connection_overflow: Cell<bool>,
@@ -299,8 +305,10 @@ impl Listener {
     /// Accept one connection (waitress: `handle_accept`).
     fn handle_accept(&self) {
         let started = profiling::start();
-        let accepted = match &self.socket {
-            Bound::Tcp(listener) => listener.accept().and_then(|(stream, addr)| {
+        let socket = self.socket.borrow();
+        let accepted = match socket.as_ref() {
+            None => return,
+            Some(Bound::Tcp(listener)) => listener.accept().and_then(|(stream, addr)| {
                 self.set_socket_options(&stream)?;
                 Ok((
                     ChannelStream::Tcp(stream),
@@ -310,7 +318,7 @@ impl Listener {
                     },
                 ))
             }),
-            Bound::Unix { listener, .. } => listener.accept().map(|(stream, _)| {
+            Some(Bound::Unix { listener, .. }) => listener.accept().map(|(stream, _)| {
                 (
                     ChannelStream::Unix(stream),
                     PeerAddr {
@@ -332,13 +340,14 @@ impl Listener {
                 ));
             }
             Ok((stream, addr)) => {
-                if let Err(e) = HttpChannel::create(
-                    &self.server,
-                    stream,
-                    addr,
-                    Arc::clone(&self.adj),
-                    &self.map,
-                ) {
+                let created = match self.map.upgrade() {
+                    Some(map) => {
+                        HttpChannel::create(&self.server, stream, addr, Arc::clone(&self.adj), &map)
+                    }
+                    // The server is gone: the connection is dropped, hence closed.
+                    None => return,
+                };
+                if let Err(e) = created {
                     LOGGER.warning(&format!("could not set up the connection: {e}"));
                 }
             }
@@ -367,7 +376,7 @@ impl Listener {
 
 impl Dispatcher for Listener {
     fn fileno(&self) -> RawFd {
-        self.socket.fd()
+        self.fd
     }
 
     /// Also the hook for the idle sweep, and where `connection_limit` pauses accepting.
@@ -378,7 +387,7 @@ impl Dispatcher for Listener {
                 .set(now + Duration::from_secs(self.adj.cleanup_interval));
             self.maintenance(now);
         }
-        let open = self.map.borrow().len();
+        let open = self.map.upgrade().map_or(0, |map| map.borrow().len());
         if !self.in_connection_overflow.get() && open >= self.adj.connection_limit {
             self.in_connection_overflow.set(true);
             LOGGER.warning(
@@ -402,13 +411,21 @@ impl Dispatcher for Listener {
 
     fn handle_write_event(&self) {}
 
+    /// Leave the map and close the socket, at once: the port (or socket file) is free when
+    /// this returns. Closing twice does nothing the second time.
     fn handle_close(&self) {
-        self.map.borrow_mut().remove(&self.fileno());
-        if let Bound::Unix {
-            path, owned: true, ..
-        } = &self.socket
+        if let Some(map) = self.map.upgrade() {
+            map.borrow_mut().remove(&self.fd);
+        }
+        let closed = self.socket.borrow_mut().take();
+        if let Some(Bound::Unix {
+            listener,
+            path,
+            owned: true,
+        }) = closed
         {
-            let _ = cleanup_unix_socket(path);
+            drop(listener);
+            let _ = cleanup_unix_socket(&path);
         }
     }
 }
@@ -440,6 +457,8 @@ pub struct WsgiServer {
     adj: Arc<Adjustments>,
     effective_listen: Vec<(String, String)>,
     stop: Arc<AtomicBool>,
+    /// `close` has run: a second call (from `drop` after `run`) does nothing.
+    closed: Cell<bool>,
 }
 
 impl fmt::Debug for WsgiServer {
@@ -472,8 +491,12 @@ impl WsgiServer {
         result
     }
 
-    /// Close the listeners and connections and stop the workers (waitress: `close`).
+    /// Close the listeners and connections and stop the workers (waitress: `close`). Dropping
+    /// the server does the same; closing twice does nothing the second time.
     pub fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
         for listener in &self.listeners {
             listener.handle_close();
         }
@@ -531,6 +554,14 @@ impl WsgiServer {
     }
 }
 
+/// A server dropped without [`WsgiServer::close`] closes itself: its listeners (the port is
+/// free again), connections, trigger and worker threads are all released.
+impl Drop for WsgiServer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Ports of tests/test_server.py with real sockets on port 0 instead of waitress's dummy
@@ -566,6 +597,31 @@ mod tests {
         assert_eq!(s.effective_host(), "127.0.0.1");
         s.close();
         assert_eq!(s.dispatcher.thread_count(), 0);
+    }
+
+    #[test]
+    fn close_frees_the_port_at_once_and_twice_is_harmless() {
+        let s = server(&[]);
+        let port: u16 = s.effective_port().parse().unwrap();
+        s.close();
+        // The server value still exists, but its listener is closed already.
+        drop(TcpListener::bind(("127.0.0.1", port)).expect("the port is free after close"));
+        s.close();
+        drop(s);
+    }
+
+    #[test]
+    fn a_failed_create_keeps_no_cycle_alive() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        let s = server(&[]);
+        let map = Rc::downgrade(&s.map);
+        drop(s);
+        assert!(
+            map.upgrade().is_none(),
+            "a dropped server frees its socket map"
+        );
+        assert!(create_server(hello, [("listen", address.as_str())]).is_err());
     }
 
     #[test]
@@ -749,14 +805,11 @@ mod tests {
                 self.0.lock().unwrap().push(m.to_string());
             }
         }
-        let s = WsgiServer {
-            effective_listen: vec![
-                ("::1".into(), "80".into()),
-                ("127.0.0.1".into(), "81".into()),
-            ],
-            ..server(&[])
-        };
-        let _ = &s;
+        let mut s = server(&[]);
+        s.effective_listen = vec![
+            ("::1".into(), "80".into()),
+            ("127.0.0.1".into(), "81".into()),
+        ];
         let capture = Arc::new(Capture(Mutex::new(Vec::new())));
         crate::utilities::set_log_sink(capture.clone());
         s.print_listen("Serving on http://{}:{}");

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::io::RawFd;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use crate::compat::{
@@ -20,6 +20,10 @@ use crate::utilities::LOGGER;
 
 /// Every dispatcher of one loop, by file descriptor (waitress: `socket_map`).
 pub type SocketMap = Rc<RefCell<BTreeMap<RawFd, Rc<dyn Dispatcher>>>>;
+
+/// A reference to a map that does not keep it alive: what the dispatchers inside a map hold,
+/// so that the map and its entries do not keep each other alive.
+pub type WeakSocketMap = Weak<RefCell<BTreeMap<RawFd, Rc<dyn Dispatcher>>>>;
 
 /// An empty map.
 pub fn new_map() -> SocketMap {

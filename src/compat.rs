@@ -124,22 +124,19 @@ mod os {
     pub const RLIMIT_NOFILE: c_int = 7;
 }
 
-/// macOS (Darwin).
-#[cfg(target_os = "macos")]
+/// macOS and FreeBSD: the BSD socket numbers they share, then the few they do not.
+#[cfg(any(target_os = "macos", target_os = "freebsd"))]
 mod os {
     use std::os::raw::{c_int, c_uint};
 
-    /// `nfds_t`: `unsigned int` in `sys/poll.h`.
+    /// `nfds_t`: `unsigned int` in `sys/poll.h` on both.
     pub type NfdsT = c_uint;
-    /// `sa_family_t`: `__uint8_t` in `sys/_types/_sa_family_t.h`, after a `sin_len` byte.
+    /// `sa_family_t`: `__uint8_t` (macOS `sys/_types/_sa_family_t.h`, FreeBSD
+    /// `sys/_types.h`), after a `sin_len` byte.
     pub type SaFamily = u8;
-    /// `rlim_t`: `__uint64_t` in `sys/resource.h`.
-    pub type RlimT = u64;
 
     /// `ESHUTDOWN`, `sys/errno.h`.
     pub const ESHUTDOWN: c_int = 58;
-    /// `AF_INET6`, `sys/socket.h`.
-    pub const AF_INET6: c_int = 30;
     /// `SOL_SOCKET`, `sys/socket.h`.
     pub const SOL_SOCKET: c_int = 0xffff;
     /// `SO_REUSEADDR`, `sys/socket.h`.
@@ -148,39 +145,31 @@ mod os {
     pub const IPV6_V6ONLY: c_int = 27;
     /// `RLIMIT_NOFILE`, `sys/resource.h`.
     pub const RLIMIT_NOFILE: c_int = 8;
-    /// `F_SETFD`, `sys/fcntl.h`: macOS has no `SOCK_CLOEXEC`, so close-on-exec is set after
-    /// `socket()`.
-    pub const F_SETFD: c_int = 2;
-    /// `FD_CLOEXEC`, `sys/fcntl.h`.
-    pub const FD_CLOEXEC: c_int = 1;
-}
 
-/// FreeBSD.
-#[cfg(target_os = "freebsd")]
-mod os {
-    use std::os::raw::{c_int, c_uint};
+    /// `AF_INET6`, macOS `sys/socket.h`.
+    #[cfg(target_os = "macos")]
+    pub const AF_INET6: c_int = 30;
+    /// `AF_INET6`, FreeBSD `sys/socket.h`.
+    #[cfg(target_os = "freebsd")]
+    pub const AF_INET6: c_int = 28;
 
-    /// `nfds_t`: `unsigned int` in `sys/poll.h`.
-    pub type NfdsT = c_uint;
-    /// `sa_family_t`: `__uint8_t` in `sys/_types.h`, after a `sin_len` byte.
-    pub type SaFamily = u8;
-    /// `rlim_t`: `__int64_t` in `sys/_types.h` (signed).
+    /// `rlim_t`: `__uint64_t` in macOS `sys/resource.h`.
+    #[cfg(target_os = "macos")]
+    pub type RlimT = u64;
+    /// `rlim_t`: `__int64_t` (signed) in FreeBSD `sys/_types.h`.
+    #[cfg(target_os = "freebsd")]
     pub type RlimT = i64;
 
-    /// `ESHUTDOWN`, `sys/errno.h`.
-    pub const ESHUTDOWN: c_int = 58;
-    /// `AF_INET6`, `sys/socket.h`.
-    pub const AF_INET6: c_int = 28;
-    /// `SOCK_CLOEXEC`, `sys/socket.h`.
+    /// `SOCK_CLOEXEC`, FreeBSD `sys/socket.h`.
+    #[cfg(target_os = "freebsd")]
     pub const SOCK_CLOEXEC: c_int = 0x1000_0000;
-    /// `SOL_SOCKET`, `sys/socket.h`.
-    pub const SOL_SOCKET: c_int = 0xffff;
-    /// `SO_REUSEADDR`, `sys/socket.h`.
-    pub const SO_REUSEADDR: c_int = 0x0004;
-    /// `IPV6_V6ONLY`, `netinet6/in6.h`.
-    pub const IPV6_V6ONLY: c_int = 27;
-    /// `RLIMIT_NOFILE`, `sys/resource.h`.
-    pub const RLIMIT_NOFILE: c_int = 8;
+    /// `F_SETFD`, macOS `sys/fcntl.h`: macOS has no `SOCK_CLOEXEC`, so close-on-exec is set
+    /// after `socket()`.
+    #[cfg(target_os = "macos")]
+    pub const F_SETFD: c_int = 2;
+    /// `FD_CLOEXEC`, macOS `sys/fcntl.h`.
+    #[cfg(target_os = "macos")]
+    pub const FD_CLOEXEC: c_int = 1;
 }
 
 use os::{NfdsT, RlimT, SaFamily, RLIMIT_NOFILE};

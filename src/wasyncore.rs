@@ -1,14 +1,31 @@
 //! Port of waitress/wasyncore.py.
 //!
-//! The event loop of the I/O thread: a map from file descriptor to [`Dispatcher`], and
-//! `loop_`, which asks `poll(2)` which descriptors are ready and calls their handlers. Only the
-//! I/O thread touches the map, so it is an `Rc<RefCell<…>>`; handlers that other threads must
-//! reach (a channel's buffers) keep that state behind their own locks.
+//! The event loop of the I/O thread. A [`SocketMap`] maps descriptors to [`Dispatcher`]s (the
+//! listeners, one channel per connection, the trigger). One round asks each dispatcher whether
+//! it is `readable` and `writable`, hands those that want something to `poll(2)` (a dispatcher
+//! that wants nothing is not watched; when none wants anything the round just sleeps for the
+//! timeout), and calls the handlers of the ready ones through [`readwrite`]. A handler may add
+//! or remove map entries; the round works on a snapshot and looks each object up again before
+//! calling it.
+//!
+//! [`poll`] gives waitress's `select()` semantics (the default, `asyncore_use_poll=false`):
+//! descriptors from `FD_SETSIZE` on are an error, and a hang-up is reported as readable. [`poll2`]
+//! gives `poll()` semantics: no limit, and a hang-up or error calls `handle_close`. An
+//! interrupted `poll(2)` is retried (waitress returns from the round instead). [`loop_`] runs
+//! rounds until the map is empty or a count is reached; the server runs its own rounds so it
+//! can stop on request. [`close_all`] closes every dispatcher.
+//!
+//! Only the I/O thread touches the map, so it is an `Rc<RefCell<…>>`; state that other threads
+//! reach (a channel's buffers) sits behind the dispatcher's own locks. asyncore's `dispatcher`
+//! base class and its socket methods are not ported: std's sockets do that work, and each
+//! dispatcher handles its own I/O errors. A panic in a handler is caught and reported to
+//! `handle_error`, which closes that dispatcher, as waitress does with an uncaught exception.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::io::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -16,6 +33,7 @@ use crate::compat::{
     self, PollFd, EBADF, ESHUTDOWN, FD_SETSIZE, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT,
     POLLPRI,
 };
+use crate::task::panic_message;
 use crate::utilities::LOGGER;
 
 /// Every dispatcher of one loop, by file descriptor (waitress: `socket_map`).
@@ -47,10 +65,12 @@ pub trait Dispatcher {
     fn handle_expt_event(&self) {}
     /// The peer hung up or the descriptor failed: close and leave the map.
     fn handle_close(&self);
-    /// An unexpected error in a handler: log it and close (waitress: `handle_error`).
-    fn handle_error(&self, error: &io::Error) {
+    /// A handler panicked: log it and close this dispatcher; the loop carries on (waitress:
+    /// `handle_error`, called for an uncaught exception).
+    fn handle_error(&self, message: &str) {
         LOGGER.error(&format!(
-            "uncaptured python exception, closing channel: {error}"
+            "uncaptured panic, closing descriptor {}: {message}",
+            self.fileno()
         ));
         self.handle_close();
     }
@@ -69,20 +89,25 @@ pub fn is_disconnected(error: &io::Error) -> bool {
 }
 
 /// Call the handlers a `poll` result asks for, in waitress's order: read, write, urgent, then
-/// close on hang-up or error. An error from the system that means "disconnected" closes; any
-/// other is reported to `handle_error`.
+/// close on hang-up or error. A panic in a handler stops the sequence and goes to
+/// `handle_error` (the handlers deal with their own I/O errors, using [`is_disconnected`]).
 pub fn readwrite(obj: &dyn Dispatcher, flags: i16) {
-    if flags & POLLIN != 0 {
-        obj.handle_read_event();
-    }
-    if flags & POLLOUT != 0 {
-        obj.handle_write_event();
-    }
-    if flags & POLLPRI != 0 {
-        obj.handle_expt_event();
-    }
-    if flags & (POLLHUP | POLLERR | POLLNVAL) != 0 {
-        obj.handle_close();
+    let dispatched = catch_unwind(AssertUnwindSafe(|| {
+        if flags & POLLIN != 0 {
+            obj.handle_read_event();
+        }
+        if flags & POLLOUT != 0 {
+            obj.handle_write_event();
+        }
+        if flags & POLLPRI != 0 {
+            obj.handle_expt_event();
+        }
+        if flags & (POLLHUP | POLLERR | POLLNVAL) != 0 {
+            obj.handle_close();
+        }
+    }));
+    if let Err(panic) = dispatched {
+        obj.handle_error(&panic_message(&*panic));
     }
 }
 

@@ -427,13 +427,18 @@ impl Dispatcher for BaseWsgiServer {
         self.fd
     }
 
-    /// Also the hook for the idle sweep, and where `connection_limit` pauses accepting.
+    /// Also the hook for the idle sweep, and where `connection_limit` pauses accepting; a
+    /// closed listener is never readable.
     fn readable(&self) -> bool {
         let now = Instant::now();
         if now >= self.next_channel_cleanup.get() {
             self.next_channel_cleanup
                 .set(now + Duration::from_secs(self.adj.cleanup_interval));
             self.maintenance(now);
+        }
+        if self.socket.borrow().is_none() {
+            // Closed: no longer accepting (waitress: `accepting` is false).
+            return false;
         }
         let open = self.map.upgrade().map_or(0, |map| map.borrow().len());
         if !self.in_connection_overflow.get() && open >= self.adj.connection_limit {
@@ -662,15 +667,21 @@ fn adopt(socket: PreboundSocket, backlog: i32) -> Result<ServerSocket, ServerErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Ports of tests/test_server.py with real sockets on port 0 instead of waitress's dummy
-    //! sockets. Skipped: `test_ctor_app_is_None` (an application cannot be None in Rust),
-    //! `test_ctor_start_false`/`_true`, `test_run_base_server`, `test_backward_compatibility`
-    //! (test shims of the Python constructor), `test_handle_read`/`test_handle_connect`
-    //! (no-ops).
+    //! sockets and dummy dispatcher. Not carried over:
+    // test_ctor_app_is_None: an application cannot be None in Rust (the type system refuses it)
+    // test_ctor_start_false: no `_start` test shim; create_server always listens
+    // test_handle_read: no such method; a listener's read event is handle_accept
+    // test_handle_connect: no such method; a listener never connects
+    // test_backward_compatibility: no `WSGIServer` alias or Python constructor to keep
+    // test_creates_new_sockinfo: `sockinfo` is a Python tuple; test_unix checks the socket kind
     use super::*;
     use crate::app::{AppResult, Body, Environ, StartResponse};
+    use crate::task::Service;
+    use crate::utilities::{set_log_sink, Level, LogSink, StderrSink};
     use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
 
     fn hello(_e: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
         sr.start("200 OK", [("Content-Length", "5")])?;
@@ -687,12 +698,64 @@ mod tests {
         Rc::clone(&server.listeners[0])
     }
 
+    fn port(server: &WsgiServer) -> u16 {
+        server.effective_port().parse().unwrap()
+    }
+
+    /// Accept until the connection the kernel queued shows up as a channel.
+    fn accept_one(l: &BaseWsgiServer) -> (RawFd, Arc<HttpChannel>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            l.handle_accept();
+            if let Some((fd, channel)) = l.server.active_channels.borrow().iter().next() {
+                return (*fd, Arc::clone(channel));
+            }
+            assert!(Instant::now() < deadline, "the connection never arrived");
+        }
+    }
+
+    /// The log records written by this thread while `f` runs (other threads' records go to
+    /// standard error as usual). One sink for the whole test binary, so that tests capturing
+    /// at the same time do not take each other's records.
+    pub(crate) fn capture_logs(f: impl FnOnce()) -> Vec<String> {
+        thread_local! {
+            static CAPTURED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+        }
+        struct PerThread;
+        impl LogSink for PerThread {
+            fn log(&self, level: Level, logger: &str, message: &str) {
+                let kept = CAPTURED.with(|c| match c.borrow_mut().as_mut() {
+                    Some(records) => {
+                        records.push(message.to_string());
+                        true
+                    }
+                    None => false,
+                });
+                if !kept {
+                    StderrSink.log(level, logger, message);
+                }
+            }
+        }
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| set_log_sink(Arc::new(PerThread)));
+        CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        f();
+        CAPTURED.with(|c| c.borrow_mut().take().unwrap_or_default())
+    }
+
     #[test]
-    fn test_ctor_makes_dispatcher_and_listens() {
+    fn test_ctor_start_true() {
+        let s = server(&[]);
+        assert!(listener(&s).readable(), "accepting");
+        assert_eq!(s.adj().backlog, 1024);
+        // Listening before `run`: the kernel completes the connection.
+        TcpStream::connect(("127.0.0.1", port(&s))).expect("the socket listens");
+    }
+
+    #[test]
+    fn test_ctor_makes_dispatcher() {
         let s = server(&[("threads", "2")]);
         assert_eq!(s.dispatcher.thread_count(), 2);
-        let port: u16 = s.effective_port().parse().unwrap();
-        assert!(port > 0);
         assert_eq!(s.effective_host(), "127.0.0.1");
         s.close();
         assert_eq!(s.dispatcher.thread_count(), 0);
@@ -701,7 +764,7 @@ mod tests {
     #[test]
     fn close_frees_the_port_at_once_and_twice_is_harmless() {
         let s = server(&[]);
-        let port: u16 = s.effective_port().parse().unwrap();
+        let port = port(&s);
         s.close();
         // The server value still exists, but its listener is closed already.
         drop(TcpListener::bind(("127.0.0.1", port)).expect("the port is free after close"));
@@ -727,7 +790,7 @@ mod tests {
     fn test_get_server_multi() {
         let s = create_server(hello, [("listen", "127.0.0.1:0 127.0.0.1:0")]).unwrap();
         assert_eq!(s.effective_listen().len(), 2);
-        s.close();
+        assert_eq!(s.listeners.len(), 2);
     }
 
     #[test]
@@ -743,71 +806,215 @@ mod tests {
     }
 
     #[test]
+    fn test_run() {
+        let s = server(&[("threads", "2")]);
+        s.shutdown_handle().shutdown();
+        s.run().unwrap();
+        assert_eq!(s.dispatcher.thread_count(), 0, "the workers were shut down");
+        assert!(!listener(&s).readable(), "the listener is closed");
+    }
+
+    #[test]
+    fn test_run_base_server() {
+        let s = create_server(hello, [("listen", "127.0.0.1:0 127.0.0.1:0")]).unwrap();
+        s.shutdown_handle().shutdown();
+        s.run().unwrap();
+        assert_eq!(s.dispatcher.thread_count(), 0, "the workers were shut down");
+        assert!(s.map.borrow().is_empty());
+    }
+
+    #[test]
+    fn test_pull_trigger() {
+        let s = server(&[]);
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        listener(&s)
+            .server
+            .trigger
+            .pull_trigger_with(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        wasyncore::poll2(Duration::from_secs(30), &s.map).unwrap();
+        assert!(ran.load(Ordering::SeqCst), "the pull woke the loop");
+    }
+
+    #[test]
+    fn test_add_task() {
+        struct DummyTask {
+            deferred: AtomicBool,
+            serviced: AtomicBool,
+        }
+        impl Service for DummyTask {
+            fn service(&self) {
+                self.serviced.store(true, Ordering::SeqCst);
+            }
+            fn cancel(&self) {}
+            fn defer(&self) {
+                self.deferred.store(true, Ordering::SeqCst);
+            }
+        }
+        let s = server(&[("threads", "1")]);
+        let task = Arc::new(DummyTask {
+            deferred: AtomicBool::new(false),
+            serviced: AtomicBool::new(false),
+        });
+        listener(&s).server.dispatcher.add_task(task.clone());
+        assert!(task.deferred.load(Ordering::SeqCst), "queued");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !task.serviced.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "no worker ran the task");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn test_readable_not_accepting() {
+        let s = server(&[]);
+        let l = listener(&s);
+        l.handle_close();
+        assert!(!l.readable());
+    }
+
+    #[test]
+    fn test_readable_maplen_gt_connection_limit() {
+        // The map holds the listener and the trigger: 2 >= 1.
+        let s = server(&[("connection_limit", "1")]);
+        let l = listener(&s);
+        assert!(!l.readable());
+        assert!(l.in_connection_overflow.get());
+    }
+
+    #[test]
+    fn test_readable_maplen_lt_connection_limit() {
+        let s = server(&[("connection_limit", "3")]);
+        let l = listener(&s);
+        assert!(l.readable());
+        assert!(!l.in_connection_overflow.get());
+    }
+
+    #[test]
     fn test_readable_maplen_toggles_connection_overflow() {
         let s = server(&[("connection_limit", "3")]);
         let l = listener(&s);
         // The map holds the listener and the trigger: 2 < 3.
+        assert!(!l.in_connection_overflow.get());
         assert!(l.readable());
-        let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let fake = Trigger::new(&s.map).unwrap();
         assert!(!l.readable(), "3 entries reach the limit");
         assert!(l.in_connection_overflow.get());
         fake.close();
-        drop(b);
         assert!(l.readable(), "below the limit again");
         assert!(!l.in_connection_overflow.get());
-        s.close();
+    }
+
+    /// A server with one idle connection whose channel `maintenance` would mark.
+    fn server_with_idle_channel() -> (WsgiServer, Rc<BaseWsgiServer>, Arc<HttpChannel>, TcpStream) {
+        let s = server(&[("channel_timeout", "0")]);
+        let l = listener(&s);
+        let client = TcpStream::connect(("127.0.0.1", port(&s))).unwrap();
+        let (_, channel) = accept_one(&l);
+        // Idle for longer than the timeout of 0 seconds.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while channel.last_activity().elapsed() == Duration::ZERO {
+            assert!(Instant::now() < deadline, "the clock stands still");
+            std::thread::yield_now();
+        }
+        (s, l, channel, client)
+    }
+
+    #[test]
+    fn test_readable_maintenance_false() {
+        let (_s, l, channel, _client) = server_with_idle_channel();
+        let then = Instant::now() + Duration::from_secs(1000);
+        l.next_channel_cleanup.set(then);
+        l.readable();
+        assert!(!channel.will_close(), "maintenance did not run");
+        assert_eq!(l.next_channel_cleanup.get(), then);
+    }
+
+    #[test]
+    fn test_readable_maintenance_true() {
+        let (_s, l, channel, _client) = server_with_idle_channel();
+        let past = Instant::now();
+        l.next_channel_cleanup.set(past);
+        l.readable();
+        assert!(channel.will_close(), "maintenance ran");
+        assert!(l.next_channel_cleanup.get() > past);
     }
 
     #[test]
     fn test_writable() {
         let s = server(&[]);
         assert!(!listener(&s).writable());
-        s.close();
     }
 
     #[test]
-    fn test_handle_accept_wouldblock_and_noerror() {
+    fn test_handle_accept_wouldblock_socket_error() {
         let s = server(&[]);
         let l = listener(&s);
         let before = s.map.borrow().len();
-        l.handle_accept(); // nothing pending: WouldBlock, ignored
-        assert_eq!(s.map.borrow().len(), before);
-        let port: u16 = s.effective_port().parse().unwrap();
-        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        // The connection is queued by the kernel; accept until it shows up.
+        let logged = capture_logs(|| l.handle_accept()); // nothing pending: WouldBlock
+        assert_eq!(s.map.borrow().len(), before, "nothing accepted");
+        assert!(logged.is_empty(), "{logged:?}");
+    }
+
+    #[test]
+    fn test_handle_accept_other_socket_error() {
+        // An option the kernel refuses makes the accepted connection fail as waitress's
+        // failing setsockopt does (its macOS case): logged once, no channel.
+        let mut adj = Adjustments::new([("listen", "127.0.0.1:0")]).unwrap();
+        adj.socket_options = vec![(IPPROTO_TCP, 0x7fff, 1)];
+        let s = create_server_with(Arc::new(hello), adj).unwrap();
+        let l = listener(&s);
+        let _client = TcpStream::connect(("127.0.0.1", port(&s))).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while s.map.borrow().len() == before {
+        let logged = loop {
+            let logged = capture_logs(|| l.handle_accept());
+            if !logged.is_empty() {
+                break logged;
+            }
             assert!(Instant::now() < deadline, "the connection never arrived");
-            l.handle_accept();
-        }
+        };
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].starts_with("server accept() threw an exception"));
+        assert!(l.server.active_channels.borrow().is_empty());
+    }
+
+    #[test]
+    fn test_handle_accept_noerror() {
+        let s = server(&[]);
+        let l = listener(&s);
+        let client = TcpStream::connect(("127.0.0.1", port(&s))).unwrap();
+        let (fd, _) = accept_one(&l);
         assert_eq!(l.server.active_channels.borrow().len(), 1);
-        s.close();
+        assert!(s.map.borrow().contains_key(&fd));
+        // The socket options were applied to the accepted socket (default: TCP_NODELAY) and
+        // the peer address is the client's.
+        let other = TcpStream::connect(("127.0.0.1", port(&s))).unwrap();
+        let socket = l.socket.borrow();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (stream, addr) = loop {
+            match socket.as_ref().unwrap().accept(&l.adj) {
+                Ok(accepted) => break accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "the connection never arrived");
+        };
+        match stream {
+            ChannelStream::Tcp(conn) => assert!(conn.nodelay().unwrap()),
+            ChannelStream::Unix(_) => panic!("a TCP listener gave a Unix stream"),
+        }
+        let local = other.local_addr().unwrap();
+        assert_eq!(addr.host, local.ip().to_string());
+        assert_eq!(addr.port, Some(local.port()));
+        drop(client);
     }
 
     #[test]
     fn test_maintenance() {
-        let s = server(&[("channel_timeout", "0")]);
-        let l = listener(&s);
-        let port: u16 = s.effective_port().parse().unwrap();
-        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while l.server.active_channels.borrow().is_empty() {
-            assert!(Instant::now() < deadline, "the connection never arrived");
-            l.handle_accept();
-        }
-        let channel = l
-            .server
-            .active_channels
-            .borrow()
-            .values()
-            .next()
-            .cloned()
-            .unwrap();
+        let (_s, l, channel, _client) = server_with_idle_channel();
         assert!(!channel.will_close());
-        l.maintenance(Instant::now() + Duration::from_secs(1));
+        l.maintenance(Instant::now());
         assert!(channel.will_close());
-        s.close();
     }
 
     #[test]
@@ -819,8 +1026,7 @@ mod tests {
             s.run().unwrap();
         });
         let (port, handle) = rx.recv().unwrap();
-        let mut client =
-            std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+        let mut client = TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
         client.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
         let mut response = String::new();
         client.read_to_string(&mut response).unwrap();
@@ -830,48 +1036,147 @@ mod tests {
         thread.join().unwrap();
     }
 
+    fn with_sockets(sockets: Vec<PreboundSocket>) -> WsgiServer {
+        let adj = Adjustments::with_sockets(Vec::<(&str, &str)>::new(), sockets).unwrap();
+        create_server_with(Arc::new(hello), adj).unwrap()
+    }
+
     #[test]
     fn test_create_with_one_tcp_socket() {
         let bound = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = bound.local_addr().unwrap().port();
-        let adj =
-            Adjustments::with_sockets(Vec::<(&str, &str)>::new(), vec![PreboundSocket::Tcp(bound)])
-                .unwrap();
-        let s = create_server_with(Arc::new(hello), adj).unwrap();
+        let s = with_sockets(vec![PreboundSocket::Tcp(bound)]);
         assert_eq!(s.effective_port(), port.to_string());
-        s.close();
+        assert!(matches!(
+            listener(&s).socket.borrow().as_ref(),
+            Some(ServerSocket::Tcp(_))
+        ));
     }
 
     #[test]
     fn test_create_with_multiple_tcp_sockets() {
-        let sockets = vec![
+        let s = with_sockets(vec![
             PreboundSocket::Tcp(TcpListener::bind("127.0.0.1:0").unwrap()),
             PreboundSocket::Tcp(TcpListener::bind("127.0.0.1:0").unwrap()),
-        ];
-        let adj = Adjustments::with_sockets(Vec::<(&str, &str)>::new(), sockets).unwrap();
-        let s = create_server_with(Arc::new(hello), adj).unwrap();
+        ]);
         assert_eq!(s.effective_listen().len(), 2);
-        s.close();
+    }
+
+    #[test]
+    fn test_create_with_one_socket_should_not_bind_socket() {
+        let bound = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = bound.local_addr().unwrap();
+        let s = with_sockets(vec![PreboundSocket::Tcp(bound)]);
+        // Served where the caller bound it, not bound anew elsewhere.
+        assert_eq!(
+            s.effective_listen(),
+            vec![(address.ip().to_string(), address.port().to_string())]
+        );
+    }
+
+    #[test]
+    fn test_create_with_one_socket_handle_accept_noerror() {
+        let bound = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = bound.local_addr().unwrap().port();
+        let s = with_sockets(vec![PreboundSocket::Tcp(bound)]);
+        let l = listener(&s);
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (fd, _) = accept_one(&l);
+        assert!(s.map.borrow().contains_key(&fd));
+        drop(client);
+    }
+
+    /// A fresh directory for Unix sockets, removed with the value.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir =
+                std::env::temp_dir().join(format!("waitress-server-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn test_unix() {
+        let dir = TempDir::new("unix");
+        let path = dir.0.join("u.sock");
+        let s = create_server(hello, [("unix_socket", path.to_str().unwrap())]).unwrap();
+        assert!(matches!(
+            listener(&s).socket.borrow().as_ref(),
+            Some(ServerSocket::Unix(_))
+        ));
+        assert_eq!(s.effective_host(), "unix");
+        assert_eq!(s.effective_port(), path.display().to_string());
+    }
+
+    #[test]
+    fn test_handle_accept() {
+        let dir = TempDir::new("accept");
+        let path = dir.0.join("u.sock");
+        let s = create_server(hello, [("unix_socket", path.to_str().unwrap())]).unwrap();
+        let l = listener(&s);
+        let client = UnixStream::connect(&path).unwrap();
+        let (fd, _) = accept_one(&l);
+        assert!(s.map.borrow().contains_key(&fd));
+        // No socket options on a Unix socket, and the peer is ("localhost", None).
+        let _other = UnixStream::connect(&path).unwrap();
+        let socket = l.socket.borrow();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            match socket.as_ref().unwrap().accept(&l.adj) {
+                Ok((_, addr)) => break addr,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "the connection never arrived");
+        };
+        assert_eq!(addr.host, "localhost");
+        assert_eq!(addr.port, None);
+        drop(client);
     }
 
     #[test]
     fn test_create_with_unix_socket() {
-        let dir = std::env::temp_dir().join(format!("waitress-server-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("u.sock");
+        let dir = TempDir::new("prebound");
+        let sockets = vec![
+            PreboundSocket::Unix(UnixListener::bind(dir.0.join("a.sock")).unwrap()),
+            PreboundSocket::Unix(UnixListener::bind(dir.0.join("b.sock")).unwrap()),
+        ];
+        let s = with_sockets(sockets);
+        assert_eq!(s.listeners.len(), 2);
+        for l in &s.listeners {
+            assert!(matches!(
+                l.socket.borrow().as_ref(),
+                Some(ServerSocket::Unix(_))
+            ));
+        }
+        assert_eq!(s.effective_host(), "unix");
+        s.close();
+        // The caller's socket files are the caller's: left in place.
+        assert!(dir.0.join("a.sock").exists());
+    }
+
+    #[test]
+    fn unix_socket_setting_replaces_a_stale_file_and_removes_it_on_close() {
+        let dir = TempDir::new("stale");
+        let path = dir.0.join("u.sock");
         // A stale file from an earlier run is replaced.
         drop(UnixListener::bind(&path).unwrap());
         let s = create_server(hello, [("unix_socket", path.to_str().unwrap())]).unwrap();
-        assert_eq!(s.effective_host(), "unix");
-        assert_eq!(s.effective_port(), path.display().to_string());
-        use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
         s.close();
         assert!(!path.exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -887,7 +1192,6 @@ mod tests {
             match create_server(hello, [("listen", listen.as_str())]) {
                 Ok(s) => {
                     assert_eq!(s.effective_listen().len(), 2);
-                    s.close();
                     return;
                 }
                 Err(ServerError::Bind { .. }) => continue,
@@ -899,28 +1203,18 @@ mod tests {
 
     #[test]
     fn test_print_listen_brackets_ipv6() {
-        use std::sync::Mutex;
-        struct Capture(Mutex<Vec<String>>);
-        impl crate::utilities::LogSink for Capture {
-            fn log(&self, _l: crate::utilities::Level, _n: &str, m: &str) {
-                self.0.lock().unwrap().push(m.to_string());
-            }
-        }
         let mut s = server(&[]);
         s.effective_listen = vec![
             ("::1".into(), "80".into()),
             ("127.0.0.1".into(), "81".into()),
         ];
-        let capture = Arc::new(Capture(Mutex::new(Vec::new())));
-        crate::utilities::set_log_sink(capture.clone());
-        s.print_listen("Serving on http://{}:{}");
-        crate::utilities::set_log_sink(Arc::new(crate::utilities::StderrSink));
-        let lines = capture.0.lock().unwrap().clone();
-        assert!(
-            lines.contains(&"Serving on http://[::1]:80".to_string()),
-            "{lines:?}"
+        let lines = capture_logs(|| s.print_listen("Serving on http://{}:{}"));
+        assert_eq!(
+            lines,
+            vec![
+                "Serving on http://[::1]:80",
+                "Serving on http://127.0.0.1:81"
+            ]
         );
-        assert!(lines.contains(&"Serving on http://127.0.0.1:81".to_string()));
-        s.close();
     }
 }

@@ -71,7 +71,9 @@ pub const POLLNVAL: c_short = 0x020;
 /// `sys/_types/_fd_setsize.h` and FreeBSD `sys/select.h`.
 pub const FD_SETSIZE: RawFd = 1024;
 
-/// `EBADF`, 9 in Linux `asm-generic/errno-base.h` and in macOS and FreeBSD `sys/errno.h`.
+/// `EINTR`, 4 in Linux `asm-generic/errno-base.h` and in macOS and FreeBSD `sys/errno.h`.
+pub const EINTR: c_int = 4;
+/// `EBADF`, 9 in the same headers.
 pub const EBADF: c_int = 9;
 
 /// `AF_INET`, 2 in Linux `bits/socket.h` and in macOS and FreeBSD `sys/socket.h`.
@@ -210,7 +212,7 @@ extern "C" {
 
 /// Run a system call until it is not interrupted by a signal, turning its `-1` into the
 /// `io::Error` of `errno`. Every call of this file that can fail goes through here.
-fn retry(mut call: impl FnMut() -> c_int) -> io::Result<c_int> {
+pub(crate) fn retry(mut call: impl FnMut() -> c_int) -> io::Result<c_int> {
     loop {
         let ret = call();
         if ret != -1 {
@@ -221,6 +223,13 @@ fn retry(mut call: impl FnMut() -> c_int) -> io::Result<c_int> {
             return Err(error);
         }
     }
+}
+
+/// Set this thread's `errno`, so tests can make a call fail with a chosen error.
+#[cfg(test)]
+pub(crate) fn set_errno(code: c_int) {
+    // SAFETY: the errno location of the current thread is always a valid int pointer.
+    unsafe { *errno_location() = code };
 }
 
 // ---- poll ----

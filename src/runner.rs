@@ -330,7 +330,10 @@ pub fn run(argv: &[String], registry: &AppRegistry) -> i32 {
         Err(e) => return fail(&e.to_string()),
     };
     if parsed.help {
-        show_help(&mut std::io::stdout().lock(), &name, registry);
+        // Through `print!`, which a test harness captures, rather than `io::stdout()`.
+        let mut text = Vec::new();
+        show_help(&mut text, &name, registry);
+        print!("{}", String::from_utf8_lossy(&text));
         return 0;
     }
     let app_name = parsed.app.as_deref().unwrap_or(DEFAULT_APP);

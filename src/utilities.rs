@@ -6,7 +6,6 @@
 //! from any thread.
 
 use std::fmt;
-use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -61,14 +60,21 @@ pub trait LogSink: Send + Sync {
 }
 
 /// The default sink: one `LEVEL:name:message` line per record on standard error.
+///
+/// It writes with `eprint!`, not through `std::io::stderr()`, because the macro is what the
+/// test harness captures: a server started by a test (and every thread it spawns) logs into
+/// that test's captured output, shown only when the test fails.
 #[derive(Debug, Default)]
 pub struct StderrSink;
 
 impl LogSink for StderrSink {
     fn log(&self, level: Level, logger: &str, message: &str) {
-        // One write call per record, so that lines from several threads do not interleave.
+        // One formatted write per record: `eprint!` holds standard error's lock for the whole
+        // line, so lines from several threads do not interleave. The macro panics when the
+        // write fails (a closed pipe); a log record is not worth a worker thread, so the panic
+        // is caught and the record dropped.
         let line = format!("{}:{}:{}\n", level.name(), logger, message);
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let _ = std::panic::catch_unwind(|| eprint!("{line}"));
     }
 }
 

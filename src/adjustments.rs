@@ -213,7 +213,7 @@ pub fn asoctal(s: &str) -> Result<u32, String> {
         .or_else(|| t.strip_prefix("0O"))
         .unwrap_or(t);
     u32::from_str_radix(digits, 8)
-        .map_err(|_| format!("invalid literal for int() with base 8: '{s}'"))
+        .map_err(|_| format!("'{s}' is not an octal number (such as 600 or 0o600)"))
 }
 
 /// One entry per non-blank line, trimmed.
@@ -254,19 +254,42 @@ pub fn str_iftruthy(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
-/// A decimal integer as Python's `int()` reads it (surrounding whitespace allowed).
-fn asint<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+/// The integer types settings are held in, with their bounds for error messages.
+trait IntSetting: TryFrom<i128> {
+    const LOWEST: i128;
+    const HIGHEST: i128;
+}
+
+macro_rules! int_setting {
+    ($($t:ty),*) => {$(
+        impl IntSetting for $t {
+            const LOWEST: i128 = <$t>::MIN as i128;
+            const HIGHEST: i128 = <$t>::MAX as i128;
+        }
+    )*};
+}
+int_setting!(u16, i32, u64, usize);
+
+/// A decimal integer as Python's `int()` reads it (surrounding whitespace and a `+` allowed),
+/// within the bounds of the setting's type.
+fn asint<T: IntSetting>(s: &str) -> Result<T, String> {
     let t = s.trim();
     let t = t.strip_prefix('+').unwrap_or(t);
-    t.parse()
-        .map_err(|_| format!("invalid literal for int() with base 10: '{s}'"))
+    let Ok(n) = t.parse::<i128>() else {
+        return Err(format!("'{s}' is not a whole number"));
+    };
+    T::try_from(n).map_err(|_| format!("{n} is out of range ({} to {})", T::LOWEST, T::HIGHEST))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-/// A setting that was refused; `Display` gives waitress's message.
+/// A setting that was refused.
+///
+/// `Display` names the settings as [`Adjustments::new`] knows them (`channel_timeout`);
+/// [`AdjustmentsError::command_line_message`] names the options of `waitress-serve`
+/// (`--channel-timeout`) instead, so that each user reads back what they typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdjustmentsError {
     /// No setting has this name (waitress: `Unknown adjustment 'name'`).
@@ -275,27 +298,79 @@ pub enum AdjustmentsError {
     BadValue {
         /// The setting.
         setting: String,
-        /// What the converter said.
+        /// What is wrong with the value, quoting it.
         reason: String,
     },
-    /// Settings that exclude each other, or a setting that needs another one.
+    /// Settings that exclude each other, or a setting that needs another one: waitress's
+    /// message, with each setting name written `{name}` so it can be spelled either way.
     Conflict(String),
     /// A `listen`/`host`/`port` entry that does not resolve to an address to bind.
     InvalidListen(String),
 }
 
-impl fmt::Display for AdjustmentsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// How an error spells a setting: `channel_timeout` or `--channel-timeout`.
+#[derive(Clone, Copy)]
+enum Spelling {
+    Setting,
+    Option,
+}
+
+impl Spelling {
+    fn name(self, setting: &str) -> String {
         match self {
-            AdjustmentsError::UnknownSetting(name) => write!(f, "Unknown adjustment '{name}'"),
+            Spelling::Setting => setting.to_string(),
+            Spelling::Option => format!("--{}", setting.replace('_', "-")),
+        }
+    }
+}
+
+impl AdjustmentsError {
+    /// The message with command-line options in place of setting names (`--port` for
+    /// `port`), as `waitress-serve` prints it.
+    pub fn command_line_message(&self) -> String {
+        self.message(Spelling::Option)
+    }
+
+    fn message(&self, spelling: Spelling) -> String {
+        match self {
+            AdjustmentsError::UnknownSetting(name) => format!("Unknown adjustment '{name}'"),
             AdjustmentsError::BadValue { setting, reason } => {
-                write!(f, "Bad value for {setting}: {reason}")
+                format!("bad value for {}: {reason}", spelling.name(setting))
             }
-            AdjustmentsError::Conflict(message) => f.write_str(message),
+            AdjustmentsError::Conflict(template) => fill_setting_names(template, spelling),
             AdjustmentsError::InvalidListen(entry) => {
-                write!(f, "Invalid host/port specified. ({entry})")
+                format!("Invalid host/port specified. ({entry})")
             }
         }
+    }
+}
+
+/// Replace each `{name}` of a known setting in `template` by its spelling; other braces
+/// (`X-Forwarded-{By,Host}`) stay as they are.
+fn fill_setting_names(template: &str, spelling: Spelling) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) if setting_names().any(|name| name == &after[..close]) => {
+                out.push_str(&spelling.name(&after[..close]));
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+impl fmt::Display for AdjustmentsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message(Spelling::Setting))
     }
 }
 
@@ -348,24 +423,28 @@ impl Adjustments {
         let has_sockets = !sockets.is_empty();
         let host_or_port = given("host") || given("port");
         if given("listen") && host_or_port {
-            return Err(conflict("host or port may not be set if listen is set."));
+            return Err(conflict(
+                "{host} or {port} may not be set if {listen} is set.",
+            ));
         }
         if given("listen") && has_sockets {
-            return Err(conflict("socket may not be set if listen is set."));
+            return Err(conflict("{sockets} may not be set if {listen} is set."));
         }
         if has_sockets && host_or_port {
-            return Err(conflict("host or port may not be set if sockets is set."));
+            return Err(conflict(
+                "{host} or {port} may not be set if {sockets} is set.",
+            ));
         }
         if has_sockets && given("unix_socket") {
-            return Err(conflict("unix_socket may not be set if sockets is set"));
+            return Err(conflict("{unix_socket} may not be set if {sockets} is set"));
         }
         if given("unix_socket") && host_or_port {
             return Err(conflict(
-                "unix_socket may not be set if host or port is set",
+                "{unix_socket} may not be set if {host} or {port} is set",
             ));
         }
         if given("unix_socket") && given("listen") {
-            return Err(conflict("unix_socket may not be set if listen is set"));
+            return Err(conflict("{unix_socket} may not be set if {listen} is set"));
         }
         if given("send_bytes") {
             LOGGER.warning("send_bytes will be removed in a future release");
@@ -440,7 +519,7 @@ impl Adjustments {
             "unix_socket_perms" => self.unix_socket_perms = bad(name, asoctal(value))?,
             "sockets" => {
                 return Err(conflict(
-                    "sockets can only be given as bound sockets (Adjustments::with_sockets)",
+                    "{sockets} can only be given as bound sockets (Adjustments::with_sockets)",
                 ))
             }
             "channel_request_lookahead" => {
@@ -456,7 +535,7 @@ impl Adjustments {
     fn check_proxy_settings(&mut self, count_given: bool) -> Result<(), AdjustmentsError> {
         if count_given && self.trusted_proxy.is_none() {
             return Err(conflict(
-                "trusted_proxy_count has no meaning without setting trusted_proxy",
+                "{trusted_proxy_count} has no meaning without setting {trusted_proxy}",
             ));
         }
         if self.trusted_proxy_count.is_none() {
@@ -464,7 +543,7 @@ impl Adjustments {
         }
         if !self.trusted_proxy_headers.is_empty() && self.trusted_proxy.is_none() {
             return Err(conflict(
-                "trusted_proxy_headers has no meaning without setting trusted_proxy",
+                "{trusted_proxy_headers} has no meaning without setting {trusted_proxy}",
             ));
         }
         if !self.trusted_proxy_headers.is_empty() {
@@ -481,7 +560,7 @@ impl Adjustments {
                 .collect();
             if !unknown.is_empty() {
                 return Err(AdjustmentsError::Conflict(format!(
-                    "Received unknown trusted_proxy_headers value ({}) expected one of {}",
+                    "Received unknown {{trusted_proxy_headers}} value ({}) expected one of {}",
                     unknown.join(", "),
                     KNOWN_PROXY_HEADERS.join(", ")
                 )));
@@ -1042,7 +1121,7 @@ mod tests {
     fn test_dont_mix_sockets_and_listen() {
         let err = Adjustments::with_sockets([("listen", "127.0.0.1:8080")], vec![tcp_socket()])
             .unwrap_err();
-        assert_eq!(err.to_string(), "socket may not be set if listen is set.");
+        assert_eq!(err.to_string(), "sockets may not be set if listen is set.");
     }
 
     #[test]
@@ -1178,11 +1257,76 @@ mod tests {
 
     #[test]
     fn bad_numbers_are_refused_with_the_setting_name() {
-        let err = make(&[("threads", "many")]).unwrap_err();
-        assert!(err.to_string().contains("threads"), "{err}");
-        assert!(make(&[("threads", "0")]).is_err());
-        assert!(make(&[("port", "70000")]).is_err());
-        assert!(make(&[("port", "-1")]).is_err());
+        let message = |kw: &[(&str, &str)]| make(kw).unwrap_err().to_string();
+        assert_eq!(
+            message(&[("threads", "many")]),
+            "bad value for threads: 'many' is not a whole number"
+        );
+        assert_eq!(
+            message(&[("threads", "0")]),
+            "bad value for threads: at least one thread is needed"
+        );
+        assert_eq!(
+            message(&[("port", "70000")]),
+            "bad value for port: 70000 is out of range (0 to 65535)"
+        );
+        assert_eq!(
+            message(&[("port", "-1")]),
+            "bad value for port: -1 is out of range (0 to 65535)"
+        );
+        assert_eq!(
+            message(&[("unix_socket_perms", "9")]),
+            "bad value for unix_socket_perms: '9' is not an octal number (such as 600 or 0o600)"
+        );
+        assert_eq!(make(&[("port", " +80 ")]).unwrap().port, 80);
+    }
+
+    #[test]
+    fn errors_name_options_on_the_command_line() {
+        let err = make(&[("channel_timeout", "abc")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad value for channel_timeout: 'abc' is not a whole number"
+        );
+        assert_eq!(
+            err.command_line_message(),
+            "bad value for --channel-timeout: 'abc' is not a whole number"
+        );
+        let err = make(&[("listen", "127.0.0.1:8080"), ("port", "1")]).unwrap_err();
+        assert_eq!(
+            err.command_line_message(),
+            "--host or --port may not be set if --listen is set."
+        );
+        let err = make(&[
+            ("trusted_proxy", "localhost"),
+            ("trusted_proxy_headers", "forwarded x-forwarded-for"),
+        ])
+        .unwrap_err();
+        // Braces that do not hold a setting name stay as they are.
+        assert!(err
+            .command_line_message()
+            .contains("X-Forwarded-{By,Host,Proto,Port,For}"));
+        let err = make(&[("trusted_proxy_headers", "forwarded")]).unwrap_err();
+        assert_eq!(
+            err.command_line_message(),
+            "--trusted-proxy-headers has no meaning without setting --trusted-proxy"
+        );
+    }
+
+    #[test]
+    fn no_message_speaks_python() {
+        for kw in [
+            &[("port", "abc")][..],
+            &[("threads", "1.5")],
+            &[("unix_socket_perms", "abc")],
+            &[("backlog", "99999999999")],
+        ] {
+            let err = make(kw).unwrap_err();
+            for text in [err.to_string(), err.command_line_message()] {
+                assert!(!text.contains("int()"), "{text}");
+                assert!(!text.contains("literal"), "{text}");
+            }
+        }
     }
 
     #[test]

@@ -343,7 +343,8 @@ pub fn run(argv: &[String], registry: &AppRegistry) -> i32 {
     };
     let adj = match Adjustments::new(parsed.kw) {
         Ok(adj) => adj,
-        Err(e) => return fail(&e.to_string()),
+        // Named as the user typed them: `--channel-timeout`, not `channel_timeout`.
+        Err(e) => return fail(&e.command_line_message()),
     };
     let server = match create_server_with(app, adj) {
         Ok(server) => server,

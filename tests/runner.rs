@@ -94,7 +94,18 @@ fn bad_command_lines_exit_1_with_one_error_line() {
             &["--no-such-option"][..],
             "Error: option --no-such-option not recognized",
         ),
-        (&["--threads=many"][..], "Error: Bad value for threads"),
+        (
+            &["--threads=many"][..],
+            "Error: bad value for --threads: 'many' is not a whole number",
+        ),
+        (
+            &["--port=abc"][..],
+            "Error: bad value for --port: 'abc' is not a whole number",
+        ),
+        (
+            &["--channel-timeout=-5"][..],
+            "Error: bad value for --channel-timeout: -5 is out of range (0 to 18446744073709551615)",
+        ),
         (&["--port"][..], "Error: option --port requires argument"),
         (
             &["nope"][..],
@@ -103,7 +114,7 @@ fn bad_command_lines_exit_1_with_one_error_line() {
         (&["hello", "echo"][..], "Error: Provide only one WSGI app"),
         (
             &["--listen=127.0.0.1:0", "--port=1"][..],
-            "Error: host or port may not be set if listen is set.",
+            "Error: --host or --port may not be set if --listen is set.",
         ),
     ] {
         let output = binary().args(args).output().unwrap();

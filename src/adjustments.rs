@@ -803,11 +803,7 @@ pub fn resolve_listen(
     ipv4: bool,
     ipv6: bool,
 ) -> Result<Vec<SocketAddr>, AdjustmentsError> {
-    if !ipv4 && !ipv6 {
-        return Err(conflict(
-            "IPv4 is disabled but IPv6 is not available. Cowardly refusing to start.",
-        ));
-    }
+    let (ipv4, ipv6) = enabled_families(ipv4, ipv6, host_has_ipv6())?;
     let mut wanted: Vec<SocketAddr> = Vec::new();
     for entry in entries {
         let invalid = || AdjustmentsError::InvalidListen(entry.clone());
@@ -843,6 +839,38 @@ pub fn resolve_listen(
         }
     }
     Ok(wanted)
+}
+
+/// The address families `listen` may resolve to, as (IPv4, IPv6), from the `ipv4` and
+/// `ipv6` settings (waitress: `enabled_families` in `Adjustments.__init__`). Only one switched
+/// off narrows the choice; both switched off is the same as both on. Without IPv4, a host
+/// without IPv6 has nothing to listen on, and that is the one case refused.
+fn enabled_families(
+    ipv4: bool,
+    ipv6: bool,
+    host_has_ipv6: bool,
+) -> Result<(bool, bool), AdjustmentsError> {
+    if !ipv4 && !host_has_ipv6 {
+        return Err(conflict(
+            "IPv4 is disabled but IPv6 is not available. Cowardly refusing to start.",
+        ));
+    }
+    Ok(match (ipv4, ipv6) {
+        (true, false) => (true, false),
+        (false, true) => (false, true),
+        _ => (true, true),
+    })
+}
+
+/// Whether this host can make IPv6 sockets (waitress: `compat.HAS_IPV6`, which Python
+/// decides when it is built; here it is asked of the running kernel, once).
+pub fn host_has_ipv6() -> bool {
+    static HAS_IPV6: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS_IPV6.get_or_init(|| {
+        // Binding a UDP socket to an ephemeral port of `::` needs no listener and no
+        // configured address: it fails only when the kernel has no IPv6 at all.
+        std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).is_ok()
+    })
 }
 
 /// Split `host:port`; an entry without a port (`127.0.0.1`, `[::1]`) gets `default_port`, and
@@ -1326,6 +1354,41 @@ mod tests {
                 assert!(!text.contains("int()"), "{text}");
                 assert!(!text.contains("literal"), "{text}");
             }
+        }
+    }
+
+    #[test]
+    fn both_families_off_listens_on_both_as_waitress_does() {
+        assert_eq!(enabled_families(false, false, true), Ok((true, true)));
+        assert_eq!(enabled_families(true, true, true), Ok((true, true)));
+        assert_eq!(enabled_families(true, false, true), Ok((true, false)));
+        assert_eq!(enabled_families(false, true, true), Ok((false, true)));
+        // Without IPv4, a host lacking IPv6 is refused, whatever `ipv6` says.
+        for ipv6 in [false, true] {
+            assert_eq!(
+                enabled_families(false, ipv6, false)
+                    .unwrap_err()
+                    .to_string(),
+                "IPv4 is disabled but IPv6 is not available. Cowardly refusing to start."
+            );
+        }
+        assert_eq!(enabled_families(true, false, false), Ok((true, false)));
+        assert_eq!(enabled_families(true, true, false), Ok((true, true)));
+    }
+
+    #[test]
+    fn no_ipv4_no_ipv6_resolves_both_families() {
+        let kw = [
+            ("ipv4", "false"),
+            ("ipv6", "false"),
+            ("listen", "127.0.0.1:8080 [::1]:8080"),
+        ];
+        if host_has_ipv6() {
+            let inst = make(&kw).unwrap();
+            assert!(inst.listen.iter().any(|a| a.is_ipv4()));
+            assert!(inst.listen.iter().any(|a| a.is_ipv6()));
+        } else {
+            assert!(make(&kw).unwrap_err().to_string().contains("Cowardly"));
         }
     }
 

@@ -67,6 +67,8 @@ Standard options:
 
     --[no-]ipv6
         Allow (or forbid) IPv6 addresses when resolving --listen. Default: on.
+        With both --no-ipv4 and --no-ipv6, both families are allowed, as in
+        waitress; --no-ipv4 on a host without IPv6 is refused.
 
     --unix-socket=PATH
         Listen on a Unix domain socket at PATH instead of TCP. A stale socket

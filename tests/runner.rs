@@ -214,6 +214,26 @@ fn ipv6_listener_answers_where_the_machine_has_ipv6() {
     assert!(response.ends_with("Hello, World!"), "{response}");
 }
 
+#[test]
+fn no_ipv4_and_no_ipv6_listens_on_both_families() {
+    if !waitress::adjustments::host_has_ipv6() {
+        let output = binary()
+            .args(["--no-ipv4", "--no-ipv6", "--listen=127.0.0.1:0", "hello"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.starts_with("Error: IPv4 is disabled but IPv6 is not available."));
+        return;
+    }
+    // As in waitress, switching both families off is the same as leaving both on.
+    let running = start(
+        &["--no-ipv4", "--no-ipv6", "--listen=127.0.0.1:0", "hello"],
+        1,
+    );
+    assert_eq!(get(&tcp_target(&running, 0), "/").body, b"Hello, World!");
+}
+
 fn echo_with_forwarded_headers(trusted_proxy: &str) -> support::Echo {
     let running = start(
         &[

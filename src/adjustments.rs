@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
-use crate::utilities::LOGGER;
+use crate::utilities::{LogLevels, LOGGER};
 
 /// A socket handed to the server already bound (waitress: the `sockets` setting, used for
 /// socket activation).
@@ -104,6 +104,12 @@ pub struct Adjustments {
     /// The format of an access-log line (not in waitress; default Apache's combined format
     /// plus the time taken, see the README's access-log section).
     pub access_log_format: String,
+    /// Which log records are written: a default level and levels of single loggers,
+    /// `info,waitress.queue=error` (not in waitress, where Python's logging configuration
+    /// does this; default none: the logging setup is left as it is, `info` unless changed).
+    /// `serve` and `waitress-serve` apply it before anything is logged; a program that calls
+    /// `create_server` itself applies it with [`crate::utilities::set_log_levels`].
+    pub log_level: Option<LogLevels>,
     /// Log socket errors such as premature disconnects (`asbool`, default true).
     pub log_socket_errors: bool,
     /// Largest request head, in bytes (`int`, default 256 KiB).
@@ -166,6 +172,7 @@ impl Default for Adjustments {
             shutdown_timeout: 0,
             access_log: false,
             access_log_format: DEFAULT_ACCESS_LOG_FORMAT.to_string(),
+            log_level: None,
             log_socket_errors: true,
             max_request_header_size: 262_144,
             max_request_body_size: 1_073_741_824,
@@ -508,6 +515,7 @@ impl Adjustments {
             "shutdown_timeout" => self.shutdown_timeout = bad(name, asint(value))?,
             "access_log" => self.access_log = asbool(value),
             "access_log_format" => self.access_log_format = value.to_string(),
+            "log_level" => self.log_level = Some(bad(name, LogLevels::parse(value))?),
             "log_socket_errors" => self.log_socket_errors = asbool(value),
             "max_request_header_size" => self.max_request_header_size = bad(name, asint(value))?,
             "max_request_body_size" => self.max_request_body_size = bad(name, asint(value))?,
@@ -656,7 +664,7 @@ impl Adjustments {
 }
 
 /// Every setting name with whether it is a boolean (waitress: `Adjustments._params`).
-const PARAMS: [(&str, bool); 38] = [
+const PARAMS: [(&str, bool); 39] = [
     ("host", false),
     ("port", false),
     ("ipv4", true),
@@ -683,6 +691,7 @@ const PARAMS: [(&str, bool); 38] = [
     ("shutdown_timeout", false),
     ("access_log", true),
     ("access_log_format", false),
+    ("log_level", false),
     ("log_socket_errors", true),
     ("max_request_header_size", false),
     ("max_request_body_size", false),
@@ -696,6 +705,19 @@ const PARAMS: [(&str, bool); 38] = [
     ("channel_request_lookahead", false),
     ("server_name", false),
 ];
+
+/// The `log_level` setting among `kw`, converted (the last one given wins, as in
+/// [`Adjustments::new`]), for the callers that apply it before anything else is logged.
+pub fn log_level_setting<K, V>(kw: &[(K, V)]) -> Result<Option<LogLevels>, AdjustmentsError>
+where
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    match kw.iter().rev().find(|(k, _)| k.as_ref() == "log_level") {
+        Some((_, spec)) => bad("log_level", LogLevels::parse(spec.as_ref())).map(Some),
+        None => Ok(None),
+    }
+}
 
 /// The names of every setting, in waitress's order (`host`, `port`, `ipv4`, …).
 pub fn setting_names() -> impl Iterator<Item = &'static str> {
@@ -1339,6 +1361,34 @@ mod tests {
             err.command_line_message(),
             "--trusted-proxy-headers has no meaning without setting --trusted-proxy"
         );
+    }
+
+    #[test]
+    fn log_level_is_a_setting_and_an_option() {
+        assert_eq!(make(&[]).unwrap().log_level, None);
+        let inst = make(&[("log_level", "info,waitress.queue=error")]).unwrap();
+        assert_eq!(
+            inst.log_level,
+            Some(LogLevels::parse("info,waitress.queue=error").unwrap())
+        );
+        let err = make(&[("log_level", "loud")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad value for log_level: 'loud' is not a log level (debug, info, warning, error, critical)"
+        );
+        assert!(err
+            .command_line_message()
+            .starts_with("bad value for --log-level: 'loud'"));
+        let opts = parse(&["--log-level=error,waitress=info"]).unwrap();
+        assert_eq!(opts.get("log_level"), Some("error,waitress=info"));
+        // The callers that apply it early read the last one given, as `new` does.
+        let kw = [("log_level", "loud"), ("log_level", "error")];
+        assert_eq!(
+            log_level_setting(&kw).unwrap(),
+            Some(LogLevels::parse("error").unwrap())
+        );
+        assert_eq!(log_level_setting(&[("threads", "2")]).unwrap(), None);
+        assert!(log_level_setting(&[("log_level", "")]).is_err());
     }
 
     #[test]

@@ -72,6 +72,10 @@ where
             _ => settings.push((key.to_string(), value.to_string())),
         }
     }
+    // Before the settings are checked, so that their own warnings obey it too.
+    if let Some(levels) = adjustments::log_level_setting(&settings)? {
+        utilities::set_log_levels(&levels);
+    }
     let server = create_server(app, settings)?;
     if !quiet {
         server.print_listen("Serving on http://{}:{}");

@@ -10,10 +10,10 @@ use std::fmt;
 use std::io::Write;
 use std::sync::Arc;
 
-use crate::adjustments::Adjustments;
+use crate::adjustments::{log_level_setting, Adjustments};
 use crate::app::{AppResult, Environ, SharedApp, StartResponse};
 use crate::server::create_server_with;
-use crate::utilities::LOGGER;
+use crate::utilities::{set_log_levels, LOGGER};
 
 /// The help text; `{0}` is the program name.
 pub const HELP: &str = "\
@@ -163,6 +163,14 @@ Tuning options:
     --access-log-format=STR
         The access-log line, Apache style. Default: combined format plus the
         microseconds taken (%D).
+
+    --log-level=LEVELS
+        Which log records are written: a level for every logger, then
+        LOGGER=LEVEL for single loggers, separated by commas. Levels: debug,
+        info, warning, error, critical. Loggers: waitress (the server),
+        waitress.queue (\"Task queue depth\" warnings), waitress.access (the
+        access log). Example: --log-level=info,waitress.queue=error.
+        Default: info.
 
     --[no-]log-socket-errors
         Log socket errors such as clients that disconnect early. Default: on.
@@ -337,6 +345,13 @@ pub fn run(argv: &[String], registry: &AppRegistry) -> i32 {
         show_help(&mut text, &name, registry);
         print!("{}", String::from_utf8_lossy(&text));
         return 0;
+    }
+    // Before anything is logged, so that every record obeys it (waitress sets the `waitress`
+    // logger to INFO here when the user's logging setup has not set it).
+    match log_level_setting(&parsed.kw) {
+        Ok(Some(levels)) => set_log_levels(&levels),
+        Ok(None) => {}
+        Err(e) => return fail(&e.command_line_message()),
     }
     let app_name = parsed.app.as_deref().unwrap_or(DEFAULT_APP);
     let app = match registry.build(app_name) {

@@ -11,6 +11,7 @@ compile_error!("waitress-rs targets Unix (Linux, macOS): it needs poll(2) and Un
 
 pub mod adjustments;
 pub mod app;
+pub mod apps;
 pub mod buffers;
 pub mod channel;
 pub mod compat;

@@ -1,9 +1,10 @@
 //! Port of waitress/runner.py.
 //!
-//! The `waitress-serve` command line: parse the options with `Adjustments::parse_args`, pick
-//! the application by name from an [`AppRegistry`], build the server, and serve until SIGINT
-//! or SIGTERM. Rust cannot import `module:object` at run time, so a program passes in the
-//! registry of applications it can serve; the built-in ones are in [`builtin`].
+//! The `waitress-serve` command line, in runner.py's order: the `HELP` text, `show_help`, and
+//! `run`, which parses the options with `Adjustments::parse_args`, picks the application, and
+//! serves it until SIGINT or SIGTERM. Rust cannot import `module:object` at run time, so a
+//! program passes in an [`AppRegistry`] of the applications it can serve, found by name
+//! (the built-in ones are in [`crate::apps`]). Runs on the main thread of `waitress-serve`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -206,118 +207,6 @@ pub fn show_help(out: &mut dyn Write, name: &str, registry: &AppRegistry) {
     }
 }
 
-/// A way to build an application.
-pub type AppFactory = Arc<dyn Fn() -> SharedApp + Send + Sync>;
-
-struct Entry {
-    description: String,
-    factory: AppFactory,
-}
-
-/// The applications a `waitress-serve` program can serve, by name.
-#[derive(Default)]
-pub struct AppRegistry {
-    entries: BTreeMap<String, Entry>,
-}
-
-impl fmt::Debug for AppRegistry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AppRegistry")
-            .field("names", &self.names())
-            .finish()
-    }
-}
-
-/// An application name the registry does not know.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownApp {
-    /// The name asked for.
-    pub name: String,
-    /// The names that exist.
-    pub known: Vec<String>,
-}
-
-impl fmt::Display for UnknownApp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown application '{}' (available: {})",
-            self.name,
-            self.known.join(", ")
-        )
-    }
-}
-
-impl std::error::Error for UnknownApp {}
-
-impl AppRegistry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        AppRegistry::default()
-    }
-
-    /// A registry with the built-in `demo`, `hello` and `echo` applications.
-    pub fn with_builtins() -> Self {
-        let mut registry = AppRegistry::new();
-        registry.register_fn(
-            "demo",
-            "an HTML page listing the request's environ",
-            builtin::demo,
-        );
-        registry.register_fn(
-            "hello",
-            "'Hello, World!' as text/plain (the benchmark app)",
-            builtin::hello,
-        );
-        registry.register_fn("echo", "the request as JSON, then its body", builtin::echo);
-        registry
-    }
-
-    /// Register a factory that builds the application when it is chosen.
-    pub fn register(
-        &mut self,
-        name: &str,
-        description: &str,
-        factory: impl Fn() -> SharedApp + Send + Sync + 'static,
-    ) {
-        self.entries.insert(
-            name.to_string(),
-            Entry {
-                description: description.to_string(),
-                factory: Arc::new(factory),
-            },
-        );
-    }
-
-    /// Register an application function or closure.
-    pub fn register_fn<F>(&mut self, name: &str, description: &str, app: F)
-    where
-        F: Fn(&mut Environ, &mut StartResponse<'_>) -> AppResult + Send + Sync + 'static,
-    {
-        let app: SharedApp = Arc::new(app);
-        self.register(name, description, move || Arc::clone(&app));
-    }
-
-    /// The registered names, sorted.
-    pub fn names(&self) -> Vec<String> {
-        self.entries.keys().cloned().collect()
-    }
-
-    /// Build the application called `name`.
-    pub fn build(&self, name: &str) -> Result<SharedApp, UnknownApp> {
-        match self.entries.get(name) {
-            Some(entry) => Ok((entry.factory)()),
-            None => Err(UnknownApp {
-                name: name.to_string(),
-                known: self.names(),
-            }),
-        }
-    }
-}
-
-/// The application served when none is named.
-pub const DEFAULT_APP: &str = "demo";
-
 /// Run `waitress-serve` with `argv` (program name first) and return the exit status: 0 after
 /// `--help` or a clean stop by SIGINT/SIGTERM, 1 for a bad command line, setting or address.
 pub fn run(argv: &[String], registry: &AppRegistry) -> i32 {
@@ -382,144 +271,111 @@ pub fn run(argv: &[String], registry: &AppRegistry) -> i32 {
     }
 }
 
-/// The applications that come with the binary.
-pub mod builtin {
-    use super::*;
-    use crate::app::Body;
-    use std::io::Read;
+// ---------------------------------------------------------------------------------------------
+// Finding the application by name (waitress: `pkgutil.resolve_name` of `module:object`, which
+// `Adjustments.parse_args` calls and `AppResolutionError` reports)
+// ---------------------------------------------------------------------------------------------
 
-    /// `Hello, World!` as `text/plain` with its length: the benchmark application.
-    pub fn hello(_environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
-        start_response.start(
-            "200 OK",
-            [("Content-Type", "text/plain"), ("Content-Length", "13")],
-        )?;
-        Ok(Body::from("Hello, World!"))
-    }
+/// A way to build an application.
+pub type AppFactory = Arc<dyn Fn() -> SharedApp + Send + Sync>;
 
-    /// The request body, `CONTENT_LENGTH` bytes of it when the header is there (the fixture
-    /// applications' `environ["wsgi.input"].read(cl)`).
-    pub fn read_body(environ: &mut Environ) -> std::io::Result<Vec<u8>> {
-        let mut body = Vec::new();
-        match environ
-            .get("CONTENT_LENGTH")
-            .and_then(|cl| cl.parse::<u64>().ok())
-        {
-            Some(cl) => environ.input().take(cl).read_to_end(&mut body)?,
-            None => environ.input().read_to_end(&mut body)?,
-        };
-        Ok(body)
-    }
+struct Entry {
+    description: String,
+    factory: AppFactory,
+}
 
-    /// An HTML page saying who serves it and listing the request's environ.
-    pub fn demo(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
-        let mut page = String::from(
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>waitress-rs</title></head>\n<body>\n<h1>Hello from waitress-rs</h1>\n<p>This page is served by the Rust port of waitress. The request's environ:</p>\n<table>\n",
-        );
-        for (key, value) in environ.vars() {
-            page.push_str(&format!(
-                "<tr><th align=\"left\">{}</th><td>{}</td></tr>\n",
-                html_escape(key),
-                html_escape(value)
-            ));
-        }
-        page.push_str("</table>\n</body></html>\n");
-        start_response.start(
-            "200 OK",
-            [
-                ("Content-Type", "text/html; charset=utf-8".to_string()),
-                ("Content-Length", page.len().to_string()),
-            ],
-        )?;
-        Ok(Body::from(page))
-    }
+/// The applications a `waitress-serve` program can serve, by name.
+#[derive(Default)]
+pub struct AppRegistry {
+    entries: BTreeMap<String, Entry>,
+}
 
-    /// `&`, `<`, `>`, `"` and `'` as entities.
-    pub fn html_escape(text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        for c in text.chars() {
-            match c {
-                '&' => out.push_str("&amp;"),
-                '<' => out.push_str("&lt;"),
-                '>' => out.push_str("&gt;"),
-                '"' => out.push_str("&quot;"),
-                '\'' => out.push_str("&#x27;"),
-                c => out.push(c),
-            }
-        }
-        out
-    }
-
-    /// The request as JSON (method, path, query, length, scheme, addresses, headers), a blank
-    /// line, then the request body: waitress's `tests/fixtureapps/echo.py`.
-    pub fn echo(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
-        let body = read_body(environ)?;
-        let get = |key: &str| environ.get(key).unwrap_or("").to_string();
-        let mut fields: Vec<(String, String)> = vec![
-            ("method".into(), json_string(&get("REQUEST_METHOD"))),
-            ("path_info".into(), json_string(&get("PATH_INFO"))),
-            ("script_name".into(), json_string(&get("SCRIPT_NAME"))),
-            ("query_string".into(), json_string(&get("QUERY_STRING"))),
-            (
-                "content_length".into(),
-                json_string(&body.len().to_string()),
-            ),
-            ("scheme".into(), json_string(&get("wsgi.url_scheme"))),
-            ("remote_addr".into(), json_string(&get("REMOTE_ADDR"))),
-            ("remote_host".into(), json_string(&get("REMOTE_HOST"))),
-            ("server_port".into(), json_string(&get("SERVER_PORT"))),
-            ("server_name".into(), json_string(&get("SERVER_NAME"))),
-        ];
-        let headers: Vec<String> = environ
-            .vars()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("HTTP_")
-                    .map(|name| format!("{}: {}", json_string(name), json_string(v)))
-            })
-            .collect();
-        fields.push(("headers".into(), format!("{{{}}}", headers.join(", "))));
-        let meta: Vec<String> = fields
-            .iter()
-            .map(|(k, v)| format!("{}: {}", json_string(k), v))
-            .collect();
-        let mut response = format!("{{{}}}\r\n\r\n", meta.join(", ")).into_bytes();
-        response.extend_from_slice(&body);
-        start_response.start(
-            "200 OK",
-            [
-                ("Content-Length", response.len().to_string()),
-                ("Content-Type", "text/plain".to_string()),
-            ],
-        )?;
-        Ok(Body::from(response))
-    }
-
-    /// A JSON string as Python's `json.dumps` writes it (ASCII only, `\uXXXX` escapes).
-    pub fn json_string(text: &str) -> String {
-        let mut out = String::with_capacity(text.len() + 2);
-        out.push('"');
-        for c in text.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                '\u{8}' => out.push_str("\\b"),
-                '\u{c}' => out.push_str("\\f"),
-                c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                    let mut units = [0u16; 2];
-                    for unit in c.encode_utf16(&mut units) {
-                        out.push_str(&format!("\\u{unit:04x}"));
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-        out
+impl fmt::Debug for AppRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppRegistry")
+            .field("names", &self.names())
+            .finish()
     }
 }
+
+/// An application name the registry does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownApp {
+    /// The name asked for.
+    pub name: String,
+    /// The names that exist.
+    pub known: Vec<String>,
+}
+
+impl fmt::Display for UnknownApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown application '{}' (available: {})",
+            self.name,
+            self.known.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownApp {}
+
+impl AppRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        AppRegistry::default()
+    }
+
+    /// A registry with the built-in `demo`, `hello` and `echo` applications (see
+    /// [`crate::apps`]).
+    pub fn with_builtins() -> Self {
+        crate::apps::registry()
+    }
+
+    /// Register a factory that builds the application when it is chosen.
+    pub fn register(
+        &mut self,
+        name: &str,
+        description: &str,
+        factory: impl Fn() -> SharedApp + Send + Sync + 'static,
+    ) {
+        self.entries.insert(
+            name.to_string(),
+            Entry {
+                description: description.to_string(),
+                factory: Arc::new(factory),
+            },
+        );
+    }
+
+    /// Register an application function or closure.
+    pub fn register_fn<F>(&mut self, name: &str, description: &str, app: F)
+    where
+        F: Fn(&mut Environ, &mut StartResponse<'_>) -> AppResult + Send + Sync + 'static,
+    {
+        let app: SharedApp = Arc::new(app);
+        self.register(name, description, move || Arc::clone(&app));
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// Build the application called `name`.
+    pub fn build(&self, name: &str) -> Result<SharedApp, UnknownApp> {
+        match self.entries.get(name) {
+            Some(entry) => Ok((entry.factory)()),
+            None => Err(UnknownApp {
+                name: name.to_string(),
+                known: self.names(),
+            }),
+        }
+    }
+}
+
+/// The application served when none is named.
+pub const DEFAULT_APP: &str = "demo";
 
 /// SIGINT and SIGTERM stop the server: the handler only writes one byte to a pipe
 /// (async-signal-safe); a watcher thread reads it and calls the shutdown handle.
@@ -652,52 +508,5 @@ mod tests {
             .call(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
             .unwrap();
         assert_eq!(body.into_bytes().unwrap(), b"mine");
-    }
-
-    #[test]
-    fn builtin_hello_and_echo() {
-        let mut recorded = RecordedResponse::default();
-        let body =
-            builtin::hello(&mut Environ::new(), &mut StartResponse::new(&mut recorded)).unwrap();
-        assert_eq!(body.into_bytes().unwrap(), b"Hello, World!");
-        assert!(recorded
-            .headers
-            .contains(&("Content-Length".into(), "13".into())));
-
-        let mut environ = Environ::new();
-        environ.set("REQUEST_METHOD", "POST");
-        environ.set("CONTENT_LENGTH", "3");
-        environ.set("HTTP_X_NAME", "é\"");
-        environ.set_input(crate::app::Input::from_bytes(b"abcdef".to_vec()));
-        let mut recorded = RecordedResponse::default();
-        let body = builtin::echo(&mut environ, &mut StartResponse::new(&mut recorded))
-            .unwrap()
-            .into_bytes()
-            .unwrap();
-        let text = String::from_utf8(body).unwrap();
-        assert!(
-            text.starts_with("{\"method\": \"POST\", \"path_info\": \"\""),
-            "{text}"
-        );
-        assert!(text.contains("\"content_length\": \"3\""));
-        assert!(
-            text.contains("\"headers\": {\"X_NAME\": \"\\u00e9\\\"\"}"),
-            "{text}"
-        );
-        assert!(text.ends_with("\r\n\r\nabc"));
-    }
-
-    #[test]
-    fn demo_escapes_html() {
-        let mut environ = Environ::new();
-        environ.set("PATH_INFO", "/<script>");
-        let mut recorded = RecordedResponse::default();
-        let body = builtin::demo(&mut environ, &mut StartResponse::new(&mut recorded))
-            .unwrap()
-            .into_bytes()
-            .unwrap();
-        let text = String::from_utf8(body).unwrap();
-        assert!(text.contains("/&lt;script&gt;"));
-        assert!(!text.contains("<script>"));
     }
 }

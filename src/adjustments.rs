@@ -930,14 +930,15 @@ fn parse_port(port: &str) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
-    //! Ports of tests/test_adjustments.py.
-    //! Skipped on purpose: `test_s_is_None`, `test_s_is_True`, `test_s_is_False` (Python
-    //! passes None and booleans; `asbool` takes `&str` here, and `test_s_is_1` uses `"1"`),
-    //! `Test_as_socket_list` and `test_dont_use_unsupported_socket_types` (a typed
-    //! `PreboundSocket` cannot hold a non-socket or a datagram socket), `test_app_flag`,
-    //! `test_call`, `test_app_arg` resolving Python objects (here the name is kept and the
-    //! runner's registry resolves it; the name checks below stand in for them).
+    //! Ports of tests/test_adjustments.py, under waitress's names. Not carried over:
+    // test_s_is_None: asbool takes a &str; there is no None to pass
+    // test_s_is_True: asbool takes a &str; there is no bool to pass (test_s_is_true has "True")
+    // test_s_is_False: asbool takes a &str; there is no bool to pass (test_s_is_false has "False")
+    // test_only_sockets_in_list: PreboundSocket is typed; a list cannot hold a non-socket
+    // test_not_only_sockets_in_list: PreboundSocket is typed; there is nothing to filter out
+    // test_dont_use_unsupported_socket_types: PreboundSocket cannot hold a datagram socket
     use super::*;
+    use crate::utilities::capture_logs;
 
     fn make(kw: &[(&str, &str)]) -> Result<Adjustments, AdjustmentsError> {
         Adjustments::new(kw.iter().copied())
@@ -1108,10 +1109,7 @@ mod tests {
 
     #[test]
     fn test_ipv6_no_port() {
-        if !has_ipv6() {
-            eprintln!("skipped: no IPv6 on this machine");
-            return;
-        }
+        // An IPv6 literal resolves without asking the network, so this holds on any host.
         let inst = make(&[("listen", "[::1]")]).unwrap();
         assert_eq!(pairs(&inst), vec![("::1".to_string(), 8080)]);
         let inst = make(&[("listen", "[::1]:9000")]).unwrap();
@@ -1127,8 +1125,10 @@ mod tests {
 
     #[test]
     fn test_service_port() {
-        if parse_port("http").is_none() {
-            eprintln!("skipped: no /etc/services entry for http");
+        if parse_port("http").is_none() || parse_port("https").is_none() {
+            // Without an /etc/services entry a service name is no port: refused.
+            let err = make(&[("listen", "127.0.0.1:http")]).unwrap_err();
+            assert!(matches!(err, AdjustmentsError::InvalidListen(_)));
             return;
         }
         let inst = make(&[("listen", "127.0.0.1:http 0.0.0.0:https")]).unwrap();
@@ -1287,15 +1287,24 @@ mod tests {
 
     #[test]
     fn test_no_trusted_proxy_headers_trusted_proxy() {
-        // The deprecation warning goes to the log; the effect is checked here.
-        let inst = make(&[("trusted_proxy", "localhost")]).unwrap();
-        assert_eq!(inst.trusted_proxy_headers, asset("x-forwarded-proto"));
+        // waitress warns with a DeprecationWarning; here the warning goes to the log.
+        let (inst, logged) = capture_logs(|| make(&[("trusted_proxy", "localhost")]));
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].starts_with("WARNING:waitress:"));
+        assert!(logged[0].contains("Implicitly trusting X-Forwarded-Proto"));
+        assert_eq!(
+            inst.unwrap().trusted_proxy_headers,
+            asset("x-forwarded-proto")
+        );
     }
 
     #[test]
     fn test_deprecated_send_bytes() {
-        // The warning is logged; the value is still applied.
-        assert_eq!(make(&[("send_bytes", "1")]).unwrap().send_bytes, 1);
+        let (inst, logged) = capture_logs(|| make(&[("send_bytes", "1")]));
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].starts_with("WARNING:waitress:"));
+        assert!(logged[0].contains("send_bytes"));
+        assert_eq!(inst.unwrap().send_bytes, 1);
     }
 
     #[test]
@@ -1489,8 +1498,11 @@ mod tests {
 
     #[test]
     fn test_noargs() {
-        // waitress refuses; here no name means the runner's default application.
-        assert_eq!(parse(&[]).unwrap().app, None);
+        // waitress refuses with AppResolutionError; here no name is not an error: the runner
+        // serves its default application (a difference listed in the README).
+        let opts = parse(&[]).unwrap();
+        assert_eq!(opts.app, None);
+        assert!(!opts.help);
     }
 
     #[test]
@@ -1501,19 +1513,48 @@ mod tests {
         assert!(opts.kw.is_empty());
     }
 
+    // waitress resolves `module:object` while parsing; here the name is kept and the
+    // runner's registry resolves it, so these check both steps.
+
+    /// The application that `registry` builds for the name the command line chose.
+    fn chosen_app(registry: &crate::runner::AppRegistry, argv: &[&str]) -> crate::app::SharedApp {
+        let name = parse(argv).unwrap().app.expect("an application was named");
+        registry.build(&name).unwrap()
+    }
+
     #[test]
-    fn test_app_flag_and_arg() {
-        assert_eq!(
-            parse(&["--app=hello"]).unwrap().app.as_deref(),
-            Some("hello")
-        );
-        assert_eq!(
-            parse(&["--app", "hello"]).unwrap().app.as_deref(),
-            Some("hello")
-        );
-        assert_eq!(parse(&["hello"]).unwrap().app.as_deref(), Some("hello"));
-        let opts = parse(&["--app=hello", "--call"]).unwrap();
-        assert!(opts.call);
+    fn test_app_flag() {
+        let registry = crate::apps::registry();
+        let expected = registry.build("hello").unwrap();
+        for argv in [&["--app=hello"][..], &["--app", "hello"]] {
+            assert!(std::sync::Arc::ptr_eq(
+                &chosen_app(&registry, argv),
+                &expected
+            ));
+        }
+    }
+
+    #[test]
+    fn test_call() {
+        let app: crate::app::SharedApp = std::sync::Arc::new(crate::apps::hello);
+        let mut registry = crate::runner::AppRegistry::new();
+        let returned = std::sync::Arc::clone(&app);
+        registry.register("returns_app", "a factory", move || {
+            std::sync::Arc::clone(&returned)
+        });
+        assert!(parse(&["--app=returns_app", "--call"]).unwrap().call);
+        let chosen = chosen_app(&registry, &["--app=returns_app", "--call"]);
+        assert!(std::sync::Arc::ptr_eq(&chosen, &app));
+    }
+
+    #[test]
+    fn test_app_arg() {
+        let registry = crate::apps::registry();
+        let expected = registry.build("echo").unwrap();
+        assert!(std::sync::Arc::ptr_eq(
+            &chosen_app(&registry, &["echo"]),
+            &expected
+        ));
     }
 
     #[test]

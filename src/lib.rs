@@ -219,8 +219,9 @@ mod tests {
                 let mut recorded = RecordedResponse::default();
                 let body = app
                     .call(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
-                    .and_then(|body| Ok(body.into_bytes()?))
-                    .expect("the app answers");
+                    .expect("the app answers")
+                    .into_bytes()
+                    .expect("a body in memory");
                 *factory.app_body.lock().unwrap() = Some(body);
                 *factory.kw.lock().unwrap() = kw;
                 Ok(DummyServer(factory))

@@ -233,3 +233,41 @@ fn expect_continue_on_a_refused_head_gets_100_then_the_error() {
         format!("{CONTINUE}{}", bad_request("Content-Length is invalid"))
     );
 }
+
+// Issue 9, defect 3: the chunk-size line is bounded.
+
+#[test]
+fn endless_chunk_size_line_is_refused_after_4_kib() {
+    // A size line that never ends: just past 4 KiB of it the server answers 400 and closes,
+    // without waiting for more (before the bound, it waited for up to max_request_body_size).
+    let server = echo_server();
+    let mut request = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    request.extend(std::iter::repeat(b'f').take(waitress::receiver::MAX_CONTROL_LINE + 1));
+    let answer = exchange(&server, &request);
+    assert_eq!(answer, bad_request("Chunk size line too long"));
+}
+
+#[test]
+fn chunk_size_line_at_the_limit_is_served() {
+    let server = echo_server();
+    let mut request = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
+    request.extend(std::iter::repeat(b'x').take(waitress::receiver::MAX_CONTROL_LINE - 2));
+    request.extend_from_slice(b"\r\nZ\r\n0\r\n\r\n");
+    let answer = exchange(&server, &with_follow_up(&request));
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"content_length\": \"1\""), "{answer}");
+    assert!(answer.ends_with(&follow_up_answer(&server)), "{answer}");
+}
+
+#[test]
+fn endless_trailer_is_refused_after_64_kib() {
+    let server = echo_server();
+    let mut request = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+    while request.len() < 50 + waitress::receiver::MAX_TRAILER {
+        request.extend_from_slice(b"X-Trailer: 0123456789\r\n");
+    }
+    assert_eq!(
+        exchange(&server, &request),
+        bad_request("Chunked trailer too long")
+    );
+}

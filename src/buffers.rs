@@ -12,33 +12,53 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::app::{FileSource, FileWrapper, Input};
 
-/// Size of each read when bytes are copied from one file to another (waitress: `COPY_BYTES`).
-pub const COPY_BYTES: usize = 1 << 18;
-
-/// Below this size waitress keeps bytes in a plain `bytes` object (waitress: `STRBUF_LIMIT`).
-/// Here memory is one growable vector at every size, so the limit only survives as a fact.
-pub const STRBUF_LIMIT: usize = 8192;
-
 /// Once this many bytes at the front of a memory buffer have been consumed (and they are at
 /// least half of it), they are dropped so the vector does not grow without end.
 const COMPACT_AT: usize = 64 * 1024;
 
-/// An anonymous temporary file: created under a unique name and unlinked at once, so nothing
-/// is left on disk even if the process dies (waitress: `TempfileBasedBuffer.newfile`).
+/// A temporary file that no other process can open (waitress: `TempfileBasedBuffer.newfile`,
+/// which uses Python's private `TemporaryFile`). On Linux it is created without a name at all
+/// (`O_TMPFILE`); elsewhere, or where the file system lacks that, under an unpredictable name
+/// with mode 0600 and removed at once. Either way nothing is left on disk, even if the process
+/// dies, and no other user ever gets to read a request body.
 pub fn anonymous_tempfile() -> io::Result<File> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir();
+    #[cfg(target_os = "linux")]
+    if let Some(flag) = crate::compat::tmpfile::O_TMPFILE {
+        use std::os::unix::fs::OpenOptionsExt;
+        let unnamed = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(flag)
+            .open(&dir);
+        match unnamed {
+            Err(e) if o_tmpfile_unsupported(&e) => {}
+            result => return result,
+        }
+    }
+    named_tempfile_unlinked(&dir)
+}
+
+/// Whether opening with `O_TMPFILE` failed because the kernel or the file system lacks it
+/// (then a named file is used instead) rather than because the directory is unusable.
+#[cfg(target_os = "linux")]
+fn o_tmpfile_unsupported(e: &io::Error) -> bool {
+    e.raw_os_error()
+        .is_some_and(|code| crate::compat::tmpfile::O_TMPFILE_UNSUPPORTED.contains(&code))
+}
+
+/// A file in `dir` under a name nobody can guess, created exclusively with mode 0600 (so no
+/// other user can open it, even in the instant before it is removed) and removed at once.
+fn named_tempfile_unlinked(dir: &std::path::Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     loop {
-        let name = format!(
-            "waitress-{}-{}.buf",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = dir.join(name);
+        let path = dir.join(format!("waitress-{}.buf", unpredictable_name()));
         match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
         {
             Ok(file) => {
@@ -49,6 +69,37 @@ pub fn anonymous_tempfile() -> io::Result<File> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// 32 hex digits no other process can predict. std has no random number generator, but each
+/// `RandomState` carries keys seeded from the operating system's randomness; hashing the time,
+/// the process id, a counter and a stack address with two of them gives 128 unguessable bits.
+fn unpredictable_name() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let on_stack = 0u8;
+    let address = &on_stack as *const u8 as usize;
+    let seed = (nanos, std::process::id(), count, address);
+    // Two states, two independent keys: 128 bits.
+    let high = RandomState::new().hash_one(seed);
+    let low = RandomState::new().hash_one(seed);
+    format!("{high:016x}{low:016x}")
+}
+
+/// A file length as a memory length: an error past what this platform can address (a file
+/// buffer of more than 4 GiB on a 32-bit target), instead of a silent truncation.
+fn to_usize(n: u64) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("{n} bytes do not fit in memory on this platform"),
+        )
+    })
 }
 
 /// Where an [`OverflowableBuffer`] keeps its bytes.
@@ -90,7 +141,10 @@ impl OverflowableBuffer {
     pub fn len(&self) -> usize {
         match &self.storage {
             Storage::Memory { data, start } => data.len() - start,
-            Storage::File { read_pos, end, .. } => (end - read_pos) as usize,
+            // `append` keeps a file buffer within `usize`, so this never saturates.
+            Storage::File { read_pos, end, .. } => {
+                usize::try_from(end - read_pos).unwrap_or(usize::MAX)
+            }
         }
     }
 
@@ -113,7 +167,12 @@ impl OverflowableBuffer {
                     self.move_to_file()?;
                 }
             }
-            Storage::File { file, end, .. } => {
+            Storage::File {
+                file,
+                read_pos,
+                end,
+            } => {
+                to_usize(*end - *read_pos + data.len() as u64)?;
                 file.seek(SeekFrom::Start(*end))?;
                 file.write_all(data)?;
                 *end += data.len() as u64;
@@ -200,8 +259,11 @@ impl OverflowableBuffer {
             } => {
                 let remaining = *end - *read_pos;
                 file.seek(SeekFrom::Start(*read_pos))?;
-                if (remaining as usize) < self.overflow {
-                    let mut data = Vec::with_capacity(remaining as usize);
+                let fits = usize::try_from(remaining)
+                    .ok()
+                    .filter(|&n| n < self.overflow);
+                if let Some(len) = fits {
+                    let mut data = Vec::with_capacity(len);
                     file.take(remaining).read_to_end(&mut data)?;
                     self.storage = Storage::Memory { data, start: 0 };
                 } else {
@@ -324,7 +386,7 @@ impl ReadOnlyFileBasedBuffer {
 
     /// A view of up to `max` bytes at the current position.
     pub fn peek(&mut self, max: usize) -> io::Result<&[u8]> {
-        let want = (max as u64).min(self.remain) as usize;
+        let want = usize::try_from(self.remain).map_or(max, |remain| remain.min(max));
         let have = self.pending.len() - self.pending_start;
         if have < want {
             self.pending.drain(..self.pending_start);
@@ -351,7 +413,10 @@ impl ReadOnlyFileBasedBuffer {
         let rest = (numbytes - from_pending) as u64;
         if rest > 0 {
             if let FileSource::Seekable(file) = &mut self.source {
-                file.seek(SeekFrom::Current(rest as i64))?;
+                let rest = i64::try_from(rest).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "skip past the end of a file")
+                })?;
+                file.seek(SeekFrom::Current(rest))?;
             }
         }
         self.remain = self.remain.saturating_sub(numbytes as u64);
@@ -438,10 +503,11 @@ mod tests {
 
     #[test]
     fn test_append_buf_none_longer_than_strbuf_limit() {
-        let data = vec![b'x'; STRBUF_LIMIT + 1];
-        let buf = filled(STRBUF_LIMIT * 4, &data);
+        // waitress's STRBUF_LIMIT (8192) has no counterpart: memory is one vector at any size.
+        let data = vec![b'x'; 8193];
+        let buf = filled(8192 * 4, &data);
         assert!(!buf.overflowed());
-        assert_eq!(buf.len(), STRBUF_LIMIT + 1);
+        assert_eq!(buf.len(), 8193);
     }
 
     #[test]
@@ -522,19 +588,75 @@ mod tests {
         }
     }
 
+    /// The file behind an overflowed buffer.
+    fn overflow_file(buf: &OverflowableBuffer) -> &File {
+        match &buf.storage {
+            Storage::File { file, .. } => file,
+            Storage::Memory { .. } => panic!("the buffer did not overflow"),
+        }
+    }
+
+    /// Mode 0600 and no name left on disk: no other process can open the file.
+    fn assert_private(file: &File) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = file.metadata().unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.nlink(), 0, "no directory entry names the file");
+    }
+
     #[test]
     fn tempfiles_leave_nothing_behind() {
+        // Checked on the buffer's own file, not by listing the temporary directory (where
+        // tests running in parallel create files of their own).
         let buf = filled(1, b"secret");
         assert!(buf.overflowed());
-        let leftovers = std::fs::read_dir(std::env::temp_dir())
+        assert_private(overflow_file(&buf));
+        let mut buf = filled(2, b"0123456789");
+        buf.skip(1, false).unwrap();
+        buf.prune().unwrap();
+        assert!(buf.overflowed(), "pruning into a fresh file");
+        assert_private(overflow_file(&buf));
+    }
+
+    #[test]
+    fn named_fallback_tempfile_is_private_from_the_start() {
+        let file = named_tempfile_unlinked(&std::env::temp_dir()).unwrap();
+        assert_private(&file);
+        let names: std::collections::HashSet<String> =
+            (0..64).map(|_| unpredictable_name()).collect();
+        assert_eq!(names.len(), 64);
+        assert!(names.iter().all(|n| n.len() == 32));
+    }
+
+    /// `/proc/self/fd/N` of a file without a name ends in " (deleted)"; an `O_TMPFILE` file
+    /// reads like `/tmp/#1234 (deleted)`.
+    #[cfg(target_os = "linux")]
+    fn proc_fd_link(file: &File) -> String {
+        use std::os::unix::io::AsRawFd;
+        std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                name.starts_with(&format!("waitress-{}-", std::process::id()))
-            })
-            .count();
-        assert_eq!(leftovers, 0);
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    #[cfg_attr(not(target_os = "linux"), ignore = "O_TMPFILE and /proc are Linux's")]
+    fn tempfile_never_has_a_name_on_linux() {
+        #[cfg(target_os = "linux")]
+        {
+            let file = anonymous_tempfile().unwrap();
+            assert_private(&file);
+            let link = proc_fd_link(&file);
+            assert!(link.ends_with(" (deleted)"), "{link}");
+            if crate::compat::tmpfile::O_TMPFILE.is_some() {
+                // A file made with O_TMPFILE is called `#<inode>`: it never had a name.
+                let name = link.rsplit('/').next().unwrap_or("");
+                assert!(name.starts_with('#'), "{link}");
+            }
+            let fallback = named_tempfile_unlinked(&std::env::temp_dir()).unwrap();
+            let link = proc_fd_link(&fallback);
+            assert!(link.ends_with(" (deleted)"), "{link}");
+        }
     }
 
     // TestReadOnlyFileBasedBuffer

@@ -452,27 +452,20 @@ impl ReadOnlyFileBasedBuffer {
 
 #[cfg(test)]
 mod tests {
-    //! Ports of tests/test_buffers.py. waitress's `FileBasedBuffer`, `TempfileBasedBuffer` and
-    //! `BytesIOBasedBuffer` are the two storages of `OverflowableBuffer` here (memory, file), so
-    //! their tests run against it on both sides of `overflow`:
-    //! - `test___len__*`, `test_append*`, `test_append_overflow`, `test_append_sz_gt_overflow`,
-    //!   `test__create_buffer_large/small`, `test_ctor_from_buffer*` → `test_len`,
-    //!   `test_append_overflow`, `test_append_buf_none_longer_than_strbuf_limit`;
-    //! - `test_get_skip_true/false`, `test_get_buf_None_skip_*`, `test_get_numbytes_*` →
-    //!   `test_get_skip_true_and_false`, `test_get_numbytes_lt_and_gt_remain`;
-    //! - `test_skip_remain_gt_bytes/lt_bytes`, `test_skip_buf_None*` → `test_skip_remain_lt_bytes`;
-    //! - `test_prune_*` → `test_prune_with_buf`, `test_prune_with_buf_overflow`;
-    //! - `test_getfile_*` → `test_getfile`; `test_close*` → `test_close_withbuf`;
-    //! - `TestReadOnlyFileBasedBuffer`: `test_prepare_*`, `test_get_numbytes_*`, `test___iter__`
-    //!   → `test_prepare_*`, `test_get_numbytes_lt_and_gt_remain`, `test_iter`;
-    //! - the proptest `overflowable_buffer_matches_a_vec` checks all operations together.
-    //!
-    //! Skipped: `test_newfile` (returns a Python file object), `test___nonzero__*` (Python
-    //! truthiness), `test_append_with_len_more_than_max_int` and
-    //! `test_prune_with_buflen_more_than_max_int` (they mock `__len__` past a C long; lengths are
-    //! `usize` here), `test_get_skip_bytes_less_than_zero` (a count cannot be negative), the
-    //! `*_closeable` variants (closing is `Drop`) and the read-only buffer's `test_append` (it has
-    //! no `append`).
+    //! Ports of tests/test_buffers.py. waitress's `FileBasedBuffer`/`TempfileBasedBuffer` and
+    //! `BytesIOBasedBuffer` are the file and memory storages of `OverflowableBuffer` here, so
+    //! their tests run against an `OverflowableBuffer` on the matching side of `overflow`
+    //! (`in_file`, `in_memory`). Not ported under their own names:
+    // test___nonzero__: Python truthiness of a FileBasedBuffer (always true); Rust has `is_empty`, tested by test___nonzero__ of OverflowableBuffer's tests below
+    // test___nonzero___on_int_overflow_buffer: mocks `__len__` past a C long; lengths are `usize`
+    // test_append_with_len_more_than_max_int: mocks `__len__` past a C long (Python 2's OverflowError)
+    // test_prune_with_buflen_more_than_max_int: mocks `__len__` past a C long (Python 2's OverflowError)
+    // test_ctor_from_buffer_none: a FileBasedBuffer wrapping any object; storages are built only by OverflowableBuffer
+    // test_ctor_from_buffer_not_none: BytesIOBasedBuffer built from another buffer; memory storage is built only by OverflowableBuffer
+    // test_prune_remain_zero_tell_zero: keeps the same file object; here a file buffer with nothing left goes back to memory (test_prune_remain_zero_tell_notzero)
+    // test_prepare_not_seekable_closeable: checks that a `close` attribute is copied; closing is `Drop` here
+    // test_append: also TestReadOnlyFileBasedBuffer's, which checks `append` raises; the read-only buffer has no `append`
+    // test_newfile: also FileBasedBuffer's (raises NotImplementedError) and BytesIOBasedBuffer's (a BytesIO); only the temporary file exists here
     use super::*;
     use proptest::prelude::*;
 
@@ -482,85 +475,289 @@ mod tests {
         buf
     }
 
-    #[test]
-    fn test_len() {
-        let buf = OverflowableBuffer::new(10);
-        assert_eq!(buf.len(), 0);
-        assert_eq!(filled(10, b"abc").len(), 3);
-        assert_eq!(filled(2, b"abc").len(), 3);
+    /// A buffer whose bytes live in a temporary file (waitress: a `TempfileBasedBuffer`).
+    fn in_file(data: &[u8]) -> OverflowableBuffer {
+        let buf = filled(1, data);
+        assert!(buf.overflowed() || data.is_empty());
+        buf
     }
 
-    #[test]
-    fn test_append_overflow() {
-        let mut buf = filled(10, b"12345");
+    /// A buffer whose bytes live in memory (waitress: `strbuf` or a `BytesIOBasedBuffer`).
+    fn in_memory(data: &[u8]) -> OverflowableBuffer {
+        let buf = filled(1 << 20, data);
         assert!(!buf.overflowed());
-        buf.append(b"67890").unwrap();
+        buf
+    }
+
+    /// The memory vector and its read offset.
+    fn memory(buf: &OverflowableBuffer) -> (&Vec<u8>, usize) {
+        match &buf.storage {
+            Storage::Memory { data, start } => (data, *start),
+            Storage::File { .. } => panic!("the buffer overflowed"),
+        }
+    }
+
+    // TestFileBasedBuffer
+
+    #[test]
+    fn test_ctor_from_buffer() {
+        // Overflowing moves what memory held into the new file.
+        let mut buf = filled(5, b"data");
+        assert!(!buf.overflowed());
+        buf.append(b"!").unwrap();
         assert!(buf.overflowed());
-        assert_eq!(buf.get(None, false).unwrap(), b"1234567890");
-        buf.append(b"x").unwrap();
-        assert_eq!(buf.get(None, false).unwrap(), b"1234567890x");
+        assert_eq!(buf.len(), 5);
+        assert_eq!(buf.get(None, false).unwrap(), b"data!");
     }
 
     #[test]
-    fn test_append_buf_none_longer_than_strbuf_limit() {
-        // waitress's STRBUF_LIMIT (8192) has no counterpart: memory is one vector at any size.
-        let data = vec![b'x'; 8193];
-        let buf = filled(8192 * 4, &data);
-        assert!(!buf.overflowed());
-        assert_eq!(buf.len(), 8193);
+    #[allow(non_snake_case)]
+    fn test___len__() {
+        let mut buf = in_file(b"0123456789");
+        assert_eq!(buf.len(), 10);
+        buf.skip(3, false).unwrap();
+        assert_eq!(buf.len(), 7);
     }
 
     #[test]
-    fn test_get_skip_true_and_false() {
-        for overflow in [1000, 1] {
-            let mut buf = filled(overflow, b"data");
+    fn test_append() {
+        let mut buf = in_file(b"data");
+        buf.append(b"data2").unwrap();
+        assert_eq!(buf.len(), 9);
+        assert_eq!(buf.get(None, false).unwrap(), b"datadata2");
+    }
+
+    #[test]
+    fn test_get_skip_true() {
+        for mut buf in [in_file(b"data"), in_memory(b"data")] {
+            assert_eq!(buf.get(Some(100), true).unwrap(), b"data");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn test_get_skip_false() {
+        for mut buf in [in_file(b"data"), in_memory(b"data")] {
             assert_eq!(buf.get(Some(100), false).unwrap(), b"data");
             assert_eq!(buf.len(), 4);
-            assert_eq!(buf.get(Some(2), true).unwrap(), b"da");
-            assert_eq!(buf.len(), 2);
-            assert_eq!(buf.get(None, true).unwrap(), b"ta");
+        }
+    }
+
+    #[test]
+    fn test_get_skip_bytes_less_than_zero() {
+        // waitress's `get(-1)` is "everything": `None` here.
+        for mut buf in [in_file(b"data"), in_memory(b"data")] {
+            assert_eq!(buf.get(None, false).unwrap(), b"data");
+            assert_eq!(buf.len(), 4);
+        }
+    }
+
+    #[test]
+    fn test_skip_remain_gt_bytes() {
+        for mut buf in [in_file(b"d"), in_memory(b"d")] {
+            buf.skip(1, false).unwrap();
             assert!(buf.is_empty());
         }
     }
 
     #[test]
     fn test_skip_remain_lt_bytes() {
-        for overflow in [1000, 1] {
-            let mut buf = filled(overflow, b"d");
-            let err = buf.skip(3, false).unwrap_err();
-            assert_eq!(err.to_string(), "Can't skip 3 bytes in buffer of 1 bytes");
-            buf.skip(1, true).unwrap();
-            assert!(buf.is_empty());
+        for mut buf in [in_file(b"d"), in_memory(b"d")] {
+            let err = buf.skip(2, false).unwrap_err();
+            assert_eq!(err.to_string(), "Can't skip 2 bytes in buffer of 1 bytes");
+            assert_eq!(buf.len(), 1);
         }
     }
 
     #[test]
-    fn test_prune_with_buf_overflow() {
-        let mut buf = filled(5, b"1234567890");
-        assert!(buf.overflowed());
+    fn test_newfile() {
+        // TestTempfileBasedBuffer's: a new temporary file is a real, empty, writable file.
+        let mut file = anonymous_tempfile().unwrap();
+        file.write_all(b"abc").unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        let mut out = Vec::new();
+        file.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"abc");
+    }
+
+    #[test]
+    fn test_prune_remain_notzero() {
+        // What is left is copied to a fresh file.
+        let mut buf = filled(2, b"0123456789");
         buf.skip(7, false).unwrap();
         buf.prune().unwrap();
-        assert!(!buf.overflowed(), "small remainder goes back to memory");
-        assert_eq!(buf.get(None, false).unwrap(), b"890");
-        let mut buf = filled(2, b"1234567890");
+        assert!(buf.overflowed());
+        assert_eq!(buf.get(None, false).unwrap(), b"789");
+    }
+
+    #[test]
+    fn test_prune_remain_zero_tell_notzero() {
+        // Everything was read: the old file is let go.
+        let mut buf = in_file(b"d");
         buf.skip(1, false).unwrap();
         buf.prune().unwrap();
+        assert!(!buf.overflowed());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn test_close() {
+        let mut buf = in_file(b"abc");
+        buf.close();
+        assert!(!buf.overflowed(), "the file is released");
+        assert!(buf.is_empty());
+    }
+
+    // TestOverflowableBuffer
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn test___len__buf_is_none() {
+        assert_eq!(OverflowableBuffer::new(10).len(), 0);
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn test___len__buf_is_not_none() {
+        assert_eq!(filled(10, b"abc").len(), 3);
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn test___nonzero__() {
+        let mut buf = filled(10, b"abc");
+        assert!(!buf.is_empty());
+        buf.skip(3, false).unwrap();
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn test__create_buffer_large() {
+        let mut buf = filled(10, &[b'x'; 11]);
         assert!(buf.overflowed());
-        assert_eq!(buf.get(None, false).unwrap(), b"234567890");
+        assert_eq!(buf.get(Some(100), false).unwrap(), [b'x'; 11]);
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn test__create_buffer_small() {
+        let mut buf = filled(10, &[b'x'; 5]);
+        assert!(!buf.overflowed());
+        assert_eq!(buf.get(Some(100), false).unwrap(), [b'x'; 5]);
+    }
+
+    #[test]
+    fn test_append_buf_none_not_longer_than_srtbuf_limit() {
+        let mut buf = filled(11, b"xxxxx");
+        buf.append(b"hello").unwrap();
+        assert_eq!(memory(&buf).0, b"xxxxxhello");
+        // waitress keeps anything under STRBUF_LIMIT in memory whatever `overflow` says; here
+        // `overflow` alone decides, so ten bytes with `overflow` 10 go to a file. Same bytes.
+        let mut buf = filled(10, b"xxxxx");
+        buf.append(b"hello").unwrap();
+        assert!(buf.overflowed());
+        assert_eq!(buf.get(None, false).unwrap(), b"xxxxxhello");
+    }
+
+    #[test]
+    fn test_append_buf_none_longer_than_strbuf_limit() {
+        // waitress's STRBUF_LIMIT (8192) has no counterpart: memory is one vector at any size,
+        // and only `overflow` decides.
+        let mut buf = filled(10000, &[b'x'; 8192]);
+        buf.append(b"hello").unwrap();
+        assert!(!buf.overflowed());
+        assert_eq!(buf.len(), 8197);
+    }
+
+    #[test]
+    fn test_append_overflow() {
+        let mut buf = filled(10, b"xxxxx");
+        assert!(!buf.overflowed());
+        buf.append(&[b'x'; 8187]).unwrap();
+        buf.append(b"hello").unwrap();
+        assert!(buf.overflowed());
+        assert_eq!(buf.len(), 8197);
+    }
+
+    #[test]
+    fn test_append_sz_gt_overflow() {
+        let mut buf = in_memory(b"data");
+        buf.overflow = 2;
+        buf.append(b"data2").unwrap();
+        assert!(buf.overflowed());
+        assert_eq!(buf.get(None, false).unwrap(), b"datadata2");
+    }
+
+    #[test]
+    fn test_get_buf_none_skip_false() {
+        let mut buf = in_memory(b"xxxxx");
+        assert_eq!(buf.get(Some(5), false).unwrap(), b"xxxxx");
+        assert_eq!(buf.len(), 5);
+    }
+
+    #[test]
+    fn test_get_buf_none_skip_true() {
+        let mut buf = in_memory(b"xxxxx");
+        assert_eq!(buf.get(Some(5), true).unwrap(), b"xxxxx");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn test_skip_buf_none() {
+        // Without `allow_prune` the consumed bytes stay until they are worth compacting.
+        let mut buf = in_memory(b"data");
+        buf.skip(4, false).unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(memory(&buf), (&b"data".to_vec(), 4));
+    }
+
+    #[test]
+    fn test_skip_buf_none_allow_prune_true() {
+        let mut buf = in_memory(b"data");
+        buf.skip(4, true).unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(memory(&buf), (&Vec::new(), 0), "released at once");
+    }
+
+    #[test]
+    fn test_prune_buf_none() {
+        let mut buf = OverflowableBuffer::new(10);
+        buf.prune().unwrap();
+        assert!(buf.is_empty());
+        assert!(!buf.overflowed());
     }
 
     #[test]
     fn test_prune_with_buf() {
-        let mut buf = filled(100, b"abcdef");
+        let mut buf = in_memory(b"abcdef");
         buf.skip(2, false).unwrap();
         buf.prune().unwrap();
-        assert_eq!(buf.get(None, false).unwrap(), b"cdef");
+        assert_eq!(memory(&buf), (&b"cdef".to_vec(), 0));
     }
 
     #[test]
-    fn test_getfile() {
-        for overflow in [100, 1] {
-            let mut buf = filled(overflow, b"hello world");
+    fn test_prune_with_buf_overflow() {
+        // A file buffer whose remainder fits under `overflow` again goes back to memory.
+        let mut buf = filled(5, b"1234567890");
+        assert!(buf.overflowed());
+        buf.skip(7, false).unwrap();
+        buf.prune().unwrap();
+        assert!(!buf.overflowed());
+        assert_eq!(buf.get(None, false).unwrap(), b"890");
+    }
+
+    #[test]
+    fn test_getfile_buf_none() {
+        let mut out = Vec::new();
+        let mut input = OverflowableBuffer::new(10).into_input().unwrap();
+        input.read_to_end(&mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn test_getfile_buf_not_none() {
+        for mut buf in [in_file(b"hello world"), in_memory(b"hello world")] {
             buf.skip(6, false).unwrap();
             let mut input = buf.into_input().unwrap();
             let mut out = String::new();
@@ -570,8 +767,15 @@ mod tests {
     }
 
     #[test]
+    fn test_close_nobuf() {
+        let mut buf = OverflowableBuffer::new(10);
+        buf.close();
+        assert!(buf.is_empty());
+    }
+
+    #[test]
     fn test_close_withbuf() {
-        let mut buf = filled(1, b"abc");
+        let mut buf = in_file(b"abc");
         buf.close();
         assert!(buf.is_empty());
         assert!(!buf.overflowed());
@@ -579,8 +783,7 @@ mod tests {
 
     #[test]
     fn peek_does_not_consume() {
-        for overflow in [100, 1] {
-            let mut buf = filled(overflow, b"abcdef");
+        for mut buf in [in_file(b"abcdef"), in_memory(b"abcdef")] {
             assert_eq!(buf.peek(4).unwrap(), b"abcd");
             assert_eq!(buf.peek(100).unwrap(), b"abcdef");
             buf.skip(2, false).unwrap();
@@ -661,8 +864,19 @@ mod tests {
 
     // TestReadOnlyFileBasedBuffer
 
-    fn seekable(data: &'static [u8]) -> ReadOnlyFileBasedBuffer {
-        ReadOnlyFileBasedBuffer::new(FileWrapper::new(Cursor::new(data), 2))
+    /// A read-only buffer over `data` that can seek, prepared to send `remain` bytes.
+    fn seekable(data: &'static [u8], remain: Option<u64>) -> ReadOnlyFileBasedBuffer {
+        let mut buf = ReadOnlyFileBasedBuffer::new(FileWrapper::new(Cursor::new(data), 2));
+        buf.prepare(remain).unwrap();
+        buf
+    }
+
+    /// The read position of a seekable source.
+    fn position(buf: &mut ReadOnlyFileBasedBuffer) -> u64 {
+        match &mut buf.source {
+            FileSource::Seekable(file) => file.stream_position().unwrap(),
+            FileSource::Stream(_) => panic!("not seekable"),
+        }
     }
 
     #[test]
@@ -670,14 +884,21 @@ mod tests {
         let mut buf = ReadOnlyFileBasedBuffer::new(FileWrapper::from_reader(&b"abc"[..], 2));
         assert!(!buf.is_seekable());
         assert_eq!(buf.prepare(None).unwrap(), 0);
+        assert_eq!(buf.len(), 0);
     }
 
     #[test]
     fn test_prepare_seekable() {
-        let mut buf = seekable(b"abc");
-        assert_eq!(buf.prepare(None).unwrap(), 3);
-        let mut buf = seekable(b"abc");
-        assert_eq!(buf.prepare(Some(2)).unwrap(), 2);
+        assert_eq!(seekable(b"abc", None).len(), 3);
+        assert_eq!(seekable(b"abc", Some(2)).len(), 2);
+    }
+
+    #[test]
+    fn test_prepare_seekable_closeable() {
+        // prepare measures up to the end and seeks back where the file was.
+        let mut buf = seekable(b"0123456789", None);
+        assert_eq!(buf.len(), 10);
+        assert_eq!(position(&mut buf), 0);
     }
 
     #[test]
@@ -689,28 +910,65 @@ mod tests {
         assert_eq!(buf.peek(10).unwrap(), b"cdef");
     }
 
+    // waitress's `get(numbytes, skip)` is `peek(numbytes)` followed, with `skip`, by `skip`.
+
     #[test]
-    fn test_get_numbytes_lt_and_gt_remain() {
-        let mut buf = seekable(b"abcdef");
-        buf.prepare(Some(5)).unwrap();
-        assert_eq!(buf.peek(100).unwrap(), b"abcde");
-        assert_eq!(buf.peek(2).unwrap(), b"ab");
-        buf.skip(2).unwrap();
-        assert_eq!(buf.len(), 3);
-        assert_eq!(buf.peek(100).unwrap(), b"cde");
-        buf.skip(3).unwrap();
-        assert!(buf.is_empty());
-        assert_eq!(buf.peek(100).unwrap(), b"");
+    fn test_get_numbytes_neg_one() {
+        let mut buf = seekable(b"abcdef", Some(2));
+        assert_eq!(buf.peek(usize::MAX).unwrap(), b"ab");
+        assert_eq!(buf.len(), 2);
     }
 
     #[test]
-    fn test_iter() {
-        let mut buf = ReadOnlyFileBasedBuffer::new(FileWrapper::from_reader(&b"abcde"[..], 2));
+    fn test_get_numbytes_gt_remain() {
+        let mut buf = seekable(b"abcdef", Some(2));
+        assert_eq!(buf.peek(3).unwrap(), b"ab");
+        assert_eq!(buf.len(), 2);
+    }
+
+    #[test]
+    fn test_get_numbytes_lt_remain() {
+        let mut buf = seekable(b"abcdef", Some(2));
+        assert_eq!(buf.peek(1).unwrap(), b"a");
+        assert_eq!(buf.len(), 2);
+    }
+
+    #[test]
+    fn test_get_numbytes_gt_remain_withskip() {
+        let mut buf = seekable(b"abcdef", Some(2));
+        let got = buf.peek(3).unwrap().to_vec();
+        buf.skip(got.len()).unwrap();
+        assert_eq!(got, b"ab");
+        assert_eq!(buf.len(), 0);
+        assert_eq!(position(&mut buf), 2);
+        assert_eq!(buf.peek(3).unwrap(), b"");
+    }
+
+    #[test]
+    fn test_get_numbytes_lt_remain_withskip() {
+        let mut buf = seekable(b"abcdef", Some(2));
+        let got = buf.peek(1).unwrap().to_vec();
+        buf.skip(got.len()).unwrap();
+        assert_eq!(got, b"a");
+        assert_eq!(buf.len(), 1);
+        assert_eq!(buf.peek(3).unwrap(), b"b");
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn test___iter__() {
+        let data = vec![b'a'; 10000];
+        let mut buf =
+            ReadOnlyFileBasedBuffer::new(FileWrapper::from_reader(Cursor::new(data.clone()), 8192));
         let mut blocks = Vec::new();
         while let Some(block) = buf.next_block() {
             blocks.push(block.unwrap());
         }
-        assert_eq!(blocks, vec![b"ab".to_vec(), b"cd".to_vec(), b"e".to_vec()]);
+        assert_eq!(
+            blocks.iter().map(Vec::len).collect::<Vec<_>>(),
+            [8192, 1808]
+        );
+        assert_eq!(blocks.concat(), data);
     }
 
     #[derive(Debug, Clone)]

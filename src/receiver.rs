@@ -284,11 +284,12 @@ impl ChunkedReceiver {
 
 #[cfg(test)]
 mod tests {
-    //! Ports of tests/test_receiver.py. Skipped: `test_getfile`/`test_getbuf` (identity of
-    //! Python objects; `into_buf` hands the buffer over by value, checked below through its
-    //! contents).
+    //! Ports of tests/test_receiver.py, every test under its waitress name. waitress's
+    //! `getfile`/`getbuf` return the buffer object itself; `into_buf` hands it over by value, so
+    //! `test_getfile`/`test_getbuf` check it through its contents.
     use super::*;
     use proptest::prelude::*;
+    use std::io::Read;
 
     fn buf() -> OverflowableBuffer {
         OverflowableBuffer::new(1 << 20)
@@ -323,11 +324,52 @@ mod tests {
         assert_eq!(inst.len(), 2);
     }
 
+    // test_getfile, test_getbuf and test___len__ of both receivers.
+
+    fn read_all(buf: OverflowableBuffer) -> Vec<u8> {
+        let mut out = Vec::new();
+        buf.into_input().unwrap().read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn test_getfile() {
+        let mut fixed = FixedStreamReceiver::new(10, buf());
+        fixed.received(b"abc");
+        assert_eq!(read_all(fixed.into_buf()), b"abc");
+        let mut chunked = ChunkedReceiver::new(buf());
+        chunked.received(b"3\r\nabc\r\n");
+        assert_eq!(read_all(chunked.into_buf()), b"abc");
+    }
+
+    #[test]
+    fn test_getbuf() {
+        let mut fixed = FixedStreamReceiver::new(10, buf());
+        fixed.received(b"abc");
+        assert_eq!(fixed.into_buf().get(None, false).unwrap(), b"abc");
+        let mut chunked = ChunkedReceiver::new(buf());
+        chunked.received(b"3\r\nabc\r\n");
+        assert_eq!(chunked.into_buf().get(None, false).unwrap(), b"abc");
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn test___len__() {
+        let stored = || {
+            let mut stored = buf();
+            stored.append(b"12").unwrap();
+            stored
+        };
+        assert_eq!(FixedStreamReceiver::new(10, stored()).len(), 2);
+        assert_eq!(ChunkedReceiver::new(stored()).len(), 2);
+    }
+
     #[test]
     fn test_alreadycompleted() {
         let mut inst = ChunkedReceiver::new(buf());
         inst.completed = true;
         assert_eq!(inst.received(b"a"), 0);
+        assert!(inst.completed);
     }
 
     #[test]
@@ -368,6 +410,7 @@ mod tests {
     fn test_received_control_line_finished_all_chunks_received() {
         let mut inst = ChunkedReceiver::new(buf());
         assert_eq!(inst.received(b"0;discard\r\n"), 11);
+        assert_eq!(inst.control_line, b"");
         assert!(inst.all_chunks_received);
         assert!(!inst.completed);
     }
@@ -456,7 +499,8 @@ mod tests {
     #[test]
     fn test_received_multiple_chunks_split() {
         let mut inst = ChunkedReceiver::new(buf());
-        let (one, two) = WIKI.split_at(10);
+        // Cut between the CR and the LF that end the first chunk.
+        let (one, two) = WIKI.split_at(8);
         assert_eq!(inst.received(one), one.len());
         assert_eq!(inst.received(two), two.len());
         assert!(inst.completed);

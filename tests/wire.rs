@@ -271,3 +271,40 @@ fn endless_trailer_is_refused_after_64_kib() {
         bad_request("Chunked trailer too long")
     );
 }
+
+// tests/test_regression.py
+
+/// waitress's `test_regression.test_suite` is a doctest (`zombies_test`) for the idle sweep:
+/// a connection that reads or writes must count as active, only a silent one may be closed.
+/// Here over real sockets, with a one-second `channel_timeout` swept every second.
+#[test]
+fn test_suite() {
+    let server = serve_fn(
+        support::echo,
+        &[("channel_timeout", "1"), ("cleanup_interval", "1")],
+        Transport::Tcp,
+    );
+    let mut idle = connect(&server);
+    let mut busy = connect(&server);
+    // The busy client trickles a header value for well past the timeout...
+    busy.write_all(b"GET /busy HTTP/1.1\r\nX-Slow: ")
+        .expect("connected");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        busy.write_all(b"a")
+            .expect("the busy connection stays open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    busy.write_all(b"\r\n").expect("still open");
+    // ...while the silent one has been closed by the sweep.
+    assert_eq!(
+        read_to_close(&mut idle),
+        "",
+        "the idle connection was closed"
+    );
+    busy.write_all(b"Connection: close\r\n\r\n")
+        .expect("still open");
+    let answer = read_to_close(&mut busy);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"path_info\": \"/busy\""), "{answer}");
+}

@@ -10,6 +10,7 @@
 
 pub mod adjustments;
 pub mod app;
+pub mod apps;
 pub mod buffers;
 pub mod channel;
 #[allow(unsafe_code)]
@@ -61,6 +62,39 @@ where
     K: AsRef<str>,
     V: AsRef<str>,
 {
+    serve_with(app, kw, |app, settings| create_server(app, settings))
+}
+
+/// What [`serve`] needs of the server it builds; a stand-in replaces it in the tests
+/// (waitress: `serve`'s `_server` argument).
+trait Served {
+    fn print_listen(&self, format: &str);
+    fn run(&self) -> std::io::Result<()>;
+}
+
+impl Served for WsgiServer {
+    fn print_listen(&self, format: &str) {
+        WsgiServer::print_listen(self, format)
+    }
+
+    fn run(&self) -> std::io::Result<()> {
+        WsgiServer::run(self)
+    }
+}
+
+/// [`serve`] with the server built by `make_server` from the app and the settings left once
+/// the `_quiet` and `_profile` switches are taken out.
+fn serve_with<A, I, K, V, S>(
+    app: A,
+    kw: I,
+    make_server: impl FnOnce(A, Vec<(String, String)>) -> Result<S, ServerError>,
+) -> Result<(), ServerError>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+    S: Served,
+{
     let mut quiet = false;
     let mut profiled = false;
     let mut settings: Vec<(String, String)> = Vec::new();
@@ -72,7 +106,11 @@ where
             _ => settings.push((key.to_string(), value.to_string())),
         }
     }
-    let server = create_server(app, settings)?;
+    // Before the settings are checked, so that their own warnings obey it too.
+    if let Some(levels) = adjustments::log_level_setting(&settings)? {
+        utilities::set_log_levels(&levels);
+    }
+    let server = make_server(app, settings)?;
     if !quiet {
         server.print_listen("Serving on http://{}:{}");
     }
@@ -97,8 +135,26 @@ where
     K: AsRef<str>,
     V: AsRef<str>,
 {
+    serve_paste_with(app, global_conf, kw, |app, settings| {
+        create_server(app, settings)
+    })
+}
+
+/// [`serve_paste`] with the server built by `make_server`, as [`serve_with`].
+fn serve_paste_with<A, I, K, V, S>(
+    app: A,
+    global_conf: &[(String, String)],
+    kw: I,
+    make_server: impl FnOnce(A, Vec<(String, String)>) -> Result<S, ServerError>,
+) -> Result<i32, ServerError>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+    S: Served,
+{
     let _ = global_conf;
-    serve(app, kw)?;
+    serve_with(app, kw, make_server)?;
     Ok(0)
 }
 
@@ -124,4 +180,100 @@ pub fn profile<T>(f: impl FnOnce() -> T, sort_order: &[&str], callers: bool) -> 
         }
     }
     value
+}
+
+#[cfg(test)]
+mod tests {
+    //! Ports of tests/test_init.py, under waitress's names (each class a module, as both
+    //! tests are called `test_it`). Every test carries over.
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// waitress: `DummyServerFactory`: records the app and the settings, and whether it ran.
+    #[derive(Default)]
+    struct DummyServerFactory {
+        /// The body the app answers with, standing in for Python's `is` check on the app.
+        app_body: Mutex<Option<Vec<u8>>>,
+        kw: Mutex<Vec<(String, String)>>,
+        ran: AtomicBool,
+    }
+
+    struct DummyServer(Arc<DummyServerFactory>);
+
+    impl Served for DummyServer {
+        fn print_listen(&self, _format: &str) {}
+
+        fn run(&self) -> std::io::Result<()> {
+            self.0.ran.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    impl DummyServerFactory {
+        fn make<A: App>(
+            self: &Arc<Self>,
+        ) -> impl FnOnce(A, Vec<(String, String)>) -> Result<DummyServer, ServerError> {
+            let factory = Arc::clone(self);
+            move |app, kw| {
+                let mut recorded = RecordedResponse::default();
+                let body = app
+                    .call(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
+                    .expect("the app answers")
+                    .into_bytes()
+                    .expect("a body in memory");
+                *factory.app_body.lock().unwrap() = Some(body);
+                *factory.kw.lock().unwrap() = kw;
+                Ok(DummyServer(factory))
+            }
+        }
+    }
+
+    fn app(_environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+        start_response.start("200 OK", [("Content-Type", "text/plain")])?;
+        Ok(Body::from("the app"))
+    }
+
+    fn settings(kw: &[(&str, &str)]) -> Vec<(String, String)> {
+        kw.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Test_serve
+    mod test_serve {
+        use super::*;
+
+        #[test]
+        fn test_it() {
+            let server = Arc::new(DummyServerFactory::default());
+            let result = serve_with(app, [("_quiet", "true"), ("threads", "2")], server.make());
+            assert!(result.is_ok());
+            assert_eq!(
+                server.app_body.lock().unwrap().as_deref(),
+                Some(&b"the app"[..])
+            );
+            // The `_quiet` switch is serve's own; only the settings reach the server.
+            assert_eq!(*server.kw.lock().unwrap(), settings(&[("threads", "2")]));
+            assert!(server.ran.load(Ordering::SeqCst));
+        }
+    }
+
+    /// Test_serve_paste
+    mod test_serve_paste {
+        use super::*;
+
+        #[test]
+        fn test_it() {
+            let server = Arc::new(DummyServerFactory::default());
+            let result = serve_paste_with(app, &[], [("_quiet", "true")], server.make());
+            assert_eq!(result.unwrap(), 0);
+            assert_eq!(
+                server.app_body.lock().unwrap().as_deref(),
+                Some(&b"the app"[..])
+            );
+            assert!(server.kw.lock().unwrap().is_empty());
+            assert!(server.ran.load(Ordering::SeqCst));
+        }
+    }
 }

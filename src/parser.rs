@@ -506,6 +506,11 @@ pub fn split_uri(uri: &[u8]) -> Result<UriParts, HeaderError> {
     let cleaned: Vec<u8>;
     let mut url = uri;
     if !uri.starts_with(b"//") {
+        // urlsplit decodes a bytes target as strict ASCII before anything else; waitress turns
+        // the decoding error into "Bad URI", before it looks at the framing headers.
+        if !uri.is_ascii() {
+            return parsing_error("Bad URI");
+        }
         let start = uri.iter().position(|&b| b > b' ').unwrap_or(uri.len());
         cleaned = uri[start..]
             .iter()
@@ -534,6 +539,13 @@ pub fn split_uri(uri: &[u8]) -> Result<UriParts, HeaderError> {
             if netloc.contains(&b'[') != netloc.contains(&b']') {
                 return parsing_error("Bad URI");
             }
+            if let Some(open) = netloc.iter().position(|&b| b == b'[') {
+                let inside = &netloc[open + 1..];
+                let close = inside.iter().position(|&b| b == b']');
+                if !is_bracketed_host(&inside[..close.unwrap_or(inside.len())]) {
+                    return parsing_error("Bad URI");
+                }
+            }
             parts.netloc = latin1_to_string(netloc);
             url = &after[end..];
         }
@@ -544,6 +556,88 @@ pub fn split_uri(uri: &[u8]) -> Result<UriParts, HeaderError> {
     parts.query = latin1_to_string(query);
     parts.fragment = latin1_to_string(fragment);
     Ok(parts)
+}
+
+/// What urlsplit accepts between `[` and `]` in an authority: an IPv6 address (with an
+/// optional `%zone`) or an IPvFuture literal (`v1.x`), never an IPv4 address or a name.
+fn is_bracketed_host(host: &[u8]) -> bool {
+    if let Some(future) = host.strip_prefix(b"v") {
+        // `v` HEXDIG+ `.` one or more characters.
+        let digits = future.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        return digits > 0 && future.len() > digits + 1 && future[digits] == b'.';
+    }
+    let (address, zone) = split_once(host, b'%');
+    if host.contains(&b'%') && (zone.is_empty() || zone.contains(&b'%')) {
+        return false;
+    }
+    is_ipv6_address(address)
+}
+
+/// An IPv6 address in text form, checked the way Python's `ipaddress.IPv6Address` checks it:
+/// eight hextets of one to four hex digits, one `::` standing for at least one zero hextet,
+/// and optionally a dotted IPv4 address in place of the last two.
+fn is_ipv6_address(text: &[u8]) -> bool {
+    let mut parts: Vec<&[u8]> = text.split(|&b| b == b':').collect();
+    if text.is_empty() || parts.len() < 3 {
+        return false;
+    }
+    if parts.last().is_some_and(|p| p.contains(&b'.')) {
+        if !parts.pop().is_some_and(is_ipv4_address) {
+            return false;
+        }
+        // The dotted quad stands for two hextets.
+        parts.push(b"0");
+        parts.push(b"0");
+    }
+    if parts.len() > 9 {
+        return false;
+    }
+    let inner_empty: Vec<usize> = (1..parts.len() - 1)
+        .filter(|&i| parts[i].is_empty())
+        .collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    let hextets: Vec<&[u8]> = match inner_empty[..] {
+        [] => {
+            if parts.len() != 8 {
+                return false;
+            }
+            parts
+        }
+        [skip] => {
+            // A leading or trailing empty part is only allowed as half of the `::`.
+            let high = if first.is_empty() { skip - 1 } else { skip };
+            let low = parts.len() - skip - 1 - usize::from(last.is_empty());
+            if (first.is_empty() && high != 0) || (last.is_empty() && low != 0) {
+                return false;
+            }
+            if high + low > 7 {
+                return false;
+            }
+            parts[..skip]
+                .iter()
+                .chain(&parts[skip + 1..])
+                .copied()
+                .filter(|p| !p.is_empty())
+                .collect()
+        }
+        _ => return false,
+    };
+    hextets
+        .iter()
+        .all(|h| (1..=4).contains(&h.len()) && h.iter().all(u8::is_ascii_hexdigit))
+}
+
+/// A dotted IPv4 address as Python's `ipaddress.IPv4Address` reads it: four decimal octets,
+/// each at most 255, without leading zeros.
+fn is_ipv4_address(text: &[u8]) -> bool {
+    let octets: Vec<&[u8]> = text.split(|&b| b == b'.').collect();
+    octets.len() == 4
+        && octets.iter().all(|o| {
+            (1..=3).contains(&o.len())
+                && o.iter().all(u8::is_ascii_digit)
+                && (o.len() == 1 || o[0] != b'0')
+                && o.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 255
+        })
 }
 
 /// Split the header block into lines, joining obs-fold continuation lines onto the line
@@ -706,6 +800,7 @@ mod tests {
         assert_eq!(p.received(b"\r\n\r\n"), 4);
         assert!(p.completed);
         assert!(p.empty);
+        assert!(p.headers.is_empty());
     }
 
     #[test]
@@ -713,6 +808,7 @@ mod tests {
         let mut p = parser();
         assert_eq!(p.received(b"GET /foobar HTTP/8.4\r\n"), 22);
         assert!(!p.completed);
+        assert!(p.headers.is_empty());
     }
 
     #[test]
@@ -910,6 +1006,13 @@ mod tests {
 
     // TestHTTPRequestParserIntegration
 
+    fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     fn feed(p: &mut HttpRequestParser, mut data: &[u8]) {
         for _ in 0..100 {
             let n = p.received(data);
@@ -935,6 +1038,8 @@ mod tests {
         assert_eq!(p.path, "/foobar");
         assert_eq!(p.command, "GET");
         assert_eq!(p.query, "");
+        assert_eq!(p.proxy_scheme, "");
+        assert_eq!(p.proxy_netloc, "");
         assert_eq!(body(&mut p), b"Hello.");
     }
 
@@ -942,6 +1047,17 @@ mod tests {
     fn test_complex_get() {
         let mut p = parser();
         feed(&mut p, b"GET /foo/a+%2B%2F%C3%A4%3D%26a%3Aint?d=b+%2B%2F%3D%26b%3Aint&c+%2B%2F%3D%26c%3Aint=6 HTTP/8.4\r\nFirstName: mickey\r\nlastname: Mouse\r\ncontent-length: 10\r\n\r\nHello mickey.");
+        assert_eq!(p.command, "GET");
+        assert_eq!(p.version, "8.4");
+        assert!(!p.empty);
+        assert_eq!(
+            p.headers,
+            headers(&[
+                ("FIRSTNAME", "mickey"),
+                ("LASTNAME", "Mouse"),
+                ("CONTENT_LENGTH", "10")
+            ])
+        );
         let path_bytes = crate::app::string_to_latin1(&p.path).unwrap();
         assert_eq!(String::from_utf8(path_bytes).unwrap(), "/foo/a++/ä=&a:int");
         assert_eq!(
@@ -959,9 +1075,15 @@ mod tests {
             &mut p,
             b"GET https://example.com:8080/foobar HTTP/8.4\r\ncontent-length: 6\r\n\r\nHello.",
         );
+        assert!(p.completed);
+        assert_eq!(p.version, "8.4");
+        assert!(!p.empty);
+        assert_eq!(p.headers, headers(&[("CONTENT_LENGTH", "6")]));
         assert_eq!(p.path, "/foobar");
+        assert_eq!(p.command, "GET");
         assert_eq!(p.proxy_scheme, "https");
         assert_eq!(p.proxy_netloc, "example.com:8080");
+        assert_eq!(p.query, "");
         assert_eq!(body(&mut p), b"Hello.");
     }
 
@@ -969,10 +1091,13 @@ mod tests {
     fn test_duplicate_headers() {
         let mut p = parser();
         feed(&mut p, b"GET /foobar HTTP/8.4\r\nx-forwarded-for: 10.11.12.13\r\nx-forwarded-for: unknown,127.0.0.1\r\nX-Forwarded_for: 255.255.255.255\r\nx-auth_user: bob\r\ncontent-length: 6\r\n\r\nHello.");
-        assert_eq!(p.headers.len(), 2);
+        assert!(p.completed);
         assert_eq!(
-            p.headers["X_FORWARDED_FOR"],
-            "10.11.12.13, unknown,127.0.0.1"
+            p.headers,
+            headers(&[
+                ("CONTENT_LENGTH", "6"),
+                ("X_FORWARDED_FOR", "10.11.12.13, unknown,127.0.0.1"),
+            ])
         );
     }
 
@@ -984,8 +1109,7 @@ mod tests {
             b"GET /foobar HTTP/8.4\r\nx-auth_user: bob\r\ncontent-length: 6\r\n\r\nHello.",
         );
         assert!(p.completed);
-        assert_eq!(p.headers.len(), 1);
-        assert_eq!(p.headers["CONTENT_LENGTH"], "6");
+        assert_eq!(p.headers, headers(&[("CONTENT_LENGTH", "6")]));
     }
 
     #[test]
@@ -1201,12 +1325,73 @@ mod tests {
         assert_eq!(p.netloc, "localhost:8080");
     }
 
+    fn bad_uri(uri: &[u8]) -> bool {
+        matches!(split_uri(uri), Err(HeaderError::Parsing(ParsingError(m))) if m == "Bad URI")
+    }
+
     #[test]
     fn test_split_uri_unicode_error_raises_parsing_error() {
-        // Bytes are kept as latin-1, so nothing fails to decode; an unbalanced IPv6 bracket is
-        // the one target that is refused.
-        assert_eq!(split(b"/\xd0").path, "/\u{d0}");
-        assert!(split_uri(b"http://[::1/").is_err());
+        // urlsplit decodes the target as ASCII: any byte past 0x7f is a "Bad URI", wherever
+        // it is, unless the target starts with `//` (all path, never decoded).
+        assert!(bad_uri(b"/\xd0"));
+        assert!(bad_uri(b"/a?b#\x80"));
+        assert!(bad_uri(b"http://h\xff/"));
+        assert_eq!(split(b"//\xd0").path, "//\u{d0}");
+        assert_eq!(split(b"/%d0").path, "/\u{d0}", "escaped, the byte is fine");
+    }
+
+    #[test]
+    fn unbalanced_brackets_are_a_bad_uri() {
+        assert!(bad_uri(b"http://[::1/"));
+        assert!(bad_uri(b"http://::1]/"));
+    }
+
+    #[test]
+    fn bracketed_host_must_be_ipv6_or_ipvfuture() {
+        for good in [
+            &b"http://[::1]/"[..],
+            b"http://[::1]:8080/x",
+            b"http://[::]/",
+            b"http://[1:2:3:4:5:6:7:8]/",
+            b"http://[1:2:3:4:5:6:7::]/",
+            b"http://[::2:3:4:5:6:7:8]/",
+            b"http://[fe80::1%25eth0]/",
+            b"http://[::ffff:1.2.3.4]/",
+            b"http://[1:2:3:4:5:6:1.2.3.4]/",
+            b"http://[v1.x]/",
+            b"http://[vAf.a:b]/",
+            b"http://u@[::1]/",
+        ] {
+            assert!(split_uri(good).is_ok(), "{}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b"http://[zz]/"[..],
+            b"ftp://[1.2.3.4]/x",
+            b"http://[]/",
+            b"http://[:]/",
+            b"http://[:::]/",
+            b"http://[1::2::3]/",
+            b"http://[1:2:3:4:5:6:7:8:9]/",
+            b"http://[1:2:3:4:5:6:7]/",
+            b"http://[1:2:3:4:5:6:7:8::]/",
+            b"http://[:1:2:3:4:5:6:7]/",
+            b"http://[1:2:3:4:5:6:7:]/",
+            b"http://[12345::]/",
+            b"http://[::g]/",
+            b"http://[::1%]/",
+            b"http://[::1%a%b]/",
+            b"http://[::01.2.3.4]/",
+            b"http://[::1.2.3.256]/",
+            b"http://[::1.2.3]/",
+            b"http://[1:2:3:4:5:6:7:1.2.3.4]/",
+            b"http://[v.x]/",
+            b"http://[v1.]/",
+            b"http://[v1x]/",
+            b"http://[V1.x]/",
+            b"http://]x[/",
+        ] {
+            assert!(bad_uri(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -10,6 +10,16 @@ use crate::buffers::OverflowableBuffer;
 use crate::rfc7230::{is_chunk_ext, is_only_hexdig};
 use crate::utilities::{find_double_newline, Error};
 
+/// The longest chunk-size line accepted, size and extensions without the CRLF. waitress
+/// bounds it only by `max_request_body_size` (its `max_control_line` is commented out), so a
+/// peer sending an endless size line could hold that much memory; past this the request is a
+/// 400 and the connection closes. Real clients send a few hex digits.
+pub const MAX_CONTROL_LINE: usize = 4096;
+
+/// The longest trailer section accepted, from the end of the last chunk's size line to the end
+/// of its blank line (waitress's commented-out `max_trailer`); past this, a 400 and a close.
+pub const MAX_TRAILER: usize = 65536;
+
 /// The error for a body that could not be stored (a full disk under the temporary file).
 fn store_failed(e: std::io::Error) -> Error {
     Error::internal_server_error(format!("The request body could not be stored: {e}"))
@@ -180,9 +190,18 @@ impl ChunkedReceiver {
                 (line, &s[pos + 2..])
             } else {
                 self.control_line.extend_from_slice(s);
+                // A trailing CR may be the start of the CRLF: it does not count yet.
+                let pending =
+                    self.control_line.len() - usize::from(self.control_line.last() == Some(&b'\r'));
+                if pending > MAX_CONTROL_LINE {
+                    self.control_line = Vec::new();
+                    self.fail("Chunk size line too long");
+                }
                 return &[];
             };
-        if !line.is_empty() {
+        if line.len() > MAX_CONTROL_LINE {
+            self.fail("Chunk size line too long");
+        } else if !line.is_empty() {
             self.start_chunk(&line);
         }
         rest
@@ -232,12 +251,18 @@ impl ChunkedReceiver {
             return Some(2 - before);
         }
         match find_double_newline(&self.trailer[search_from..]) {
-            Some(end) => {
+            Some(end) if search_from + end <= MAX_TRAILER => {
                 let end = search_from + end;
                 self.trailer.truncate(end);
                 Some(end - before)
             }
-            None => None,
+            found => {
+                if found.is_some() || self.trailer.len() > MAX_TRAILER {
+                    self.trailer = Vec::new();
+                    self.fail("Chunked trailer too long");
+                }
+                None
+            }
         }
     }
 
@@ -259,11 +284,12 @@ impl ChunkedReceiver {
 
 #[cfg(test)]
 mod tests {
-    //! Ports of tests/test_receiver.py. Skipped: `test_getfile`/`test_getbuf` (identity of
-    //! Python objects; `into_buf` hands the buffer over by value, checked below through its
-    //! contents).
+    //! Ports of tests/test_receiver.py, every test under its waitress name. waitress's
+    //! `getfile`/`getbuf` return the buffer object itself; `into_buf` hands it over by value, so
+    //! `test_getfile`/`test_getbuf` check it through its contents.
     use super::*;
     use proptest::prelude::*;
+    use std::io::Read;
 
     fn buf() -> OverflowableBuffer {
         OverflowableBuffer::new(1 << 20)
@@ -298,11 +324,52 @@ mod tests {
         assert_eq!(inst.len(), 2);
     }
 
+    // test_getfile, test_getbuf and test___len__ of both receivers.
+
+    fn read_all(buf: OverflowableBuffer) -> Vec<u8> {
+        let mut out = Vec::new();
+        buf.into_input().unwrap().read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn test_getfile() {
+        let mut fixed = FixedStreamReceiver::new(10, buf());
+        fixed.received(b"abc");
+        assert_eq!(read_all(fixed.into_buf()), b"abc");
+        let mut chunked = ChunkedReceiver::new(buf());
+        chunked.received(b"3\r\nabc\r\n");
+        assert_eq!(read_all(chunked.into_buf()), b"abc");
+    }
+
+    #[test]
+    fn test_getbuf() {
+        let mut fixed = FixedStreamReceiver::new(10, buf());
+        fixed.received(b"abc");
+        assert_eq!(fixed.into_buf().get(None, false).unwrap(), b"abc");
+        let mut chunked = ChunkedReceiver::new(buf());
+        chunked.received(b"3\r\nabc\r\n");
+        assert_eq!(chunked.into_buf().get(None, false).unwrap(), b"abc");
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn test___len__() {
+        let stored = || {
+            let mut stored = buf();
+            stored.append(b"12").unwrap();
+            stored
+        };
+        assert_eq!(FixedStreamReceiver::new(10, stored()).len(), 2);
+        assert_eq!(ChunkedReceiver::new(stored()).len(), 2);
+    }
+
     #[test]
     fn test_alreadycompleted() {
         let mut inst = ChunkedReceiver::new(buf());
         inst.completed = true;
         assert_eq!(inst.received(b"a"), 0);
+        assert!(inst.completed);
     }
 
     #[test]
@@ -343,6 +410,7 @@ mod tests {
     fn test_received_control_line_finished_all_chunks_received() {
         let mut inst = ChunkedReceiver::new(buf());
         assert_eq!(inst.received(b"0;discard\r\n"), 11);
+        assert_eq!(inst.control_line, b"");
         assert!(inst.all_chunks_received);
         assert!(!inst.completed);
     }
@@ -431,7 +499,8 @@ mod tests {
     #[test]
     fn test_received_multiple_chunks_split() {
         let mut inst = ChunkedReceiver::new(buf());
-        let (one, two) = WIKI.split_at(10);
+        // Cut between the CR and the LF that end the first chunk.
+        let (one, two) = WIKI.split_at(8);
         assert_eq!(inst.received(one), one.len());
         assert_eq!(inst.received(two), two.len());
         assert!(inst.completed);
@@ -478,6 +547,76 @@ mod tests {
             assert_eq!(inst.received(&data), data.len());
             assert_eq!(inst.error, Some(Error::bad_request("Invalid chunk size")));
         }
+    }
+
+    #[test]
+    fn control_line_is_bounded() {
+        // Up to the limit, a size line (here mostly an extension) is read as usual...
+        let line = [&b"4;"[..], &vec![b'x'; MAX_CONTROL_LINE - 2]].concat();
+        let mut inst = ChunkedReceiver::new(buf());
+        let data = [&line[..], b"\r\ntest\r\n"].concat();
+        assert_eq!(inst.received(&data), data.len());
+        assert_eq!(inst.error, None);
+        // ...one byte more is refused, whether the line ends in the same slice or never ends.
+        let line = [&line[..], b"x"].concat();
+        let mut inst = ChunkedReceiver::new(buf());
+        inst.received(&[&line[..], b"\r\n"].concat());
+        assert_eq!(
+            inst.error,
+            Some(Error::bad_request("Chunk size line too long"))
+        );
+        let mut inst = ChunkedReceiver::new(buf());
+        for _ in 0..MAX_CONTROL_LINE {
+            inst.received(b"f");
+            if inst.error.is_some() {
+                break;
+            }
+        }
+        assert_eq!(
+            inst.error, None,
+            "exactly the limit is still waiting for its CRLF"
+        );
+        inst.received(b"\r");
+        assert_eq!(inst.error, None, "a CR may start the CRLF");
+        assert_eq!(inst.received(b"ff"), 2);
+        assert_eq!(
+            inst.error,
+            Some(Error::bad_request("Chunk size line too long"))
+        );
+        assert!(inst.control_line.is_empty(), "the line is released");
+    }
+
+    #[test]
+    fn trailer_is_bounded() {
+        let field = b"X-T: 0123456789abcdef\r\n";
+        // A trailer of exactly MAX_TRAILER bytes (its blank line included) is read...
+        let trailer = format!("X: {}\r\n\r\n", "y".repeat(MAX_TRAILER - 7)).into_bytes();
+        assert_eq!(trailer.len(), MAX_TRAILER);
+        let mut inst = ChunkedReceiver::new(buf());
+        inst.all_chunks_received = true;
+        assert_eq!(inst.received(&trailer), MAX_TRAILER);
+        assert!(inst.completed);
+        assert_eq!(inst.error, None);
+        // ...a longer one is refused, whether it ends or not.
+        let mut long = trailer.clone();
+        long.insert(0, b'Z');
+        let mut inst = ChunkedReceiver::new(buf());
+        inst.all_chunks_received = true;
+        inst.received(&long);
+        assert_eq!(
+            inst.error,
+            Some(Error::bad_request("Chunked trailer too long"))
+        );
+        let mut inst = ChunkedReceiver::new(buf());
+        inst.all_chunks_received = true;
+        for _ in 0..=MAX_TRAILER / field.len() {
+            inst.received(field);
+        }
+        assert_eq!(
+            inst.error,
+            Some(Error::bad_request("Chunked trailer too long"))
+        );
+        assert!(inst.trailer.is_empty(), "the trailer is released");
     }
 
     /// Encode `body` with the given chunk sizes, extensions and trailer.

@@ -667,7 +667,7 @@ fn adopt(socket: PreboundSocket, backlog: i32) -> Result<ServerSocket, ServerErr
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     //! Ports of tests/test_server.py with real sockets on port 0 instead of waitress's dummy
     //! sockets and dummy dispatcher. Not carried over:
     // test_ctor_app_is_None: an application cannot be None in Rust (the type system refuses it)
@@ -679,7 +679,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::app::{AppResult, Body, Environ, StartResponse};
     use crate::task::Service;
-    use crate::utilities::{set_log_sink, Level, LogSink, StderrSink};
+    use crate::utilities::capture_logs;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
@@ -712,35 +712,6 @@ pub(crate) mod tests {
             }
             assert!(Instant::now() < deadline, "the connection never arrived");
         }
-    }
-
-    /// The log records written by this thread while `f` runs (other threads' records go to
-    /// standard error as usual). One sink for the whole test binary, so that tests capturing
-    /// at the same time do not take each other's records.
-    pub(crate) fn capture_logs(f: impl FnOnce()) -> Vec<String> {
-        thread_local! {
-            static CAPTURED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
-        }
-        struct PerThread;
-        impl LogSink for PerThread {
-            fn log(&self, level: Level, logger: &str, message: &str) {
-                let kept = CAPTURED.with(|c| match c.borrow_mut().as_mut() {
-                    Some(records) => {
-                        records.push(message.to_string());
-                        true
-                    }
-                    None => false,
-                });
-                if !kept {
-                    StderrSink.log(level, logger, message);
-                }
-            }
-        }
-        static INSTALL: std::sync::Once = std::sync::Once::new();
-        INSTALL.call_once(|| set_log_sink(Arc::new(PerThread)));
-        CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
-        f();
-        CAPTURED.with(|c| c.borrow_mut().take().unwrap_or_default())
     }
 
     #[test]
@@ -951,7 +922,7 @@ pub(crate) mod tests {
         let s = server(&[]);
         let l = listener(&s);
         let before = s.map.borrow().len();
-        let logged = capture_logs(|| l.handle_accept()); // nothing pending: WouldBlock
+        let (_, logged) = capture_logs(|| l.handle_accept()); // nothing pending: WouldBlock
         assert_eq!(s.map.borrow().len(), before, "nothing accepted");
         assert!(logged.is_empty(), "{logged:?}");
     }
@@ -967,14 +938,14 @@ pub(crate) mod tests {
         let _client = TcpStream::connect(("127.0.0.1", port(&s))).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let logged = loop {
-            let logged = capture_logs(|| l.handle_accept());
+            let (_, logged) = capture_logs(|| l.handle_accept());
             if !logged.is_empty() {
                 break logged;
             }
             assert!(Instant::now() < deadline, "the connection never arrived");
         };
         assert_eq!(logged.len(), 1, "{logged:?}");
-        assert!(logged[0].starts_with("server accept() threw an exception"));
+        assert!(logged[0].starts_with("WARNING:waitress:server accept() threw an exception"));
         assert!(l.server.active_channels.borrow().is_empty());
     }
 
@@ -1208,12 +1179,12 @@ pub(crate) mod tests {
             ("::1".into(), "80".into()),
             ("127.0.0.1".into(), "81".into()),
         ];
-        let lines = capture_logs(|| s.print_listen("Serving on http://{}:{}"));
+        let (_, lines) = capture_logs(|| s.print_listen("Serving on http://{}:{}"));
         assert_eq!(
             lines,
             vec![
-                "Serving on http://[::1]:80",
-                "Serving on http://127.0.0.1:81"
+                "INFO:waitress:Serving on http://[::1]:80",
+                "INFO:waitress:Serving on http://127.0.0.1:81"
             ]
         );
     }

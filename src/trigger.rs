@@ -175,7 +175,7 @@ mod tests {
     // test__close: the pair closes when the Trigger and its last handle are dropped (Rust ownership), not in close(); test_close checks what close() does
     // test_handle_connect: no such method; the trigger never connects
     use super::*;
-    use crate::server::tests::capture_logs;
+    use crate::utilities::capture_logs;
     use crate::wasyncore::{loop_, new_map};
     use std::time::Duration;
 
@@ -302,8 +302,11 @@ mod tests {
         trigger
             .handle()
             .pull_trigger_with(Box::new(|| panic!("thunk failed")));
-        let logged = capture_logs(|| trigger.handle_read_event());
-        assert_eq!(logged, vec!["exception in trigger thunk: thunk failed"]);
+        let (_, logged) = capture_logs(|| trigger.handle_read_event());
+        assert_eq!(
+            logged,
+            vec!["ERROR:waitress:exception in trigger thunk: thunk failed"]
+        );
         assert_eq!(thunk_count(&trigger), 0);
     }
 
@@ -332,7 +335,8 @@ mod tests {
         for _ in 0..1000 {
             handle.pull_trigger();
         }
-        let logged = capture_logs(|| loop_(Duration::from_secs(5), true, &map, Some(1)).unwrap());
+        let (_, logged) =
+            capture_logs(|| loop_(Duration::from_secs(5), true, &map, Some(1)).unwrap());
         assert_eq!(logged.len(), 1);
         assert!(!handle.shared.pending.load(Ordering::SeqCst));
         // Nothing left to read: the latch is clear and the pipe empty.

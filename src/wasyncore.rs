@@ -280,7 +280,7 @@ mod tests {
     // test_socketerror_on_close_non_ebadf: as above
     // test_reraised_exc_on_close: no re-raised exception kinds in Rust (see test_unknown_exc_on_close)
     use super::*;
-    use crate::server::tests::capture_logs;
+    use crate::utilities::capture_logs;
     use std::cell::{Cell, RefCell};
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
@@ -565,11 +565,11 @@ mod tests {
         map.borrow_mut()
             .insert(obj.fd, Rc::clone(&obj) as Rc<dyn Dispatcher>);
         a.write_all(b"x").unwrap();
-        let logged = capture_logs(|| poll2(Duration::from_secs(30), &map).unwrap());
+        let (_, logged) = capture_logs(|| poll2(Duration::from_secs(30), &map).unwrap());
         assert_eq!(
             logged,
             vec![format!(
-                "uncaptured panic, closing descriptor {}: read failed",
+                "ERROR:waitress:uncaptured panic, closing descriptor {}: read failed",
                 obj.fd
             )]
         );

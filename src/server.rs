@@ -24,6 +24,7 @@
 //! | `BaseWSGIServer.run`, `print_listen`     | `WsgiServer::run`, `print_listen` |
 //! | `TcpWSGIServer`, `UnixWSGIServer`        | `TcpWsgiServer`, `UnixWsgiServer`: the socket of a `BaseWsgiServer` |
 //! | `sockets` (prebound)                     | `adopt` |
+//! | `get_server_name` (waitress before 2.0)  | none: waitress 3 takes `server_name` from the setting, and so does `create_server_with` |
 //! | `WSGIServer` (alias)                     | none |
 //!
 //! Rust-only: [`ServerError`] (waitress raises `OSError`/`ValueError`), [`ShutdownHandle`]

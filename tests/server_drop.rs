@@ -95,8 +95,15 @@ fn dropped_and_failed_servers_release_threads_and_descriptors() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("a free port");
     let address = taken.local_addr().expect("its address").to_string();
     let (threads_before, fds_before) = (threads(), descriptors());
-    for _ in 0..20 {
-        match create_server(hello, [("listen", address.as_str())]) {
+    // Half of them bind a first address before the taken one fails.
+    let both = format!("127.0.0.1:0 {address}");
+    for i in 0..20 {
+        let listen = if i % 2 == 0 {
+            address.as_str()
+        } else {
+            both.as_str()
+        };
+        match create_server(hello, [("listen", listen)]) {
             Err(ServerError::Bind { .. }) => {}
             Err(other) => panic!("expected a bind error, got {other}"),
             Ok(_) => panic!("{address} was bound twice"),

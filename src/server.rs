@@ -471,9 +471,8 @@ impl Dispatcher for BaseWsgiServer {
         if let Some(map) = self.map.upgrade() {
             map.borrow_mut().remove(&self.fd);
         }
-        if let Some(socket) = self.socket.borrow_mut().take() {
-            socket.close();
-        }
+        // Dropping the socket closes it (and removes a Unix socket file this server made).
+        drop(self.socket.borrow_mut().take());
     }
 }
 
@@ -511,12 +510,6 @@ impl ServerSocket {
                 let (conn, _) = s.listener.accept()?;
                 Ok((ChannelStream::Unix(conn), UnixWsgiServer::fix_addr()))
             }
-        }
-    }
-
-    fn close(self) {
-        if let ServerSocket::Unix(s) = self {
-            s.close();
         }
     }
 }
@@ -610,14 +603,8 @@ impl UnixWsgiServer {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(adj.unix_socket_perms))
                 .and_then(|()| accept_connections(&server.listener, adj.backlog))
                 .and_then(|()| server.listener.set_nonblocking(true));
-        match ready {
-            Ok(()) => Ok(server),
-            Err(e) => {
-                // Leave no socket file behind.
-                server.close();
-                Err(fail(e))
-            }
-        }
+        // On failure `server` is dropped, which removes the file.
+        ready.map(|()| server).map_err(fail)
     }
 
     /// `("unix", path)` (waitress: `getsockname`).
@@ -632,10 +619,12 @@ impl UnixWsgiServer {
             port: None,
         }
     }
+}
 
-    /// Close the socket and remove the file if this server made it.
-    fn close(self) {
-        drop(self.listener);
+/// Closing a Unix listener removes its socket file if this server made it (waitress leaves
+/// it, see the README), also when a later step of `create_server` fails.
+impl Drop for UnixWsgiServer {
+    fn drop(&mut self) {
         if self.owned {
             let _ = cleanup_unix_socket(&self.path);
         }

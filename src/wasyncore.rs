@@ -208,7 +208,7 @@ pub fn loop_(
 ) -> io::Result<()> {
     let mut rounds = 0;
     while !map.borrow().is_empty() {
-        if count.is_some_and(|c| rounds >= c) {
+        if matches!(count, Some(c) if rounds >= c) {
             break;
         }
         if use_poll {

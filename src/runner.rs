@@ -409,63 +409,28 @@ pub const DEFAULT_APP: &str = "demo";
 /// (async-signal-safe); a watcher thread reads it and calls the shutdown handle.
 mod signals {
     use std::io::{self, Read};
-    use std::os::raw::c_int;
-    use std::os::unix::io::{AsRawFd, IntoRawFd};
     use std::os::unix::net::UnixStream;
-    use std::sync::atomic::{AtomicI32, Ordering};
 
+    use crate::compat::{self, SIGINT, SIGTERM};
     use crate::server::ShutdownHandle;
 
-    const SIGINT: c_int = 2;
-    const SIGTERM: c_int = 15;
-
-    /// The write end of the pipe, for the handler; -1 before installation.
-    static PIPE: AtomicI32 = AtomicI32::new(-1);
-
-    extern "C" {
-        fn signal(signum: c_int, handler: extern "C" fn(c_int)) -> usize;
-        fn write(fd: c_int, buf: *const u8, count: usize) -> isize;
-    }
-
-    extern "C" fn on_signal(_signum: c_int) {
-        let fd = PIPE.load(Ordering::Relaxed);
-        if fd >= 0 {
-            let byte = 1u8;
-            // SAFETY: write(2) is async-signal-safe; the pointer is to a live local byte and
-            // the count is 1. A full pipe or a closed descriptor only makes it fail, harmlessly.
-            unsafe {
-                write(fd, &byte, 1);
-            }
-        }
-    }
-
-    /// Install the handlers and start the watcher thread.
+    /// Start the watcher thread, then install the handlers.
     pub fn stop_on_signals(handle: ShutdownHandle) -> io::Result<()> {
         let (mut reader, writer) = UnixStream::pair()?;
-        writer.set_nonblocking(true)?;
-        let previous = PIPE.swap(writer.into_raw_fd(), Ordering::SeqCst);
-        if previous >= 0 {
-            // A second server in this process: its pipe replaces the first one's. The old
-            // descriptor stays open (closing it under a running handler would be a race).
-        }
         std::thread::Builder::new()
             .name("waitress-signals".to_string())
             .spawn(move || {
                 let mut byte = [0u8; 1];
-                if let Ok(1) = reader.read(&mut byte) {
-                    handle.shutdown();
+                loop {
+                    match reader.read(&mut byte) {
+                        Ok(1) => handle.shutdown(),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        _ => {}
+                    }
+                    break;
                 }
-                let _ = reader.as_raw_fd();
             })?;
-        for signum in [SIGINT, SIGTERM] {
-            // SAFETY: `on_signal` is an `extern "C" fn(c_int)` that only performs an
-            // async-signal-safe write(2); installing it has no other effect on memory.
-            let result = unsafe { signal(signum, on_signal) };
-            if result == usize::MAX {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
+        compat::write_byte_on_signals(&[SIGINT, SIGTERM], writer)
     }
 }
 

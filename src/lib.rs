@@ -113,7 +113,9 @@ pub use server::{create_server, create_server_with, ServerError, ShutdownHandle,
 /// (`("port", "8080")`, `("threads", "6")`, `("listen", "127.0.0.1:8080 [::1]:8080")`); see
 /// [`Adjustments`] for every name. Two extra switches of waitress are understood:
 /// `_quiet` (do not log the "Serving on" lines) and `_profile` (count calls and time per
-/// request stage and print the table when the server stops; see [`profile`]).
+/// request stage and print the table when the server stops; see [`profile`]). A `log_level`
+/// setting (`info,waitress.queue=error`) is applied to the process's loggers before anything
+/// else, so the settings' own warnings obey it too.
 ///
 /// ```no_run
 /// use waitress::{AppResult, Body, Environ, StartResponse};

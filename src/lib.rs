@@ -1,8 +1,80 @@
-//! waitress, ported to Rust with the standard library only.
+//! waitress, the production WSGI server of the Pylons project, ported to Rust with the
+//! standard library only: HTTP/1.0 and 1.1, a thread pool running the applications, and one
+//! I/O thread doing every socket operation, as in waitress.
 //!
-//! Port of waitress/__init__.py: the crate root holds the entry points (`serve`, `create_server`)
-//! and re-exports the application interface. Each module ports one waitress file; see the
-//! module map in the README.
+//! This file is the port of `waitress/__init__.py`: the entry points [`serve`],
+//! [`serve_paste`] and [`profile`], and the re-exported application interface.
+//!
+//! # A first application
+//!
+//! An application is a function (or closure, or any [`App`]) that gets the request's
+//! [`Environ`] and a [`StartResponse`] and returns a [`Body`]: PEP 3333's WSGI, in Rust types.
+//! The program below writes one, tests it without a server through [`RecordedResponse`], then
+//! serves it and sends it a request. It reads the request body and a header, and returns a
+//! body streamed chunk by chunk. It is `examples/guide.rs` (`cargo run --example guide`).
+//!
+//! ```
+#![doc = include_str!("../examples/guide.rs")]
+//! ```
+//!
+//! A program that only serves calls [`serve`] from `main` and reports an error with its
+//! `Display` text:
+//!
+//! ```no_run
+//! # use waitress::{AppResult, Body, Environ, StartResponse};
+//! # fn hello(_: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
+//! #     sr.start("200 OK", [("Content-Type", "text/plain")])?;
+//! #     Ok(Body::from("Hello, World!"))
+//! # }
+//! fn main() {
+//!     if let Err(e) = waitress::serve(hello, [("listen", "127.0.0.1:8080")]) {
+//!         eprintln!("hello: {e}"); // "could not listen on 127.0.0.1:8080: Address already in use …"
+//!         std::process::exit(1);
+//!     }
+//! }
+//! ```
+//!
+//! # Serving
+//!
+//! - [`serve`] runs a server until it is shut down; [`create_server`] (settings as name/value
+//!   strings) and [`create_server_with`] (an [`Adjustments`]) return a [`WsgiServer`] to run,
+//!   with a [`ShutdownHandle`] for other threads. Failures are a [`ServerError`].
+//! - [`adjustments`]: every setting of waitress, its default and the checks it gets.
+//! - [`runner`]: the `waitress-serve` command line, usable with your own applications;
+//!   [`apps`]: the built-in `demo`, `hello` and `echo` applications.
+//! - [`utilities`]: the loggers and their levels ([`utilities::set_log_levels`],
+//!   [`utilities::set_log_sink`]).
+//!
+//! # Writing applications
+//!
+//! - [`app`]: [`App`], [`Environ`] (with [`Input`], the request body), [`StartResponse`],
+//!   [`Body`] (one buffer, lazy chunks, or a [`FileWrapper`] the server streams itself), and
+//!   [`RecordedResponse`] to call an application in a unit test.
+//! - [`proxy_headers`]: the middleware that applies `Forwarded` / `X-Forwarded-*` from
+//!   trusted proxies (the server installs it from the `trusted_proxy` settings).
+//!
+//! # The port, module by module (read beside waitress's source)
+//!
+//! Each of these ports one waitress file, with its names and in its order; they are public
+//! so that they can be read and browsed, not because an application needs them.
+//!
+//! | waitress | module | what it holds |
+//! |---|---|---|
+//! | `__init__.py` | this page, [`profiling`] | `serve`, `serve_paste`, `profile` |
+//! | `adjustments.py` | [`adjustments`] | the settings and the command-line parser |
+//! | `wasyncore.py` | [`wasyncore`] | the `poll(2)` event loop and its dispatchers |
+//! | `trigger.py` | [`trigger`] | wakes the event loop from worker threads |
+//! | `server.py` | [`server`] | listening sockets, accepting, connection limits |
+//! | `channel.py` | [`channel`] | one connection: reading requests, writing responses |
+//! | `parser.py` | [`parser`] | the request head parser |
+//! | `receiver.py` | [`receiver`] | fixed-length and chunked request bodies |
+//! | `buffers.py` | [`buffers`] | memory and temporary-file buffers |
+//! | `task.py` | [`task`] | the worker threads and the response headers |
+//! | `proxy_headers.py` | [`proxy_headers`] | trusted proxy headers |
+//! | `rfc7230.py` | [`rfc7230`] | the HTTP grammar |
+//! | `utilities.py` | [`utilities`] | logging, HTTP dates, error responses |
+//! | `runner.py` | [`runner`] | `waitress-serve` |
+//! | `compat.py` | [`compat`] | the platform layer: every system call std lacks |
 
 #![warn(missing_docs)]
 // System calls and their `unsafe` live in `compat` alone (waitress: compat.py).
@@ -41,7 +113,9 @@ pub use server::{create_server, create_server_with, ServerError, ShutdownHandle,
 /// (`("port", "8080")`, `("threads", "6")`, `("listen", "127.0.0.1:8080 [::1]:8080")`); see
 /// [`Adjustments`] for every name. Two extra switches of waitress are understood:
 /// `_quiet` (do not log the "Serving on" lines) and `_profile` (count calls and time per
-/// request stage and print the table when the server stops; see [`profile`]).
+/// request stage and print the table when the server stops; see [`profile`]). A `log_level`
+/// setting (`info,waitress.queue=error`) is applied to the process's loggers before anything
+/// else, so the settings' own warnings obey it too.
 ///
 /// ```no_run
 /// use waitress::{AppResult, Body, Environ, StartResponse};

@@ -90,8 +90,7 @@ pub fn set_log_sink(sink: Arc<dyn LogSink>) {
     *LOG_SINK.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
 }
 
-/// The loggers of the server, by name; a [`Logger`]'s `index` points into this table and
-/// into [`THRESHOLDS`].
+/// The loggers of the server, by name (a [`Logger`] knows its place in this table).
 pub const LOGGER_NAMES: [&str; 3] = ["waitress", "waitress.access", "waitress.queue"];
 
 /// Each logger's lowest level written, kept apart from [`LOG_LEVELS`] so that the check made

@@ -204,7 +204,14 @@ fn unix_socket_is_served_and_removed_on_sigterm() {
 #[test]
 fn ipv6_listener_answers_where_the_machine_has_ipv6() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: this machine has no IPv6 loopback");
+        // No IPv6 loopback here: the address cannot be bound, and that is a clear error.
+        let output = binary()
+            .args(["--listen=[::1]:0", "hello"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.starts_with("Error: could not listen on"), "{stderr}");
         return;
     }
     let running = start(&["--listen=[::1]:0", "hello"], 1);

@@ -37,10 +37,11 @@ MODULES = {
 }
 
 
-def rust_name(name):
-    """waitress's test name as rustc's snake_case lint accepts it."""
+def rust_names(name):
+    """The spellings a port may give waitress's test name: snake_case, with or without
+    waitress's runs of underscores (`test___len__`)."""
     snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
-    return re.sub(r"_+", "_", snake).strip("_")
+    return {name.lower(), snake, re.sub(r"_+", "_", snake).strip("_")}
 
 
 def handled_names(paths):
@@ -51,7 +52,10 @@ def handled_names(paths):
             continue
         for line in path.read_text(encoding="utf-8").splitlines():
             stripped = line.strip()
-            match = re.match(r"(?:pub(?:\(crate\))?\s+)?fn\s+(\w+)", stripped)
+            # A test function, or a named case of a table-driven test (`test_x: input => ...`).
+            match = re.match(r"(?:pub(?:\(crate\))?\s+)?fn\s+(\w+)", stripped) or re.match(
+                r"(test\w*)\s*:[^:]", stripped
+            )
             if match:
                 functions.add(match.group(1))
             elif stripped.startswith("//"):
@@ -79,9 +83,10 @@ def main():
         ported = noted = 0
         gaps = []
         for name in tests[module]:
-            if rust_name(name) in functions:
+            spellings = rust_names(name)
+            if spellings & functions:
                 ported += 1
-            elif name in mentioned or rust_name(name) in mentioned:
+            elif name in mentioned or spellings & mentioned:
                 noted += 1
             else:
                 gaps.append(name)

@@ -2,7 +2,562 @@
 //!
 //! waitress keeps its platform facts in one file; so does the port. Every `extern "C"`
 //! declaration, platform constant and `unsafe` call of the crate lives here, each behind a
-//! small safe function, so the rest of the crate is safe Rust over `std` types.
+//! small safe function, so the rest of the crate is safe Rust over `std` types (the crate root
+//! denies `unsafe_code` everywhere else). The event loop (`poll`), the server (sockets whose
+//! options must be set before `bind`, the `listen` backlog) and the runner (SIGINT/SIGTERM)
+//! call in here.
+//!
+//! The constants are given for each supported system with the header they come from; any
+//! other target fails to build rather than run with guessed numbers. The file reads top to
+//! bottom: which targets, the constants per system, the C declarations, then one section per
+//! use (errors, poll, sockets, signals, resource limits). The Windows side (`ws2_32`) will sit
+//! next to the Unix one: a `#[cfg(windows)]` constant block and a `#[cfg(windows)]` version of
+//! each safe function, with the same signatures.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::raw::{c_int, c_short, c_void};
+use std::os::unix::io::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+// ---- which targets ----
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
+compile_error!(
+    "waitress-rs knows the system constants of Linux, macOS and FreeBSD only; add this \
+     target's constants to src/compat.rs (Windows support is planned)"
+);
+
+// Linux on MIPS and SPARC numbers its socket options, errors and resource limits differently
+// (asm/socket.h, asm/errno.h and asm/resource.h of those architectures); refuse rather than
+// guess.
+#[cfg(all(
+    target_os = "linux",
+    any(
+        target_arch = "mips",
+        target_arch = "mips64",
+        target_arch = "mips32r6",
+        target_arch = "mips64r6",
+        target_arch = "sparc",
+        target_arch = "sparc64"
+    )
+))]
+compile_error!(
+    "src/compat.rs has the generic Linux constants; MIPS and SPARC differ: add theirs first"
+);
+
+/// Whether this is Windows (waitress: `WIN`).
+pub const WIN: bool = cfg!(windows);
+
+// ---- constants shared by every supported Unix ----
+
+/// `poll(2)` events, from `<poll.h>` (Linux `asm-generic/poll.h`, macOS and FreeBSD
+/// `sys/poll.h`): the same values on all three.
+pub const POLLIN: c_short = 0x001;
+/// Urgent input.
+pub const POLLPRI: c_short = 0x002;
+/// Room to write.
+pub const POLLOUT: c_short = 0x004;
+/// An error on the descriptor.
+pub const POLLERR: c_short = 0x008;
+/// The peer hung up.
+pub const POLLHUP: c_short = 0x010;
+/// Not an open descriptor.
+pub const POLLNVAL: c_short = 0x020;
+
+/// `select()`'s descriptor limit: 1024 in Linux `bits/typesizes.h` (`__FD_SETSIZE`), macOS
+/// `sys/_types/_fd_setsize.h` and FreeBSD `sys/select.h`.
+pub const FD_SETSIZE: RawFd = 1024;
+
+/// `EBADF`, 9 in Linux `asm-generic/errno-base.h` and in macOS and FreeBSD `sys/errno.h`.
+pub const EBADF: c_int = 9;
+
+/// `AF_INET`, 2 in Linux `bits/socket.h` and in macOS and FreeBSD `sys/socket.h`.
+pub const AF_INET: c_int = 2;
+/// `SOCK_STREAM`, 1 in Linux `bits/socket_type.h` and in macOS and FreeBSD `sys/socket.h`.
+pub const SOCK_STREAM: c_int = 1;
+/// `IPPROTO_TCP` (waitress's `SOL_TCP`), 6 in `netinet/in.h` on all three.
+pub const IPPROTO_TCP: c_int = 6;
+/// `IPPROTO_IPV6`, 41 in `netinet/in.h` on all three.
+pub const IPPROTO_IPV6: c_int = 41;
+/// `TCP_NODELAY`, 1 in `netinet/tcp.h` on all three.
+pub const TCP_NODELAY: c_int = 1;
+
+/// `SIGINT`, 2 in Linux `bits/signum-generic.h` and in macOS and FreeBSD `sys/signal.h`.
+pub const SIGINT: c_int = 2;
+/// `SIGTERM`, 15 in the same headers.
+pub const SIGTERM: c_int = 15;
+
+// ---- constants per system ----
+
+/// Linux (glibc and musl agree on these), generic architectures.
+#[cfg(target_os = "linux")]
+mod os {
+    use std::os::raw::{c_int, c_ulong};
+
+    /// `nfds_t`: `unsigned long int` in `sys/poll.h`.
+    pub type NfdsT = c_ulong;
+    /// `sa_family_t`: `unsigned short int` in `bits/sockaddr.h`; no `sin_len` field.
+    pub type SaFamily = u16;
+    /// `rlim_t`: `unsigned long` in glibc's `bits/resource.h` (`getrlimit`, not
+    /// `getrlimit64`), `unsigned long long` in musl's `bits/alltypes.h`.
+    #[cfg(not(target_env = "musl"))]
+    pub type RlimT = c_ulong;
+    #[cfg(target_env = "musl")]
+    pub type RlimT = u64;
+
+    /// `ESHUTDOWN`, `asm-generic/errno.h`.
+    pub const ESHUTDOWN: c_int = 108;
+    /// `AF_INET6`, `bits/socket.h`.
+    pub const AF_INET6: c_int = 10;
+    /// `SOCK_CLOEXEC` (= `O_CLOEXEC`, 02000000), `bits/socket_type.h`.
+    pub const SOCK_CLOEXEC: c_int = 0o2000000;
+    /// `SOL_SOCKET`, `asm-generic/socket.h`.
+    pub const SOL_SOCKET: c_int = 1;
+    /// `SO_REUSEADDR`, `asm-generic/socket.h`.
+    pub const SO_REUSEADDR: c_int = 2;
+    /// `IPV6_V6ONLY`, `linux/in6.h` (glibc `bits/in.h`).
+    pub const IPV6_V6ONLY: c_int = 26;
+    /// `RLIMIT_NOFILE`, `asm-generic/resource.h`.
+    pub const RLIMIT_NOFILE: c_int = 7;
+}
+
+/// macOS and FreeBSD: the BSD socket numbers they share, then the few they do not.
+#[cfg(any(target_os = "macos", target_os = "freebsd"))]
+mod os {
+    use std::os::raw::{c_int, c_uint};
+
+    /// `nfds_t`: `unsigned int` in `sys/poll.h` on both.
+    pub type NfdsT = c_uint;
+    /// `sa_family_t`: `__uint8_t` (macOS `sys/_types/_sa_family_t.h`, FreeBSD
+    /// `sys/_types.h`), after a `sin_len` byte.
+    pub type SaFamily = u8;
+
+    /// `ESHUTDOWN`, `sys/errno.h`.
+    pub const ESHUTDOWN: c_int = 58;
+    /// `SOL_SOCKET`, `sys/socket.h`.
+    pub const SOL_SOCKET: c_int = 0xffff;
+    /// `SO_REUSEADDR`, `sys/socket.h`.
+    pub const SO_REUSEADDR: c_int = 0x0004;
+    /// `IPV6_V6ONLY`, `netinet6/in6.h`.
+    pub const IPV6_V6ONLY: c_int = 27;
+    /// `RLIMIT_NOFILE`, `sys/resource.h`.
+    pub const RLIMIT_NOFILE: c_int = 8;
+
+    /// `AF_INET6`, macOS `sys/socket.h`.
+    #[cfg(target_os = "macos")]
+    pub const AF_INET6: c_int = 30;
+    /// `AF_INET6`, FreeBSD `sys/socket.h`.
+    #[cfg(target_os = "freebsd")]
+    pub const AF_INET6: c_int = 28;
+
+    /// `rlim_t`: `__uint64_t` in macOS `sys/resource.h`.
+    #[cfg(target_os = "macos")]
+    pub type RlimT = u64;
+    /// `rlim_t`: `__int64_t` (signed) in FreeBSD `sys/_types.h`.
+    #[cfg(target_os = "freebsd")]
+    pub type RlimT = i64;
+
+    /// `SOCK_CLOEXEC`, FreeBSD `sys/socket.h`.
+    #[cfg(target_os = "freebsd")]
+    pub const SOCK_CLOEXEC: c_int = 0x1000_0000;
+    /// `F_SETFD`, macOS `sys/fcntl.h`: macOS has no `SOCK_CLOEXEC`, so close-on-exec is set
+    /// after `socket()`.
+    #[cfg(target_os = "macos")]
+    pub const F_SETFD: c_int = 2;
+    /// `FD_CLOEXEC`, macOS `sys/fcntl.h`.
+    #[cfg(target_os = "macos")]
+    pub const FD_CLOEXEC: c_int = 1;
+}
+
+use os::{NfdsT, RlimT, SaFamily, RLIMIT_NOFILE};
+pub use os::{AF_INET6, ESHUTDOWN, IPV6_V6ONLY, SOL_SOCKET, SO_REUSEADDR};
+
+/// `socklen_t`: `unsigned int` (Linux `bits/types.h`), `__uint32_t` (macOS, FreeBSD).
+type SockLen = u32;
+
+// ---- the C functions (all in the C library std already links) ----
+
+extern "C" {
+    fn poll(fds: *mut PollFd, nfds: NfdsT, timeout: c_int) -> c_int;
+    fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+    fn setsockopt(
+        fd: c_int,
+        level: c_int,
+        name: c_int,
+        value: *const c_void,
+        len: SockLen,
+    ) -> c_int;
+    fn bind(fd: c_int, addr: *const c_void, len: SockLen) -> c_int;
+    fn listen(fd: c_int, backlog: c_int) -> c_int;
+    #[cfg(target_os = "macos")]
+    fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
+    fn signal(signum: c_int, handler: extern "C" fn(c_int)) -> usize;
+    fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
+    fn getrlimit(resource: c_int, rlim: *mut Rlimit) -> c_int;
+    fn setrlimit(resource: c_int, rlim: *const Rlimit) -> c_int;
+    #[cfg(target_os = "linux")]
+    #[link_name = "__errno_location"]
+    fn errno_location() -> *mut c_int;
+    #[cfg(any(target_os = "macos", target_os = "freebsd"))]
+    #[link_name = "__error"]
+    fn errno_location() -> *mut c_int;
+}
+
+// ---- errors ----
+
+/// Run a system call until it is not interrupted by a signal, turning its `-1` into the
+/// `io::Error` of `errno`. Every call of this file that can fail goes through here.
+fn retry(mut call: impl FnMut() -> c_int) -> io::Result<c_int> {
+    loop {
+        let ret = call();
+        if ret != -1 {
+            return Ok(ret);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+// ---- poll ----
+
+/// `struct pollfd` of `<poll.h>`, the same layout on every supported system.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollFd {
+    /// The descriptor.
+    pub fd: RawFd,
+    /// What to wait for.
+    pub events: c_short,
+    /// What happened (filled in by the kernel).
+    pub revents: c_short,
+}
+
+/// `poll(2)` over `fds` for at most `timeout` (rounded down to milliseconds, capped at
+/// `i32::MAX`); returns how many descriptors have events. Interrupted calls are retried with
+/// the same timeout.
+pub fn poll_fds(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
+    let millis = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
+    let nfds = NfdsT::try_from(fds.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"))?;
+    // SAFETY: `fds` is an exclusively borrowed slice of `repr(C)` pollfd structs and `nfds` is
+    // its exact length, so the kernel reads and writes only inside it.
+    let ready = retry(|| unsafe { poll(fds.as_mut_ptr(), nfds, millis) })?;
+    Ok(usize::try_from(ready).unwrap_or(0))
+}
+
+// ---- sockets ----
+
+/// A new TCP socket, IPv6 or IPv4, not inherited by child processes (`SOCK_CLOEXEC` where
+/// `socket()` takes it, `FD_CLOEXEC` right after on macOS), closed on drop.
+pub fn tcp_socket(ipv6: bool) -> io::Result<OwnedFd> {
+    let domain = if ipv6 { AF_INET6 } else { AF_INET };
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    let ty = SOCK_STREAM | os::SOCK_CLOEXEC;
+    #[cfg(target_os = "macos")]
+    let ty = SOCK_STREAM;
+    // SAFETY: socket(2) takes no pointers.
+    let fd = retry(|| unsafe { socket(domain, ty, 0) })?;
+    // SAFETY: `fd` was just returned by socket(2): an open descriptor that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    #[cfg(target_os = "macos")]
+    {
+        // SAFETY: fcntl(F_SETFD) takes an int argument and no pointers; `owned` is open.
+        retry(|| unsafe { fcntl(owned.as_raw_fd(), os::F_SETFD, os::FD_CLOEXEC) })?;
+    }
+    Ok(owned)
+}
+
+/// `setsockopt` with an int value (`SO_REUSEADDR`, `IPV6_V6ONLY`, `TCP_NODELAY`, …).
+pub fn set_int_option(
+    socket: &impl AsFd,
+    level: c_int,
+    name: c_int,
+    value: c_int,
+) -> io::Result<()> {
+    let fd = socket.as_fd().as_raw_fd();
+    let len = SockLen::try_from(std::mem::size_of::<c_int>()).expect("an int fits socklen_t");
+    // SAFETY: the value pointer refers to a live c_int for the duration of the call and `len`
+    // is exactly its size; `fd` is borrowed open for the call.
+    retry(|| unsafe { setsockopt(fd, level, name, (&value as *const c_int).cast(), len) })?;
+    Ok(())
+}
+
+/// `struct sockaddr_in` (`netinet/in.h`); the BSDs start it with a length byte.
+#[repr(C)]
+struct SockaddrIn {
+    #[cfg(any(target_os = "macos", target_os = "freebsd"))]
+    sin_len: u8,
+    sin_family: SaFamily,
+    sin_port: u16,
+    sin_addr: [u8; 4],
+    sin_zero: [u8; 8],
+}
+
+/// `struct sockaddr_in6` (`netinet/in.h`, `netinet6/in6.h`).
+#[repr(C)]
+struct SockaddrIn6 {
+    #[cfg(any(target_os = "macos", target_os = "freebsd"))]
+    sin6_len: u8,
+    sin6_family: SaFamily,
+    sin6_port: u16,
+    sin6_flowinfo: u32,
+    sin6_addr: [u8; 16],
+    sin6_scope_id: u32,
+}
+
+/// A socket address in the C layout `bind(2)` reads.
+enum RawSockaddr {
+    V4(SockaddrIn),
+    V6(SockaddrIn6),
+}
+
+impl RawSockaddr {
+    fn new(addr: &SocketAddr) -> RawSockaddr {
+        // The length bytes of the BSDs hold the struct sizes, 16 and 28.
+        match addr {
+            SocketAddr::V4(a) => RawSockaddr::V4(SockaddrIn {
+                #[cfg(any(target_os = "macos", target_os = "freebsd"))]
+                sin_len: std::mem::size_of::<SockaddrIn>() as u8,
+                sin_family: AF_INET as SaFamily,
+                sin_port: a.port().to_be(),
+                sin_addr: a.ip().octets(),
+                sin_zero: [0; 8],
+            }),
+            SocketAddr::V6(a) => RawSockaddr::V6(SockaddrIn6 {
+                #[cfg(any(target_os = "macos", target_os = "freebsd"))]
+                sin6_len: std::mem::size_of::<SockaddrIn6>() as u8,
+                sin6_family: AF_INET6 as SaFamily,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: a.ip().octets(),
+                sin6_scope_id: a.scope_id(),
+            }),
+        }
+    }
+
+    /// The pointer and length to hand to the kernel; valid while `self` lives.
+    fn as_ptr_len(&self) -> (*const c_void, SockLen) {
+        match self {
+            RawSockaddr::V4(raw) => (
+                (raw as *const SockaddrIn).cast(),
+                std::mem::size_of::<SockaddrIn>() as SockLen,
+            ),
+            RawSockaddr::V6(raw) => (
+                (raw as *const SockaddrIn6).cast(),
+                std::mem::size_of::<SockaddrIn6>() as SockLen,
+            ),
+        }
+    }
+}
+
+/// `bind(2)` a socket to an IPv4 or IPv6 address.
+pub fn bind_to(socket: &impl AsFd, addr: &SocketAddr) -> io::Result<()> {
+    let fd = socket.as_fd().as_raw_fd();
+    let raw = RawSockaddr::new(addr);
+    let (ptr, len) = raw.as_ptr_len();
+    // SAFETY: `ptr` points into `raw`, a sockaddr in the layout of this system that lives
+    // across the call, and `len` is the size of that struct.
+    retry(|| unsafe { bind(fd, ptr, len) })?;
+    Ok(())
+}
+
+/// `listen(2)` with `backlog` (on a listening socket it sets the backlog again).
+pub fn listen_on(socket: &impl AsFd, backlog: c_int) -> io::Result<()> {
+    let fd = socket.as_fd().as_raw_fd();
+    // SAFETY: listen(2) takes no pointers; `fd` is borrowed open for the call.
+    retry(|| unsafe { listen(fd, backlog) })?;
+    Ok(())
+}
+
+// ---- signals ----
+
+/// The descriptor the signal handler writes to; -1 until [`write_byte_on_signals`].
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// The handler: one byte to the pipe, nothing else (write(2) is async-signal-safe). `errno` is
+/// put back afterwards, so the interrupted code never sees the handler's error.
+extern "C" fn write_signal_byte(_signum: c_int) {
+    write_byte_keeping_errno(SIGNAL_PIPE.load(Ordering::Relaxed));
+}
+
+/// The body of the handler: write one byte to `fd` (if it is one), leaving `errno` as it was.
+fn write_byte_keeping_errno(fd: RawFd) {
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the errno location of the current thread is always a valid int pointer.
+    let saved = unsafe { *errno_location() };
+    let byte = 1u8;
+    // SAFETY: the pointer is to a live local byte and the count is 1. A full pipe (a byte is
+    // already waiting) or a closed descriptor only makes it fail, harmlessly.
+    unsafe { write(fd, (&byte as *const u8).cast(), 1) };
+    // SAFETY: as above.
+    unsafe { *errno_location() = saved };
+}
+
+/// From now on each of `signals` writes one byte to `pipe` (made non-blocking here), which
+/// the caller reads from the other end on an ordinary thread. The pipe stays open for the
+/// life of the process: a handler may run at any moment. A second call replaces the pipe; the
+/// first one stays open too (closing it under a running handler would race).
+pub fn write_byte_on_signals(signals: &[c_int], pipe: UnixStream) -> io::Result<()> {
+    pipe.set_nonblocking(true)?;
+    SIGNAL_PIPE.store(pipe.into_raw_fd(), Ordering::SeqCst);
+    for &signum in signals {
+        // SAFETY: `write_signal_byte` is an `extern "C" fn(c_int)` that only performs an
+        // async-signal-safe write(2) and restores errno; installing it touches no memory of
+        // ours.
+        let previous = unsafe { signal(signum, write_signal_byte) };
+        if previous == usize::MAX {
+            // SIG_ERR
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+// ---- resource limits ----
+
+/// `struct rlimit` of `sys/resource.h`.
+#[repr(C)]
+struct Rlimit {
+    rlim_cur: RlimT,
+    rlim_max: RlimT,
+}
+
+fn nofile_limit() -> io::Result<Rlimit> {
+    let mut limit = Rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a live, exclusively borrowed struct rlimit for the kernel to fill.
+    retry(|| unsafe { getrlimit(RLIMIT_NOFILE, &mut limit) })?;
+    Ok(limit)
+}
+
+/// Raise this process's soft limit of open descriptors (`RLIMIT_NOFILE`) to `wanted`, or to
+/// the hard limit if that is lower; never lowers it. Returns the soft limit now in force.
+// `rlim_t` is `u64` on some systems only: the conversions are not useless everywhere.
+#[allow(clippy::useless_conversion)]
+pub fn raise_open_files_limit(wanted: u64) -> io::Result<u64> {
+    let mut limit = nofile_limit()?;
+    let as_u64 = |value: RlimT| u64::try_from(value).unwrap_or(u64::MAX);
+    let current = as_u64(limit.rlim_cur);
+    if current >= wanted {
+        return Ok(current);
+    }
+    let target = wanted.min(as_u64(limit.rlim_max));
+    limit.rlim_cur = RlimT::try_from(target).unwrap_or(limit.rlim_max);
+    // SAFETY: `limit` is a live struct rlimit that the kernel only reads.
+    retry(|| unsafe { setrlimit(RLIMIT_NOFILE, &limit) })?;
+    Ok(as_u64(nofile_limit()?.rlim_cur))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn struct_sizes_match_the_c_headers() {
+        assert_eq!(std::mem::size_of::<PollFd>(), 8);
+        assert_eq!(std::mem::size_of::<SockaddrIn>(), 16);
+        assert_eq!(std::mem::size_of::<SockaddrIn6>(), 28);
+    }
+
+    #[test]
+    fn poll_reports_a_readable_socket() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut a, b"x").unwrap();
+        let mut fds = [PollFd {
+            fd: b.as_raw_fd(),
+            events: POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(poll_fds(&mut fds, Duration::from_secs(5)).unwrap(), 1);
+        assert_eq!(fds[0].revents & POLLIN, POLLIN);
+        let mut quiet = [PollFd {
+            fd: a.as_raw_fd(),
+            events: POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(poll_fds(&mut quiet, Duration::from_millis(1)).unwrap(), 0);
+    }
+
+    #[test]
+    fn tcp_sockets_bind_listen_and_are_close_on_exec() {
+        for (ipv6, address) in [(false, "127.0.0.1:0"), (true, "[::1]:0")] {
+            let addr: SocketAddr = address.parse().unwrap();
+            let fd = tcp_socket(ipv6).unwrap();
+            set_int_option(&fd, SOL_SOCKET, SO_REUSEADDR, 1).unwrap();
+            if ipv6 {
+                set_int_option(&fd, IPPROTO_IPV6, IPV6_V6ONLY, 1).unwrap();
+            }
+            bind_to(&fd, &addr).unwrap_or_else(|e| panic!("{address} (needs IPv6 loopback): {e}"));
+            listen_on(&fd, 5).unwrap();
+            let listener = TcpListener::from(fd);
+            let port = listener.local_addr().unwrap().port();
+            assert_ne!(port, 0);
+            let target = SocketAddr::new(addr.ip(), port);
+            let _client = TcpStream::connect(target).unwrap();
+            listener.accept().unwrap();
+            #[cfg(target_os = "linux")]
+            {
+                let status =
+                    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", listener.as_raw_fd()))
+                        .unwrap();
+                let flags = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+                    .unwrap();
+                assert_ne!(flags & 0o2000000, 0, "O_CLOEXEC is set");
+            }
+        }
+    }
+
+    #[test]
+    fn system_errors_become_io_errors() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        // A Unix socket has no TCP options: the kernel refuses, and the error carries errno.
+        let err = set_int_option(&a, IPPROTO_TCP, TCP_NODELAY, 1).unwrap_err();
+        assert!(err.raw_os_error().is_some(), "{err}");
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert!(bind_to(&a, &addr).unwrap_err().raw_os_error().is_some());
+    }
+
+    #[test]
+    fn the_signal_handler_keeps_errno() {
+        let (mut reader, writer) = UnixStream::pair().unwrap();
+        // The write fails (a bad descriptor), then succeeds: errno is 1234 after both.
+        for fd in [RawFd::MAX, writer.as_raw_fd()] {
+            // SAFETY: the errno location of this thread is a valid int pointer.
+            unsafe { *errno_location() = 1234 };
+            write_byte_keeping_errno(fd);
+            // SAFETY: as above.
+            let after = unsafe { *errno_location() };
+            assert_eq!(after, 1234);
+        }
+        let mut byte = [0u8; 1];
+        reader.read_exact(&mut byte).unwrap();
+        assert_eq!(byte, [1]);
+    }
+
+    #[test]
+    #[allow(clippy::useless_conversion)] // as in raise_open_files_limit
+    fn raising_the_open_files_limit_never_lowers_it() {
+        let before = nofile_limit().unwrap();
+        let current = u64::try_from(before.rlim_cur).unwrap_or(u64::MAX);
+        assert_eq!(raise_open_files_limit(1).unwrap(), current);
+        let raised = raise_open_files_limit(current.saturating_add(1)).unwrap();
+        assert!(raised >= current);
+    }
+}
 
 // ---- buffers ----
 

@@ -2,31 +2,59 @@
 //!
 //! `create_server` builds the listening sockets (TCP on every resolved address, a Unix socket,
 //! or sockets bound by the caller), the trigger, the worker pool and the socket map, and
-//! returns a [`WsgiServer`] whose `run` is the I/O thread's loop. The listeners accept
-//! connections into channels, stop accepting at `connection_limit`, and sweep idle channels
-//! every `cleanup_interval`.
+//! returns a [`WsgiServer`] whose `run` is the I/O thread's loop. Each listening socket is a
+//! dispatcher in the map: it accepts connections into channels, stops accepting at
+//! `connection_limit`, and marks idle channels for closing every `cleanup_interval`. Everything
+//! here runs on the I/O thread; other threads reach the server through a [`ShutdownHandle`].
+//!
+//! The items follow server.py's order. Where Rust gave a job to an item of another name:
+//!
+//! | waitress (server.py)                     | here |
+//! |------------------------------------------|------|
+//! | `create_server(application, **kw)`       | [`create_server`]; [`create_server_with`] takes ready `Adjustments` |
+//! | `MultiSocketServer`                      | [`WsgiServer`], returned for one listener or many (waitress returns the single `TcpWSGIServer` when there is one) |
+//! | `MultiSocketServer.print_listen`, `run`, `close` | `WsgiServer::print_listen`, `run`, `close` |
+//! | `BaseWSGIServer`                         | `BaseWsgiServer`: one listening socket in the map |
+//! | `BaseWSGIServer.bind_server_socket`      | `TcpWsgiServer::bind_server_socket`, `UnixWsgiServer::bind_server_socket` |
+//! | `BaseWSGIServer.getsockname`             | `TcpWsgiServer::getsockname`, `UnixWsgiServer::getsockname` |
+//! | `BaseWSGIServer.accept_connections`      | `accept_connections`: `listen` with `backlog` |
+//! | `BaseWSGIServer.add_task`, `pull_trigger`| the channel calls the worker pool and the trigger through its `ChannelServer` |
+//! | `readable`, `writable`, `handle_accept`, `set_socket_options`, `fix_addr`, `maintenance`, `close` | `BaseWsgiServer` methods of those names (`close` is `handle_close`) |
+//! | `handle_read`, `handle_connect`          | none: a listener's read event is `handle_accept`, and it never connects |
+//! | `BaseWSGIServer.run`, `print_listen`     | `WsgiServer::run`, `print_listen` |
+//! | `TcpWSGIServer`, `UnixWSGIServer`        | `TcpWsgiServer`, `UnixWsgiServer`: the socket of a `BaseWsgiServer` |
+//! | `sockets` (prebound)                     | `adopt` |
+//! | `WSGIServer` (alias)                     | none |
+//!
+//! Rust-only: [`ServerError`] (waitress raises `OSError`/`ValueError`), [`ShutdownHandle`]
+//! (waitress stops on `SystemExit`/`KeyboardInterrupt` raised inside the loop), and `Drop`
+//! (a dropped server closes itself).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::adjustments::{Adjustments, AdjustmentsError, PreboundSocket, SOL_TCP, TCP_NODELAY};
+use crate::adjustments::{Adjustments, AdjustmentsError, PreboundSocket};
 use crate::app::{App, SharedApp};
 use crate::channel::{ChannelServer, ChannelStream, HttpChannel};
+use crate::compat::{
+    self, IPPROTO_IPV6, IPPROTO_TCP, IPV6_V6ONLY, SOL_SOCKET, SO_REUSEADDR, TCP_NODELAY,
+};
 use crate::profiling::{self, Stage};
 use crate::proxy_headers::proxy_headers_middleware;
 use crate::task::{PeerAddr, ServerInfo, ThreadedTaskDispatcher};
 use crate::trigger::{Trigger, TriggerHandle};
 use crate::utilities::{cleanup_unix_socket, LOGGER};
-use crate::wasyncore::{self, Dispatcher, SocketMap};
+use crate::wasyncore::{self, Dispatcher, SocketMap, WeakSocketMap};
 
 /// Why a server could not be built or run.
 #[derive(Debug)]
@@ -111,31 +139,38 @@ where
 pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiServer, ServerError> {
     let sockets = std::mem::take(&mut adj.sockets);
     let adj = Arc::new(adj);
+    // waitress wraps the application in BaseWSGIServer's constructor; once here is the same.
     let application = if adj.trusted_proxy.is_some() || adj.clear_untrusted_proxy_headers {
         proxy_headers_middleware(app, &adj)
     } else {
         app
     };
-    let map = wasyncore::new_map();
-    let trigger = Trigger::new(&map)?;
-    let dispatcher = ThreadedTaskDispatcher::new();
-    let mut bound: Vec<Bound> = Vec::new();
+    // Bind everything before starting anything: a bind that fails leaves nothing behind.
+    let mut bound: Vec<ServerSocket> = Vec::new();
     if let Some(path) = &adj.unix_socket {
-        bound.push(bind_unix(path, &adj)?);
+        bound.push(ServerSocket::Unix(UnixWsgiServer::bind_server_socket(
+            path, &adj,
+        )?));
     } else if sockets.is_empty() {
         for addr in &adj.listen {
-            bound.push(bind_tcp(*addr, adj.backlog)?);
+            bound.push(ServerSocket::Tcp(TcpWsgiServer::bind_server_socket(
+                *addr,
+                adj.backlog,
+            )?));
         }
     } else {
         for socket in sockets {
             bound.push(adopt(socket, adj.backlog)?);
         }
     }
+    let map = wasyncore::new_map();
+    let trigger = Trigger::new(&map)?;
+    let dispatcher = ThreadedTaskDispatcher::new();
     dispatcher.set_thread_count(adj.threads);
     let mut listeners = Vec::new();
     let mut effective_listen = Vec::new();
     for socket in bound {
-        let (host, port) = socket.effective();
+        let (host, port) = socket.getsockname();
         let info = Arc::new(ServerInfo {
             application: Arc::clone(&application),
             server_name: adj.server_name.clone(),
@@ -147,18 +182,7 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
             Arc::clone(&dispatcher),
             trigger.handle(),
         ));
-        let listener = Rc::new(Listener {
-            socket,
-            server: channel_server,
-            map: Rc::clone(&map),
-            adj: Arc::clone(&adj),
-            in_connection_overflow: Cell::new(false),
-            next_channel_cleanup: Cell::new(Instant::now()),
-        });
-        map.borrow_mut().insert(
-            listener.fileno(),
-            Rc::clone(&listener) as Rc<dyn Dispatcher>,
-        );
+        let listener = BaseWsgiServer::new(socket, channel_server, &map, Arc::clone(&adj));
         effective_listen.push((host, port));
         listeners.push(listener);
     }
@@ -170,274 +194,23 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
         adj,
         effective_listen,
         stop: Arc::new(AtomicBool::new(false)),
+        closed: Cell::new(false),
     })
 }
 
-/// A listening socket, bound and listening.
-enum Bound {
-    Tcp(TcpListener),
-    Unix {
-        listener: UnixListener,
-        path: PathBuf,
-        /// The file was created here, so it is removed on close.
-        owned: bool,
-    },
-}
-
-impl Bound {
-    fn fd(&self) -> RawFd {
-        match self {
-            Bound::Tcp(l) => l.as_raw_fd(),
-            Bound::Unix { listener, .. } => listener.as_raw_fd(),
-        }
-    }
-
-    /// The host and port as waitress reports them: numeric host and port for TCP,
-    /// `("unix", path)` for a Unix socket.
-    fn effective(&self) -> (String, String) {
-        match self {
-            Bound::Tcp(l) => match l.local_addr() {
-                Ok(addr) => (addr.ip().to_string(), addr.port().to_string()),
-                Err(_) => (String::new(), String::new()),
-            },
-            Bound::Unix { path, .. } => ("unix".to_string(), path.display().to_string()),
-        }
-    }
-}
-
-/// Create, configure, bind and listen: `SO_REUSEADDR` always, `IPV6_V6ONLY` for IPv6 so that
-/// `0.0.0.0` and `::` can both be bound on one port (waitress: `create_socket`, `bind`,
-/// `accept_connections`).
-fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<Bound, ServerError> {
-    let fail = |source| ServerError::Bind {
-        address: addr.to_string(),
-        source,
-    };
-    let fd = sys::tcp_socket(addr.is_ipv6()).map_err(fail)?;
-    sys::set_int_option(fd.as_raw_fd(), sys::SOL_SOCKET, sys::SO_REUSEADDR, 1).map_err(fail)?;
-    if addr.is_ipv6() {
-        sys::set_int_option(fd.as_raw_fd(), sys::IPPROTO_IPV6, sys::IPV6_V6ONLY, 1)
-            .map_err(fail)?;
-    }
-    sys::bind(fd.as_raw_fd(), &addr).map_err(fail)?;
-    sys::listen(fd.as_raw_fd(), backlog).map_err(fail)?;
-    let listener = TcpListener::from(fd);
-    listener.set_nonblocking(true).map_err(fail)?;
-    Ok(Bound::Tcp(listener))
-}
-
-/// Bind the Unix socket: a stale socket file is removed first, then `unix_socket_perms` is
-/// applied (waitress: `UnixWSGIServer.bind_server_socket`).
-fn bind_unix(path: &std::path::Path, adj: &Adjustments) -> Result<Bound, ServerError> {
-    let fail = |source| ServerError::Bind {
-        address: path.display().to_string(),
-        source,
-    };
-    cleanup_unix_socket(path).map_err(fail)?;
-    let listener = UnixListener::bind(path).map_err(fail)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(adj.unix_socket_perms))
-        .map_err(fail)?;
-    sys::listen(listener.as_raw_fd(), adj.backlog).map_err(fail)?;
-    listener.set_nonblocking(true).map_err(fail)?;
-    Ok(Bound::Unix {
-        listener,
-        path: path.to_path_buf(),
-        owned: true,
-    })
-}
-
-/// Serve a socket the caller bound (waitress: `sockets`); it is put in listening mode.
-fn adopt(socket: PreboundSocket, backlog: i32) -> Result<Bound, ServerError> {
-    match socket {
-        PreboundSocket::Tcp(listener) => {
-            sys::listen(listener.as_raw_fd(), backlog)?;
-            listener.set_nonblocking(true)?;
-            Ok(Bound::Tcp(listener))
-        }
-        PreboundSocket::Unix(listener) => {
-            sys::listen(listener.as_raw_fd(), backlog)?;
-            listener.set_nonblocking(true)?;
-            let path = listener
-                .local_addr()?
-                .as_pathname()
-                .map(|p| p.to_path_buf())
-                .unwrap_or_default();
-            Ok(Bound::Unix {
-                listener,
-                path,
-                owned: false,
-            })
-        }
-    }
-}
-
-/// A listening socket in the map (waitress: `BaseWSGIServer` as a dispatcher).
-struct Listener {
-    socket: Bound,
-    server: Rc<ChannelServer>,
-    map: SocketMap,
-    adj: Arc<Adjustments>,
-    /// Accepting is paused at `connection_limit` (waitress: `in_connection_overflow`).
-    in_connection_overflow: Cell<bool>,
-    next_channel_cleanup: Cell<Instant>,
-}
-
-impl Listener {
-    /// Mark channels idle past `channel_timeout` for closing (waitress: `maintenance`).
-    fn maintenance(&self, now: Instant) {
-        let timeout = Duration::from_secs(self.adj.channel_timeout);
-        for channel in self.server.active_channels.borrow().values() {
-            if !channel.has_requests() && now.duration_since(channel.last_activity()) > timeout {
-                channel.set_will_close();
-            }
-        }
-    }
-
-    /// Accept one connection (waitress: `handle_accept`).
-    fn handle_accept(&self) {
-        let started = profiling::start();
-        let accepted = match &self.socket {
-            Bound::Tcp(listener) => listener.accept().and_then(|(stream, addr)| {
-                self.set_socket_options(&stream)?;
-                Ok((
-                    ChannelStream::Tcp(stream),
-                    PeerAddr {
-                        host: addr.ip().to_string(),
-                        port: Some(addr.port()),
-                    },
-                ))
-            }),
-            Bound::Unix { listener, .. } => listener.accept().map(|(stream, _)| {
-                (
-                    ChannelStream::Unix(stream),
-                    PeerAddr {
-                        host: "localhost".to_string(),
-                        port: None,
-                    },
-                )
-            }),
-        };
-        match accepted {
-            Ok((stream, _))
-                if !wasyncore::can_watch(stream.as_raw_fd(), self.adj.asyncore_use_poll) =>
-            {
-                // Past select()'s limit the whole loop would fail; refuse this one connection.
-                LOGGER.warning(&format!(
-                    "refused a connection: descriptor {} is beyond select()'s limit of {}; set asyncore_use_poll to serve more connections",
-                    stream.as_raw_fd(),
-                    wasyncore::sys::FD_SETSIZE
-                ));
-            }
-            Ok((stream, addr)) => {
-                if let Err(e) = HttpChannel::create(
-                    &self.server,
-                    stream,
-                    addr,
-                    Arc::clone(&self.adj),
-                    &self.map,
-                ) {
-                    LOGGER.warning(&format!("could not set up the connection: {e}"));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                if self.adj.log_socket_errors {
-                    LOGGER.warning(&format!("server accept() threw an exception\n{e}"));
-                }
-            }
-        }
-        profiling::finish(Stage::Accept, started);
-    }
-
-    /// Apply `socket_options` to an accepted TCP connection (waitress: `set_socket_options`).
-    fn set_socket_options(&self, stream: &std::net::TcpStream) -> io::Result<()> {
-        for &(level, name, value) in &self.adj.socket_options {
-            if level == SOL_TCP && name == TCP_NODELAY {
-                stream.set_nodelay(value != 0)?;
-            } else {
-                sys::set_int_option(stream.as_raw_fd(), level, name, value)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Dispatcher for Listener {
-    fn fileno(&self) -> RawFd {
-        self.socket.fd()
-    }
-
-    /// Also the hook for the idle sweep, and where `connection_limit` pauses accepting.
-    fn readable(&self) -> bool {
-        let now = Instant::now();
-        if now >= self.next_channel_cleanup.get() {
-            self.next_channel_cleanup
-                .set(now + Duration::from_secs(self.adj.cleanup_interval));
-            self.maintenance(now);
-        }
-        let open = self.map.borrow().len();
-        if !self.in_connection_overflow.get() && open >= self.adj.connection_limit {
-            self.in_connection_overflow.set(true);
-            LOGGER.warning(
-                "total open connections reached the connection limit, no longer accepting new connections",
-            );
-        } else if self.in_connection_overflow.get() && open < self.adj.connection_limit {
-            self.in_connection_overflow.set(false);
-            LOGGER
-                .info("total open connections dropped below the connection limit, listening again");
-        }
-        !self.in_connection_overflow.get()
-    }
-
-    fn writable(&self) -> bool {
-        false
-    }
-
-    fn handle_read_event(&self) {
-        self.handle_accept();
-    }
-
-    fn handle_write_event(&self) {}
-
-    fn handle_close(&self) {
-        self.map.borrow_mut().remove(&self.fileno());
-        if let Bound::Unix {
-            path, owned: true, ..
-        } = &self.socket
-        {
-            let _ = cleanup_unix_socket(path);
-        }
-    }
-}
-
-/// Stops a running server from any thread.
-#[derive(Clone, Debug)]
-pub struct ShutdownHandle {
-    stop: Arc<AtomicBool>,
-    trigger: TriggerHandle,
-}
-
-impl ShutdownHandle {
-    /// Ask the server to stop: its `run` closes the listeners and connections, stops the
-    /// workers and returns.
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Release);
-        self.trigger.pull_trigger();
-    }
-}
-
-/// A server: listeners, worker pool and event loop (waitress: `TcpWSGIServer`,
-/// `UnixWSGIServer` and `MultiSocketServer` in one type). Not `Send`: its socket map belongs to
-/// the thread that runs it, so build it on that thread.
+/// A server: listeners, worker pool and event loop (waitress: `MultiSocketServer`, and the
+/// single `TcpWSGIServer` or `UnixWSGIServer` that `create_server` returns for one listener).
+/// Not `Send`: its socket map belongs to the thread that runs it, so build it on that thread.
 pub struct WsgiServer {
     map: SocketMap,
-    listeners: Vec<Rc<Listener>>,
+    listeners: Vec<Rc<BaseWsgiServer>>,
     trigger: Rc<Trigger>,
     dispatcher: Arc<ThreadedTaskDispatcher>,
     adj: Arc<Adjustments>,
     effective_listen: Vec<(String, String)>,
     stop: Arc<AtomicBool>,
+    /// `close` has run: a second call (from `drop` after `run`) does nothing.
+    closed: Cell<bool>,
 }
 
 impl fmt::Debug for WsgiServer {
@@ -449,6 +222,20 @@ impl fmt::Debug for WsgiServer {
 }
 
 impl WsgiServer {
+    /// Log `format` with each listening host and port, e.g. `"Serving on http://{}:{}"`;
+    /// IPv6 hosts get brackets (waitress: `print_listen`).
+    pub fn print_listen(&self, format: &str) {
+        for (host, port) in &self.effective_listen {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            let line = format.replacen("{}", &host, 1).replacen("{}", port, 1);
+            LOGGER.info(&line);
+        }
+    }
+
     /// Run the event loop on this thread until [`ShutdownHandle::shutdown`] (waitress: `run`).
     /// Then everything is closed: listeners (a Unix socket file this server created is
     /// removed), connections, and the worker pool.
@@ -470,28 +257,18 @@ impl WsgiServer {
         result
     }
 
-    /// Close the listeners and connections and stop the workers (waitress: `close`).
+    /// Close the listeners and connections and stop the workers (waitress: `close`). Dropping
+    /// the server does the same; closing twice does nothing the second time.
     pub fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
         for listener in &self.listeners {
             listener.handle_close();
         }
         self.trigger.close();
         wasyncore::close_all(&self.map);
         self.dispatcher.shutdown(true, Duration::from_secs(5));
-    }
-
-    /// Log `format` with each listening host and port, e.g. `"Serving on http://{}:{}"`;
-    /// IPv6 hosts get brackets (waitress: `print_listen`).
-    pub fn print_listen(&self, format: &str) {
-        for (host, port) in &self.effective_listen {
-            let host = if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host.clone()
-            };
-            let line = format.replacen("{}", &host, 1).replacen("{}", port, 1);
-            LOGGER.info(&line);
-        }
     }
 
     /// Every (host, port) listened on.
@@ -529,176 +306,358 @@ impl WsgiServer {
     }
 }
 
-/// Socket calls std does not offer: creating a socket with options set before `bind`, and
-/// `listen` with the configured backlog.
-mod sys {
-    use std::io;
-    use std::net::SocketAddr;
-    use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::raw::{c_int, c_void};
-
-    #[cfg(target_os = "linux")]
-    mod consts {
-        pub const AF_INET: i32 = 2;
-        pub const AF_INET6: i32 = 10;
-        pub const SOCK_STREAM: i32 = 1 | 0o2000000; // with SOCK_CLOEXEC
-        pub const SOL_SOCKET: i32 = 1;
-        pub const SO_REUSEADDR: i32 = 2;
-        pub const IPV6_V6ONLY: i32 = 26;
+/// A server dropped without [`WsgiServer::close`] closes itself: its listeners (the port is
+/// free again), connections, trigger and worker threads are all released.
+impl Drop for WsgiServer {
+    fn drop(&mut self) {
+        self.close();
     }
-    #[cfg(not(target_os = "linux"))]
-    mod consts {
-        pub const AF_INET: i32 = 2;
-        pub const AF_INET6: i32 = 30;
-        pub const SOCK_STREAM: i32 = 1;
-        pub const SOL_SOCKET: i32 = 0xffff;
-        pub const SO_REUSEADDR: i32 = 4;
-        pub const IPV6_V6ONLY: i32 = 27;
-    }
-    use consts::{AF_INET, AF_INET6, SOCK_STREAM};
-    pub use consts::{IPV6_V6ONLY, SOL_SOCKET, SO_REUSEADDR};
-    pub const IPPROTO_IPV6: i32 = 41;
+}
 
-    extern "C" {
-        fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
-        fn setsockopt(
-            fd: c_int,
-            level: c_int,
-            name: c_int,
-            value: *const c_void,
-            len: u32,
-        ) -> c_int;
-        #[link_name = "bind"]
-        fn c_bind(fd: c_int, addr: *const c_void, len: u32) -> c_int;
-        #[link_name = "listen"]
-        fn c_listen(fd: c_int, backlog: c_int) -> c_int;
+/// Stops a running server from any thread.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    stop: Arc<AtomicBool>,
+    trigger: TriggerHandle,
+}
+
+impl ShutdownHandle {
+    /// Ask the server to stop: its `run` closes the listeners and connections, stops the
+    /// workers and returns.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.trigger.pull_trigger();
+    }
+}
+
+/// One listening socket in the map (waitress: `BaseWSGIServer` as a dispatcher).
+struct BaseWsgiServer {
+    /// The socket's descriptor, its key in the map (kept after the socket is closed).
+    fd: RawFd,
+    /// The socket; `None` once closed.
+    socket: RefCell<Option<ServerSocket>>,
+    /// What the channels of this listener share: application, worker pool, trigger, and the
+    /// open channels (`active_channels`).
+    server: Rc<ChannelServer>,
+    /// The map this listener sits in; weak, since the map holds the listener.
+    map: WeakSocketMap,
+    adj: Arc<Adjustments>,
+    /// Accepting is paused at `connection_limit` (waitress: `in_connection_overflow`).
+    in_connection_overflow: Cell<bool>,
+    /// When `readable` next runs `maintenance` (waitress: `next_channel_cleanup`).
+    next_channel_cleanup: Cell<Instant>,
+}
+
+impl BaseWsgiServer {
+    /// Wrap a bound, listening socket and add it to `map`.
+    fn new(
+        socket: ServerSocket,
+        server: Rc<ChannelServer>,
+        map: &SocketMap,
+        adj: Arc<Adjustments>,
+    ) -> Rc<BaseWsgiServer> {
+        let listener = Rc::new(BaseWsgiServer {
+            fd: socket.as_raw_fd(),
+            socket: RefCell::new(Some(socket)),
+            server,
+            map: Rc::downgrade(map),
+            adj,
+            in_connection_overflow: Cell::new(false),
+            next_channel_cleanup: Cell::new(Instant::now()),
+        });
+        map.borrow_mut()
+            .insert(listener.fd, Rc::clone(&listener) as Rc<dyn Dispatcher>);
+        listener
     }
 
-    fn check(ret: c_int) -> io::Result<c_int> {
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret)
+    /// Accept one connection (waitress: `handle_accept`). A failed `accept` or socket option
+    /// is logged (with `log_socket_errors`) and the server carries on.
+    fn handle_accept(&self) {
+        let started = profiling::start();
+        let accepted = match self.socket.borrow().as_ref() {
+            None => return,
+            Some(socket) => socket.accept(&self.adj),
+        };
+        match accepted {
+            Ok((stream, _))
+                if !wasyncore::can_watch(stream.as_raw_fd(), self.adj.asyncore_use_poll) =>
+            {
+                // Past select()'s limit the whole loop would fail; refuse this one connection.
+                LOGGER.warning(&format!(
+                    "refused a connection: descriptor {} is beyond select()'s limit of {}; set asyncore_use_poll to serve more connections",
+                    stream.as_raw_fd(),
+                    compat::FD_SETSIZE
+                ));
+            }
+            Ok((stream, addr)) => {
+                let created = match self.map.upgrade() {
+                    Some(map) => {
+                        HttpChannel::create(&self.server, stream, addr, Arc::clone(&self.adj), &map)
+                    }
+                    // The server is gone: the connection is dropped, hence closed.
+                    None => return,
+                };
+                if let Err(e) = created {
+                    LOGGER.warning(&format!("could not set up the connection: {e}"));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                if self.adj.log_socket_errors {
+                    LOGGER.warning(&format!("server accept() threw an exception\n{e}"));
+                }
+            }
+        }
+        profiling::finish(Stage::Accept, started);
+    }
+
+    /// Mark channels idle past `channel_timeout` for closing (waitress: `maintenance`).
+    fn maintenance(&self, now: Instant) {
+        let timeout = Duration::from_secs(self.adj.channel_timeout);
+        for channel in self.server.active_channels.borrow().values() {
+            if !channel.has_requests() && now.duration_since(channel.last_activity()) > timeout {
+                channel.set_will_close();
+            }
+        }
+    }
+}
+
+impl Dispatcher for BaseWsgiServer {
+    fn fileno(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Also the hook for the idle sweep, and where `connection_limit` pauses accepting.
+    fn readable(&self) -> bool {
+        let now = Instant::now();
+        if now >= self.next_channel_cleanup.get() {
+            self.next_channel_cleanup
+                .set(now + Duration::from_secs(self.adj.cleanup_interval));
+            self.maintenance(now);
+        }
+        let open = self.map.upgrade().map_or(0, |map| map.borrow().len());
+        if !self.in_connection_overflow.get() && open >= self.adj.connection_limit {
+            self.in_connection_overflow.set(true);
+            LOGGER.warning(
+                "total open connections reached the connection limit, no longer accepting new connections",
+            );
+        } else if self.in_connection_overflow.get() && open < self.adj.connection_limit {
+            self.in_connection_overflow.set(false);
+            LOGGER
+                .info("total open connections dropped below the connection limit, listening again");
+        }
+        !self.in_connection_overflow.get()
+    }
+
+    fn writable(&self) -> bool {
+        false
+    }
+
+    fn handle_read_event(&self) {
+        self.handle_accept();
+    }
+
+    fn handle_write_event(&self) {}
+
+    /// Leave the map and close the socket, at once: the port (or socket file) is free when
+    /// this returns (waitress: `close`). Closing twice does nothing the second time.
+    fn handle_close(&self) {
+        if let Some(map) = self.map.upgrade() {
+            map.borrow_mut().remove(&self.fd);
+        }
+        if let Some(socket) = self.socket.borrow_mut().take() {
+            socket.close();
+        }
+    }
+}
+
+/// The socket of a `BaseWsgiServer`: waitress's two subclasses become two variants.
+enum ServerSocket {
+    Tcp(TcpWsgiServer),
+    Unix(UnixWsgiServer),
+}
+
+impl ServerSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            ServerSocket::Tcp(s) => s.listener.as_raw_fd(),
+            ServerSocket::Unix(s) => s.listener.as_raw_fd(),
         }
     }
 
-    /// A new TCP socket, closed on drop.
-    pub fn tcp_socket(ipv6: bool) -> io::Result<OwnedFd> {
-        let domain = if ipv6 { AF_INET6 } else { AF_INET };
-        // SAFETY: socket(2) takes no pointers; a non-negative result is a new descriptor that
-        // nothing else owns, so handing it to OwnedFd is sound.
-        let fd = check(unsafe { socket(domain, SOCK_STREAM, 0) })?;
-        // SAFETY: see above: `fd` was just created and is owned by no one else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    /// The host and port as waitress reports them (waitress: `getsockname`).
+    fn getsockname(&self) -> (String, String) {
+        match self {
+            ServerSocket::Tcp(s) => s.getsockname(),
+            ServerSocket::Unix(s) => s.getsockname(),
+        }
     }
 
-    /// `setsockopt` with an int value.
-    pub fn set_int_option(fd: c_int, level: i32, name: i32, value: i32) -> io::Result<()> {
-        // SAFETY: the value pointer refers to a live c_int for the duration of the call and the
-        // length passed is exactly its size.
-        check(unsafe {
-            setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const c_int).cast(),
-                std::mem::size_of::<c_int>() as u32,
-            )
-        })?;
-        Ok(())
-    }
-
-    #[cfg(target_os = "linux")]
-    #[repr(C)]
-    struct SockaddrIn {
-        family: u16,
-        port: u16,
-        addr: [u8; 4],
-        zero: [u8; 8],
-    }
-
-    #[cfg(target_os = "linux")]
-    #[repr(C)]
-    struct SockaddrIn6 {
-        family: u16,
-        port: u16,
-        flowinfo: u32,
-        addr: [u8; 16],
-        scope_id: u32,
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    #[repr(C)]
-    struct SockaddrIn {
-        len: u8,
-        family: u8,
-        port: u16,
-        addr: [u8; 4],
-        zero: [u8; 8],
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    #[repr(C)]
-    struct SockaddrIn6 {
-        len: u8,
-        family: u8,
-        port: u16,
-        flowinfo: u32,
-        addr: [u8; 16],
-        scope_id: u32,
-    }
-
-    /// `bind(2)` to a socket address.
-    pub fn bind(fd: c_int, addr: &SocketAddr) -> io::Result<()> {
-        match addr {
-            SocketAddr::V4(a) => {
-                let raw = SockaddrIn {
-                    #[cfg(not(target_os = "linux"))]
-                    len: std::mem::size_of::<SockaddrIn>() as u8,
-                    family: AF_INET as _,
-                    port: a.port().to_be(),
-                    addr: a.ip().octets(),
-                    zero: [0; 8],
-                };
-                // SAFETY: `raw` is a properly laid out sockaddr_in that lives across the call,
-                // and the length is its exact size.
-                check(unsafe {
-                    c_bind(
-                        fd,
-                        (&raw as *const SockaddrIn).cast(),
-                        std::mem::size_of::<SockaddrIn>() as u32,
-                    )
-                })?;
+    /// One `accept`, with the socket options set and the peer address fixed up.
+    fn accept(&self, adj: &Adjustments) -> io::Result<(ChannelStream, PeerAddr)> {
+        match self {
+            ServerSocket::Tcp(s) => {
+                let (conn, addr) = s.listener.accept()?;
+                TcpWsgiServer::set_socket_options(&conn, adj)?;
+                Ok((ChannelStream::Tcp(conn), TcpWsgiServer::fix_addr(addr)))
             }
-            SocketAddr::V6(a) => {
-                let raw = SockaddrIn6 {
-                    #[cfg(not(target_os = "linux"))]
-                    len: std::mem::size_of::<SockaddrIn6>() as u8,
-                    family: AF_INET6 as _,
-                    port: a.port().to_be(),
-                    flowinfo: a.flowinfo().to_be(),
-                    addr: a.ip().octets(),
-                    scope_id: a.scope_id(),
-                };
-                // SAFETY: `raw` is a properly laid out sockaddr_in6 that lives across the call,
-                // and the length is its exact size.
-                check(unsafe {
-                    c_bind(
-                        fd,
-                        (&raw as *const SockaddrIn6).cast(),
-                        std::mem::size_of::<SockaddrIn6>() as u32,
-                    )
-                })?;
+            ServerSocket::Unix(s) => {
+                let (conn, _) = s.listener.accept()?;
+                Ok((ChannelStream::Unix(conn), UnixWsgiServer::fix_addr()))
+            }
+        }
+    }
+
+    fn close(self) {
+        if let ServerSocket::Unix(s) = self {
+            s.close();
+        }
+    }
+}
+
+/// Put a bound socket in listening mode with the configured backlog (waitress:
+/// `accept_connections`). The caller makes it non-blocking, as waitress's `set_socket` does.
+fn accept_connections(socket: &impl AsFd, backlog: i32) -> io::Result<()> {
+    compat::listen_on(socket, backlog)
+}
+
+/// A TCP listening socket (waitress: `TcpWSGIServer`).
+struct TcpWsgiServer {
+    listener: TcpListener,
+}
+
+impl TcpWsgiServer {
+    /// Create, configure, bind and listen, IPv4 and IPv6 alike: `SO_REUSEADDR` always, and
+    /// `IPV6_V6ONLY` for IPv6 so that `0.0.0.0` and `::` can both be bound on one port
+    /// (waitress: `create_socket`, `set_reuse_addr`, `bind_server_socket`,
+    /// `accept_connections`).
+    fn bind_server_socket(addr: SocketAddr, backlog: i32) -> Result<TcpWsgiServer, ServerError> {
+        let fail = |source| ServerError::Bind {
+            address: addr.to_string(),
+            source,
+        };
+        let socket = compat::tcp_socket(addr.is_ipv6()).map_err(fail)?;
+        if addr.is_ipv6() {
+            compat::set_int_option(&socket, IPPROTO_IPV6, IPV6_V6ONLY, 1).map_err(fail)?;
+        }
+        compat::set_int_option(&socket, SOL_SOCKET, SO_REUSEADDR, 1).map_err(fail)?;
+        compat::bind_to(&socket, &addr).map_err(fail)?;
+        accept_connections(&socket, backlog).map_err(fail)?;
+        let listener = TcpListener::from(socket);
+        listener.set_nonblocking(true).map_err(fail)?;
+        Ok(TcpWsgiServer { listener })
+    }
+
+    /// The numeric host and port (waitress: `getnameinfo` with `NI_NUMERICHOST`).
+    fn getsockname(&self) -> (String, String) {
+        match self.listener.local_addr() {
+            Ok(addr) => (addr.ip().to_string(), addr.port().to_string()),
+            Err(_) => (String::new(), String::new()),
+        }
+    }
+
+    /// Apply `socket_options` to an accepted connection (waitress: `set_socket_options`).
+    fn set_socket_options(conn: &TcpStream, adj: &Adjustments) -> io::Result<()> {
+        for &(level, name, value) in &adj.socket_options {
+            if level == IPPROTO_TCP && name == TCP_NODELAY {
+                conn.set_nodelay(value != 0)?;
+            } else {
+                compat::set_int_option(conn, level, name, value)?;
             }
         }
         Ok(())
     }
 
-    /// `listen(2)` with the configured backlog (also re-applies it to a listening socket).
-    pub fn listen(fd: c_int, backlog: i32) -> io::Result<()> {
-        // SAFETY: listen(2) takes no pointers; an invalid descriptor is reported as an error.
-        check(unsafe { c_listen(fd, backlog) })?;
-        Ok(())
+    /// The peer as the channel reports it (waitress: `fix_addr`, which keeps it as it is).
+    fn fix_addr(addr: SocketAddr) -> PeerAddr {
+        PeerAddr {
+            host: addr.ip().to_string(),
+            port: Some(addr.port()),
+        }
+    }
+}
+
+/// A Unix-domain listening socket (waitress: `UnixWSGIServer`).
+struct UnixWsgiServer {
+    listener: UnixListener,
+    path: PathBuf,
+    /// The file was created here, so it is removed on close.
+    owned: bool,
+}
+
+impl UnixWsgiServer {
+    /// Bind the socket file: a stale socket file is removed first, then `unix_socket_perms` is
+    /// applied (waitress: `bind_server_socket`), then listen.
+    fn bind_server_socket(path: &Path, adj: &Adjustments) -> Result<UnixWsgiServer, ServerError> {
+        let fail = |source| ServerError::Bind {
+            address: path.display().to_string(),
+            source,
+        };
+        cleanup_unix_socket(path).map_err(fail)?;
+        let listener = UnixListener::bind(path).map_err(fail)?;
+        let server = UnixWsgiServer {
+            listener,
+            path: path.to_path_buf(),
+            owned: true,
+        };
+        let ready =
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(adj.unix_socket_perms))
+                .and_then(|()| accept_connections(&server.listener, adj.backlog))
+                .and_then(|()| server.listener.set_nonblocking(true));
+        match ready {
+            Ok(()) => Ok(server),
+            Err(e) => {
+                // Leave no socket file behind.
+                server.close();
+                Err(fail(e))
+            }
+        }
+    }
+
+    /// `("unix", path)` (waitress: `getsockname`).
+    fn getsockname(&self) -> (String, String) {
+        ("unix".to_string(), self.path.display().to_string())
+    }
+
+    /// Unix peers have no address: `localhost`, no port (waitress: `fix_addr`).
+    fn fix_addr() -> PeerAddr {
+        PeerAddr {
+            host: "localhost".to_string(),
+            port: None,
+        }
+    }
+
+    /// Close the socket and remove the file if this server made it.
+    fn close(self) {
+        drop(self.listener);
+        if self.owned {
+            let _ = cleanup_unix_socket(&self.path);
+        }
+    }
+}
+
+/// Serve a socket the caller bound (waitress: `sockets`); it is put in listening mode.
+fn adopt(socket: PreboundSocket, backlog: i32) -> Result<ServerSocket, ServerError> {
+    match socket {
+        PreboundSocket::Tcp(listener) => {
+            accept_connections(&listener, backlog)?;
+            listener.set_nonblocking(true)?;
+            Ok(ServerSocket::Tcp(TcpWsgiServer { listener }))
+        }
+        PreboundSocket::Unix(listener) => {
+            accept_connections(&listener, backlog)?;
+            listener.set_nonblocking(true)?;
+            let path = listener
+                .local_addr()?
+                .as_pathname()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default();
+            Ok(ServerSocket::Unix(UnixWsgiServer {
+                listener,
+                path,
+                owned: false,
+            }))
+        }
     }
 }
 
@@ -724,7 +683,7 @@ mod tests {
         create_server(hello, all).unwrap()
     }
 
-    fn listener(server: &WsgiServer) -> Rc<Listener> {
+    fn listener(server: &WsgiServer) -> Rc<BaseWsgiServer> {
         Rc::clone(&server.listeners[0])
     }
 
@@ -737,6 +696,31 @@ mod tests {
         assert_eq!(s.effective_host(), "127.0.0.1");
         s.close();
         assert_eq!(s.dispatcher.thread_count(), 0);
+    }
+
+    #[test]
+    fn close_frees_the_port_at_once_and_twice_is_harmless() {
+        let s = server(&[]);
+        let port: u16 = s.effective_port().parse().unwrap();
+        s.close();
+        // The server value still exists, but its listener is closed already.
+        drop(TcpListener::bind(("127.0.0.1", port)).expect("the port is free after close"));
+        s.close();
+        drop(s);
+    }
+
+    #[test]
+    fn a_failed_create_keeps_no_cycle_alive() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        let s = server(&[]);
+        let map = Rc::downgrade(&s.map);
+        drop(s);
+        assert!(
+            map.upgrade().is_none(),
+            "a dropped server frees its socket map"
+        );
+        assert!(create_server(hello, [("listen", address.as_str())]).is_err());
     }
 
     #[test]
@@ -892,23 +876,25 @@ mod tests {
 
     #[test]
     fn test_ipv4_and_ipv6_wildcards_bind_the_same_port() {
-        if TcpListener::bind("[::1]:0").is_err() {
-            eprintln!("skipped: no IPv6");
-            return;
-        }
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let listen = format!("0.0.0.0:{port} [::]:{port}");
-        match create_server(hello, [("listen", listen.as_str())]) {
-            Ok(s) => {
-                assert_eq!(s.effective_listen().len(), 2);
-                s.close();
+        TcpListener::bind("[::1]:0").expect("this test needs IPv6 (a ::1 loopback)");
+        // A free port is found by binding port 0 and letting it go; another process may take
+        // it in between, so try a few.
+        for _ in 0..10 {
+            let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = probe.local_addr().unwrap().port();
+            drop(probe);
+            let listen = format!("0.0.0.0:{port} [::]:{port}");
+            match create_server(hello, [("listen", listen.as_str())]) {
+                Ok(s) => {
+                    assert_eq!(s.effective_listen().len(), 2);
+                    s.close();
+                    return;
+                }
+                Err(ServerError::Bind { .. }) => continue,
+                Err(e) => panic!("{e}"),
             }
-            // Another process took the port between the probe and the bind.
-            Err(ServerError::Bind { .. }) => eprintln!("skipped: port taken meanwhile"),
-            Err(e) => panic!("{e}"),
         }
+        panic!("no port could be bound for 0.0.0.0 and :: at once in ten tries");
     }
 
     #[test]
@@ -920,14 +906,11 @@ mod tests {
                 self.0.lock().unwrap().push(m.to_string());
             }
         }
-        let s = WsgiServer {
-            effective_listen: vec![
-                ("::1".into(), "80".into()),
-                ("127.0.0.1".into(), "81".into()),
-            ],
-            ..server(&[])
-        };
-        let _ = &s;
+        let mut s = server(&[]);
+        s.effective_listen = vec![
+            ("::1".into(), "80".into()),
+            ("127.0.0.1".into(), "81".into()),
+        ];
         let capture = Arc::new(Capture(Mutex::new(Vec::new())));
         crate::utilities::set_log_sink(capture.clone());
         s.print_listen("Serving on http://{}:{}");

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::task::panic_message;
 use crate::utilities::LOGGER;
-use crate::wasyncore::{Dispatcher, SocketMap};
+use crate::wasyncore::{Dispatcher, SocketMap, WeakSocketMap};
 
 /// Work to run on the I/O thread at its next wake-up.
 pub type Thunk = Box<dyn FnOnce() + Send>;
@@ -75,7 +75,8 @@ pub struct Trigger {
     reader: UnixStream,
     fd: RawFd,
     handle: TriggerHandle,
-    map: SocketMap,
+    /// The map this trigger sits in; weak, since the map holds the trigger.
+    map: WeakSocketMap,
 }
 
 impl Trigger {
@@ -96,7 +97,7 @@ impl Trigger {
                     closed: AtomicBool::new(false),
                 }),
             },
-            map: Rc::clone(map),
+            map: Rc::downgrade(map),
         });
         map.borrow_mut()
             .insert(fd, Rc::clone(&trigger) as Rc<dyn Dispatcher>);
@@ -111,7 +112,9 @@ impl Trigger {
     /// Leave the map and stop accepting pulls (waitress: `close`).
     pub fn close(&self) {
         self.handle.close();
-        self.map.borrow_mut().remove(&self.fd);
+        if let Some(map) = self.map.upgrade() {
+            map.borrow_mut().remove(&self.fd);
+        }
     }
 }
 
@@ -188,6 +191,16 @@ mod tests {
         trigger.close();
         assert!(map.borrow().is_empty());
         trigger.handle().pull_trigger(); // ignored, no panic
+    }
+
+    #[test]
+    fn the_trigger_does_not_keep_its_map_alive() {
+        let map = new_map();
+        let trigger = Trigger::new(&map).unwrap();
+        let weak = Rc::downgrade(&map);
+        drop(map);
+        assert!(weak.upgrade().is_none());
+        trigger.close(); // the map is gone: nothing to leave, no panic
     }
 
     #[test]

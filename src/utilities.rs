@@ -6,7 +6,6 @@
 //! from any thread.
 
 use std::fmt;
-use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -41,13 +40,16 @@ impl Level {
         }
     }
 
-    fn from_u8(n: u8) -> Level {
-        match n {
-            0..=10 => Level::Debug,
-            11..=20 => Level::Info,
-            21..=30 => Level::Warning,
-            31..=40 => Level::Error,
-            _ => Level::Critical,
+    /// The level called `name` in any case: `debug`, `info`, `warning` (or `warn`), `error`,
+    /// `critical`.
+    pub fn from_name(name: &str) -> Option<Level> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "debug" => Some(Level::Debug),
+            "info" => Some(Level::Info),
+            "warning" | "warn" => Some(Level::Warning),
+            "error" => Some(Level::Error),
+            "critical" => Some(Level::Critical),
+            _ => None,
         }
     }
 }
@@ -56,23 +58,29 @@ impl Level {
 /// shape of Python's `logging.basicConfig()`; an embedding program installs its own with
 /// [`set_log_sink`].
 pub trait LogSink: Send + Sync {
-    /// Record one message from the logger called `logger` (`waitress` or `waitress.queue`).
+    /// Record one message from the logger called `logger` (one of [`LOGGER_NAMES`]).
     fn log(&self, level: Level, logger: &str, message: &str);
 }
 
 /// The default sink: one `LEVEL:name:message` line per record on standard error.
+///
+/// It writes with `eprint!`, not through `std::io::stderr()`, because the macro is what the
+/// test harness captures: a server started by a test (and every thread it spawns) logs into
+/// that test's captured output, shown only when the test fails.
 #[derive(Debug, Default)]
 pub struct StderrSink;
 
 impl LogSink for StderrSink {
     fn log(&self, level: Level, logger: &str, message: &str) {
-        // One write call per record, so that lines from several threads do not interleave.
+        // One formatted write per record: `eprint!` holds standard error's lock for the whole
+        // line, so lines from several threads do not interleave. The macro panics when the
+        // write fails (a closed pipe); a log record is not worth a worker thread, so the panic
+        // is caught and the record dropped.
         let line = format!("{}:{}:{}\n", level.name(), logger, message);
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let _ = std::panic::catch_unwind(|| eprint!("{line}"));
     }
 }
 
-static LOG_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static LOG_SINK: RwLock<Option<Arc<dyn LogSink>>> = RwLock::new(None);
 
 /// Replace the sink that receives every record (the default is [`StderrSink`]).
@@ -82,28 +90,180 @@ pub fn set_log_sink(sink: Arc<dyn LogSink>) {
     *LOG_SINK.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
 }
 
-/// Records below `level` are dropped. The default is `Info`, as waitress's runner sets it.
-pub fn set_log_level(level: Level) {
-    LOG_LEVEL.store(level as u8, Ordering::Relaxed);
+/// The loggers of the server, by name (a [`Logger`] knows its place in this table).
+pub const LOGGER_NAMES: [&str; 3] = ["waitress", "waitress.access", "waitress.queue"];
+
+/// Each logger's lowest level written, kept apart from [`LOG_LEVELS`] so that the check made
+/// before every record is one atomic load. Relaxed is enough: a new setting that a thread
+/// sees a little late only lets a record or two through under the old threshold.
+static THRESHOLDS: [AtomicU8; 3] = [
+    AtomicU8::new(Level::Info as u8),
+    AtomicU8::new(Level::Info as u8),
+    AtomicU8::new(Level::Info as u8),
+];
+
+/// The levels as last set, from which [`THRESHOLDS`] is computed. Writers hold it while they
+/// update the thresholds, so two settings made at once cannot mix.
+static LOG_LEVELS: RwLock<LogLevels> = RwLock::new(LogLevels {
+    default: Level::Info,
+    loggers: Vec::new(),
+});
+
+/// Which records are written: a default level and levels for single loggers, as the
+/// `log_level` setting and `--log-level` give them (`info,waitress.queue=error`). The level of
+/// a logger is its own, else its nearest parent's (`waitress` for `waitress.queue`), else the
+/// default: the way Python's logging finds a logger's effective level.
+///
+/// ```
+/// use waitress::utilities::{Level, LogLevels};
+///
+/// let levels: LogLevels = "warning,waitress.queue=error".parse().unwrap();
+/// assert_eq!(levels.level_for("waitress"), Level::Warning);
+/// assert_eq!(levels.level_for("waitress.queue"), Level::Error);
+/// assert!("loud".parse::<LogLevels>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLevels {
+    /// The level of every logger not named in `loggers` (default `Info`, as waitress's runner
+    /// sets it).
+    pub default: Level,
+    /// Levels of single loggers, by name.
+    pub loggers: Vec<(String, Level)>,
 }
 
-/// The current threshold.
+impl Default for LogLevels {
+    fn default() -> Self {
+        LogLevels {
+            default: Level::Info,
+            loggers: Vec::new(),
+        }
+    }
+}
+
+impl LogLevels {
+    /// Read `LEVEL`, `LOGGER=LEVEL` or both, separated by commas (`info,waitress.queue=error`).
+    /// The error says what is wrong, quoting the part that is.
+    pub fn parse(spec: &str) -> Result<LogLevels, String> {
+        let level = |name: &str| {
+            Level::from_name(name).ok_or_else(|| {
+                format!("'{name}' is not a log level (debug, info, warning, error, critical)")
+            })
+        };
+        let mut levels = LogLevels::default();
+        let mut any = false;
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            any = true;
+            match part.split_once('=') {
+                None => levels.default = level(part)?,
+                Some((logger, value)) => {
+                    let logger = logger.trim();
+                    if !LOGGER_NAMES.contains(&logger) {
+                        return Err(format!(
+                            "unknown logger '{logger}' (the loggers are {})",
+                            LOGGER_NAMES.join(", ")
+                        ));
+                    }
+                    let value = level(value.trim())?;
+                    levels.loggers.retain(|(name, _)| name != logger);
+                    levels.loggers.push((logger.to_string(), value));
+                }
+            }
+        }
+        if !any {
+            return Err("no level given (such as info or info,waitress.queue=error)".to_string());
+        }
+        Ok(levels)
+    }
+
+    /// The level in force for the logger called `name`.
+    pub fn level_for(&self, name: &str) -> Level {
+        let mut name = name;
+        loop {
+            if let Some((_, level)) = self.loggers.iter().find(|(n, _)| n == name) {
+                return *level;
+            }
+            match name.rsplit_once('.') {
+                Some((parent, _)) => name = parent,
+                None => return self.default,
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevels {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        LogLevels::parse(spec)
+    }
+}
+
+impl fmt::Display for LogLevels {
+    /// The spec form, `info,waitress.queue=error`, in lower case.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.default.name().to_ascii_lowercase())?;
+        for (logger, level) in &self.loggers {
+            write!(f, ",{logger}={}", level.name().to_ascii_lowercase())?;
+        }
+        Ok(())
+    }
+}
+
+/// Set which records are written, for every logger at once (the `log_level` setting; an
+/// embedding program's logging setup). Records below a logger's level are dropped before the
+/// message is built.
+pub fn set_log_levels(levels: &LogLevels) {
+    // A poisoned lock only means a thread panicked while setting levels; the value is whole.
+    let mut current = LOG_LEVELS.write().unwrap_or_else(|e| e.into_inner());
+    for (threshold, name) in THRESHOLDS.iter().zip(LOGGER_NAMES) {
+        threshold.store(levels.level_for(name) as u8, Ordering::Relaxed);
+    }
+    *current = levels.clone();
+}
+
+/// The levels in force.
+pub fn log_levels() -> LogLevels {
+    LOG_LEVELS.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Set the default level, keeping the levels of single loggers. The default is `Info`, as
+/// waitress's runner sets it.
+pub fn set_log_level(level: Level) {
+    let mut levels = log_levels();
+    levels.default = level;
+    set_log_levels(&levels);
+}
+
+/// The default level.
 pub fn log_level() -> Level {
-    Level::from_u8(LOG_LEVEL.load(Ordering::Relaxed))
+    log_levels().default
 }
 
 /// A named logger, like Python's `logging.getLogger(name)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Logger {
     name: &'static str,
+    /// Where the name sits in [`LOGGER_NAMES`].
+    index: usize,
 }
 
-/// waitress: `logging.getLogger("waitress")`.
-pub static LOGGER: Logger = Logger { name: "waitress" };
+/// waitress: `logging.getLogger("waitress")`: everything but the two below.
+pub static LOGGER: Logger = Logger {
+    name: LOGGER_NAMES[0],
+    index: 0,
+};
+
+/// The access log, one line per response when the `access_log` setting is on (not in
+/// waitress, which leaves access logs to middleware such as PasteDeploy's `TransLogger`).
+pub static ACCESS_LOGGER: Logger = Logger {
+    name: LOGGER_NAMES[1],
+    index: 1,
+};
 
 /// waitress: `logging.getLogger("waitress.queue")`, for the task-queue depth warnings.
 pub static QUEUE_LOGGER: Logger = Logger {
-    name: "waitress.queue",
+    name: LOGGER_NAMES[2],
+    index: 2,
 };
 
 impl Logger {
@@ -114,12 +274,16 @@ impl Logger {
 
     /// Whether a record at `level` would be written (skip building costly messages otherwise).
     pub fn enabled(&self, level: Level) -> bool {
-        level >= log_level()
+        level as u8 >= THRESHOLDS[self.index].load(Ordering::Relaxed)
     }
 
     /// Log `message` at `level`.
     pub fn log(&self, level: Level, message: &str) {
         if !self.enabled(level) {
+            return;
+        }
+        #[cfg(test)]
+        if capture(level, self.name, message) {
             return;
         }
         let sink = LOG_SINK.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -156,6 +320,35 @@ impl Logger {
             self.log(Level::Error, &format!("{message}\n{}", error_chain(error)));
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The records of this thread while a unit test captures them with [`capture_logs`].
+    static CAPTURED: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Keep the record for [`capture_logs`] when this thread captures; false otherwise.
+#[cfg(test)]
+fn capture(level: Level, logger: &str, message: &str) -> bool {
+    CAPTURED.with(|captured| match captured.borrow_mut().as_mut() {
+        Some(records) => {
+            records.push(format!("{}:{logger}:{message}", level.name()));
+            true
+        }
+        None => false,
+    })
+}
+
+/// Run `f` and return what it logged on this thread, as `LEVEL:logger:message` lines, instead
+/// of sending it to the sink: unit tests check log records without touching the process-wide
+/// sink that tests running beside them share.
+#[cfg(test)]
+pub(crate) fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    CAPTURED.with(|captured| *captured.borrow_mut() = Some(Vec::new()));
+    let value = f();
+    let records = CAPTURED.with(|captured| captured.borrow_mut().take());
+    (value, records.unwrap_or_default())
 }
 
 /// An error and its `source()` chain, one per line: the closest thing Rust has to a traceback.
@@ -545,9 +738,68 @@ impl std::error::Error for Error {}
 
 #[cfg(test)]
 mod tests {
-    //! Ports of tests/test_utilities.py. Skipped: `TestBadRequest.test_it` (Python stores any
-    //! object as the body; here the body is typed as a string).
+    //! Ports of tests/test_utilities.py, under waitress's names (classes become modules where
+    //! names repeat: `unpack_rfc850::test_it`). Every test carries over.
     use super::*;
+
+    #[test]
+    fn log_levels_parse_a_default_and_single_loggers() {
+        let levels = LogLevels::parse("info,waitress.queue=error").unwrap();
+        assert_eq!(levels.default, Level::Info);
+        assert_eq!(
+            levels.loggers,
+            vec![("waitress.queue".to_string(), Level::Error)]
+        );
+        assert_eq!(levels.to_string(), "info,waitress.queue=error");
+        // Any case, spaces around the parts, `warn` for `warning`, the last value wins.
+        let levels =
+            LogLevels::parse(" WARN , waitress.queue = Debug, waitress.queue=critical").unwrap();
+        assert_eq!(levels.to_string(), "warning,waitress.queue=critical");
+        // Only single loggers: the default stays info.
+        let levels = LogLevels::parse("waitress=error").unwrap();
+        assert_eq!(levels.default, Level::Info);
+    }
+
+    #[test]
+    fn log_levels_follow_the_logger_hierarchy() {
+        let levels = LogLevels::parse("debug,waitress=error,waitress.access=info").unwrap();
+        assert_eq!(levels.level_for("waitress"), Level::Error);
+        // No level of its own: its parent's.
+        assert_eq!(levels.level_for("waitress.queue"), Level::Error);
+        assert_eq!(levels.level_for("waitress.access"), Level::Info);
+        // Outside the `waitress` tree: the default.
+        assert_eq!(levels.level_for("other"), Level::Debug);
+        assert_eq!(
+            LogLevels::default().level_for("waitress.queue"),
+            Level::Info
+        );
+    }
+
+    #[test]
+    fn log_levels_refuse_what_they_cannot_read() {
+        assert_eq!(
+            LogLevels::parse("loud").unwrap_err(),
+            "'loud' is not a log level (debug, info, warning, error, critical)"
+        );
+        assert_eq!(
+            LogLevels::parse("info,waitress.queue=").unwrap_err(),
+            "'' is not a log level (debug, info, warning, error, critical)"
+        );
+        assert_eq!(
+            LogLevels::parse("waitress.que=error").unwrap_err(),
+            "unknown logger 'waitress.que' (the loggers are waitress, waitress.access, waitress.queue)"
+        );
+        assert!(LogLevels::parse(" , ")
+            .unwrap_err()
+            .starts_with("no level given"));
+    }
+
+    #[test]
+    fn every_logger_has_its_place_in_the_table() {
+        for logger in [LOGGER, ACCESS_LOGGER, QUEUE_LOGGER] {
+            assert_eq!(LOGGER_NAMES[logger.index], logger.name());
+        }
+    }
 
     #[test]
     fn test_rfc850() {
@@ -604,8 +856,44 @@ mod tests {
         assert!((now - parsed).abs() <= 1, "{parsed} vs {now}");
     }
 
-    // Test_unpack_rfc850.test_it / Test_unpack_rfc_822.test_it: the field splitting is private
-    // here; test_rfc850 and test_rfc822 check the same fields through the public function.
+    /// 1994-02-08 14:15:29 UTC, the fields waitress's `unpack_*` tests expect, in seconds.
+    fn feb_8_1994_14_15_29() -> i64 {
+        days_from_civil(1994, 2, 8) * 86_400 + 14 * 3600 + 15 * 60 + 29
+    }
+
+    /// Test_unpack_rfc850: the private parser on a lower-cased date, as waitress matches it.
+    mod unpack_rfc850 {
+        use super::super::parse_rfc850;
+
+        #[test]
+        fn test_it() {
+            let value = "Tuesday, 08-Feb-94 14:15:29 GMT".to_lowercase();
+            assert_eq!(parse_rfc850(&value), Some(super::feb_8_1994_14_15_29()));
+        }
+    }
+
+    /// Test_unpack_rfc_822
+    mod unpack_rfc_822 {
+        use super::super::parse_rfc822;
+
+        #[test]
+        fn test_it() {
+            let value = "Sun, 08 Feb 1994 14:15:29 GMT".to_lowercase();
+            assert_eq!(parse_rfc822(&value), Some(super::feb_8_1994_14_15_29()));
+        }
+    }
+
+    /// TestBadRequest: the error keeps the body it was given.
+    mod bad_request {
+        use super::super::{Error, ErrorKind};
+
+        #[test]
+        fn test_it() {
+            let inst = Error::bad_request("1");
+            assert_eq!(inst.body, "1");
+            assert_eq!(inst.kind, ErrorKind::BadRequest);
+        }
+    }
 
     /// Test_find_double_newline
     mod find_double_newline {

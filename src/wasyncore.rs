@@ -1,21 +1,47 @@
 //! Port of waitress/wasyncore.py.
 //!
-//! The event loop of the I/O thread: a map from file descriptor to [`Dispatcher`], and
-//! `loop_`, which asks `poll(2)` which descriptors are ready and calls their handlers. Only the
-//! I/O thread touches the map, so it is an `Rc<RefCell<…>>`; handlers that other threads must
-//! reach (a channel's buffers) keep that state behind their own locks.
+//! The event loop of the I/O thread. A [`SocketMap`] maps descriptors to [`Dispatcher`]s (the
+//! listeners, one channel per connection, the trigger). One round asks each dispatcher whether
+//! it is `readable` and `writable`, hands those that want something to `poll(2)` (a dispatcher
+//! that wants nothing is not watched; when none wants anything the round just sleeps for the
+//! timeout), and calls the handlers of the ready ones through [`readwrite`]. A handler may add
+//! or remove map entries; the round works on a snapshot and looks each object up again before
+//! calling it.
+//!
+//! [`poll`] gives waitress's `select()` semantics (the default, `asyncore_use_poll=false`):
+//! descriptors from `FD_SETSIZE` on are an error, and a hang-up is reported as readable. [`poll2`]
+//! gives `poll()` semantics: no limit, and a hang-up or error calls `handle_close`. An
+//! interrupted `poll(2)` is retried (waitress returns from the round instead). [`loop_`] runs
+//! rounds until the map is empty or a count is reached; the server runs its own rounds so it
+//! can stop on request. [`close_all`] closes every dispatcher.
+//!
+//! Only the I/O thread touches the map, so it is an `Rc<RefCell<…>>`; state that other threads
+//! reach (a channel's buffers) sits behind the dispatcher's own locks. asyncore's `dispatcher`
+//! base class and its socket methods are not ported: std's sockets do that work, and each
+//! dispatcher handles its own I/O errors. A panic in a handler is caught and reported to
+//! `handle_error`, which closes that dispatcher, as waitress does with an uncaught exception.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::io::RawFd;
-use std::rc::Rc;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use crate::compat::{
+    self, PollFd, EBADF, ESHUTDOWN, FD_SETSIZE, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT,
+    POLLPRI,
+};
+use crate::task::panic_message;
 use crate::utilities::LOGGER;
 
 /// Every dispatcher of one loop, by file descriptor (waitress: `socket_map`).
 pub type SocketMap = Rc<RefCell<BTreeMap<RawFd, Rc<dyn Dispatcher>>>>;
+
+/// A reference to a map that does not keep it alive: what the dispatchers inside a map hold,
+/// so that the map and its entries do not keep each other alive.
+pub type WeakSocketMap = Weak<RefCell<BTreeMap<RawFd, Rc<dyn Dispatcher>>>>;
 
 /// An empty map.
 pub fn new_map() -> SocketMap {
@@ -39,10 +65,12 @@ pub trait Dispatcher {
     fn handle_expt_event(&self) {}
     /// The peer hung up or the descriptor failed: close and leave the map.
     fn handle_close(&self);
-    /// An unexpected error in a handler: log it and close (waitress: `handle_error`).
-    fn handle_error(&self, error: &io::Error) {
+    /// A handler panicked: log it and close this dispatcher; the loop carries on (waitress:
+    /// `handle_error`, called for an uncaught exception).
+    fn handle_error(&self, message: &str) {
         LOGGER.error(&format!(
-            "uncaptured python exception, closing channel: {error}"
+            "uncaptured panic, closing descriptor {}: {message}",
+            self.fileno()
         ));
         self.handle_close();
     }
@@ -57,24 +85,29 @@ pub fn is_disconnected(error: &io::Error) -> bool {
             | io::ErrorKind::NotConnected
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
-    ) || matches!(error.raw_os_error(), Some(code) if code == sys::ESHUTDOWN || code == sys::EBADF)
+    ) || matches!(error.raw_os_error(), Some(code) if code == ESHUTDOWN || code == EBADF)
 }
 
 /// Call the handlers a `poll` result asks for, in waitress's order: read, write, urgent, then
-/// close on hang-up or error. An error from the system that means "disconnected" closes; any
-/// other is reported to `handle_error`.
+/// close on hang-up or error. A panic in a handler stops the sequence and goes to
+/// `handle_error` (the handlers deal with their own I/O errors, using [`is_disconnected`]).
 pub fn readwrite(obj: &dyn Dispatcher, flags: i16) {
-    if flags & sys::POLLIN != 0 {
-        obj.handle_read_event();
-    }
-    if flags & sys::POLLOUT != 0 {
-        obj.handle_write_event();
-    }
-    if flags & sys::POLLPRI != 0 {
-        obj.handle_expt_event();
-    }
-    if flags & (sys::POLLHUP | sys::POLLERR | sys::POLLNVAL) != 0 {
-        obj.handle_close();
+    let dispatched = catch_unwind(AssertUnwindSafe(|| {
+        if flags & POLLIN != 0 {
+            obj.handle_read_event();
+        }
+        if flags & POLLOUT != 0 {
+            obj.handle_write_event();
+        }
+        if flags & POLLPRI != 0 {
+            obj.handle_expt_event();
+        }
+        if flags & (POLLHUP | POLLERR | POLLNVAL) != 0 {
+            obj.handle_close();
+        }
+    }));
+    if let Err(panic) = dispatched {
+        obj.handle_error(&panic_message(&*panic));
     }
 }
 
@@ -83,10 +116,10 @@ pub fn readwrite(obj: &dyn Dispatcher, flags: i16) {
 fn interest(obj: &dyn Dispatcher) -> i16 {
     let mut flags = 0;
     if obj.readable() {
-        flags |= sys::POLLIN | sys::POLLPRI;
+        flags |= POLLIN | POLLPRI;
     }
     if obj.writable() {
-        flags |= sys::POLLOUT;
+        flags |= POLLOUT;
     }
     flags
 }
@@ -95,7 +128,7 @@ fn interest(obj: &dyn Dispatcher) -> i16 {
 /// semantics. The server refuses connections it could not watch, rather than let one
 /// descriptor stop the loop for everybody.
 pub fn can_watch(fd: RawFd, use_poll: bool) -> bool {
-    use_poll || fd < sys::FD_SETSIZE
+    use_poll || fd < FD_SETSIZE
 }
 
 /// One round with `select()` semantics (waitress: `poll`): only descriptors that want
@@ -111,7 +144,7 @@ pub fn poll2(timeout: Duration, map: &SocketMap) -> io::Result<()> {
 }
 
 fn poll_round(timeout: Duration, map: &SocketMap, use_poll: bool) -> io::Result<()> {
-    let mut fds: Vec<sys::PollFd> = Vec::with_capacity(map.borrow().len());
+    let mut fds: Vec<PollFd> = Vec::with_capacity(map.borrow().len());
     // Snapshot the interest list first: the handlers below add and remove map entries.
     let entries: Vec<(RawFd, Rc<dyn Dispatcher>)> = map
         .borrow()
@@ -129,7 +162,7 @@ fn poll_round(timeout: Duration, map: &SocketMap, use_poll: bool) -> io::Result<
                 format!("filedescriptor out of range in select() ({fd}); set asyncore_use_poll"),
             ));
         }
-        fds.push(sys::PollFd {
+        fds.push(PollFd {
             fd: *fd,
             events: flags,
             revents: 0,
@@ -140,7 +173,7 @@ fn poll_round(timeout: Duration, map: &SocketMap, use_poll: bool) -> io::Result<
         std::thread::sleep(timeout);
         return Ok(());
     }
-    sys::poll(&mut fds, timeout)?;
+    compat::poll_fds(&mut fds, timeout)?;
     for pfd in fds.iter().filter(|p| p.revents != 0) {
         // Look the object up again: an earlier handler in this round may have closed it.
         let obj = map.borrow().get(&pfd.fd).cloned();
@@ -159,9 +192,9 @@ fn poll_round(timeout: Duration, map: &SocketMap, use_poll: bool) -> io::Result<
 /// What `select()` would have reported: a hang-up or error shows as readable (the next
 /// `recv` then sees it), never as a separate close.
 fn select_flags(revents: i16) -> i16 {
-    let mut flags = revents & (sys::POLLIN | sys::POLLOUT | sys::POLLPRI);
-    if revents & (sys::POLLHUP | sys::POLLERR | sys::POLLNVAL) != 0 {
-        flags |= sys::POLLIN;
+    let mut flags = revents & (POLLIN | POLLOUT | POLLPRI);
+    if revents & (POLLHUP | POLLERR | POLLNVAL) != 0 {
+        flags |= POLLIN;
     }
     flags
 }
@@ -195,75 +228,6 @@ pub fn close_all(map: &SocketMap) {
         obj.handle_close();
     }
     map.borrow_mut().clear();
-}
-
-/// The system calls std does not offer, in one place.
-pub mod sys {
-    use std::io;
-    use std::time::Duration;
-
-    /// `struct pollfd`.
-    #[repr(C)]
-    #[derive(Debug, Clone, Copy)]
-    pub struct PollFd {
-        /// The descriptor.
-        pub fd: i32,
-        /// What to wait for.
-        pub events: i16,
-        /// What happened.
-        pub revents: i16,
-    }
-
-    /// Input ready.
-    pub const POLLIN: i16 = 0x001;
-    /// Urgent input.
-    pub const POLLPRI: i16 = 0x002;
-    /// Room to write.
-    pub const POLLOUT: i16 = 0x004;
-    /// An error on the descriptor.
-    pub const POLLERR: i16 = 0x008;
-    /// The peer hung up.
-    pub const POLLHUP: i16 = 0x010;
-    /// Not an open descriptor.
-    pub const POLLNVAL: i16 = 0x020;
-    /// `select()`'s descriptor limit.
-    pub const FD_SETSIZE: i32 = 1024;
-    /// `EBADF`.
-    pub const EBADF: i32 = 9;
-    /// `ESHUTDOWN`.
-    #[cfg(target_os = "linux")]
-    pub const ESHUTDOWN: i32 = 108;
-    /// `ESHUTDOWN`.
-    #[cfg(not(target_os = "linux"))]
-    pub const ESHUTDOWN: i32 = 58;
-
-    #[cfg(target_os = "linux")]
-    type NfdsT = u64;
-    #[cfg(not(target_os = "linux"))]
-    type NfdsT = u32;
-
-    extern "C" {
-        #[link_name = "poll"]
-        fn c_poll(fds: *mut PollFd, nfds: NfdsT, timeout: i32) -> i32;
-    }
-
-    /// `poll(2)` over `fds` for at most `timeout`, retried on `EINTR`. Returns how many
-    /// descriptors have events.
-    pub fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
-        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        loop {
-            // SAFETY: `fds` is a valid, exclusively borrowed slice of `repr(C)` pollfd structs
-            // and `nfds` is its exact length, so the kernel reads and writes only inside it.
-            let n = unsafe { c_poll(fds.as_mut_ptr(), fds.len() as NfdsT, millis) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                return Err(error);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -332,12 +296,12 @@ mod tests {
     #[test]
     fn test_readwrite_dispatches_each_flag() {
         let obj = Recorder::default();
-        readwrite(&obj, sys::POLLIN);
-        readwrite(&obj, sys::POLLOUT);
-        readwrite(&obj, sys::POLLPRI);
-        readwrite(&obj, sys::POLLHUP);
-        readwrite(&obj, sys::POLLERR);
-        readwrite(&obj, sys::POLLNVAL);
+        readwrite(&obj, POLLIN);
+        readwrite(&obj, POLLOUT);
+        readwrite(&obj, POLLPRI);
+        readwrite(&obj, POLLHUP);
+        readwrite(&obj, POLLERR);
+        readwrite(&obj, POLLNVAL);
         assert_eq!(
             *obj.events.borrow(),
             vec!["read", "write", "expt", "close", "close", "close"]
@@ -376,7 +340,7 @@ mod tests {
     #[test]
     fn test_poll_refuses_descriptors_beyond_fd_setsize() {
         let map = new_map();
-        register(&map, Recorder::new(sys::FD_SETSIZE + 5, true, false));
+        register(&map, Recorder::new(FD_SETSIZE + 5, true, false));
         let err = poll(Duration::from_millis(1), &map).unwrap_err();
         assert!(err.to_string().contains("asyncore_use_poll"));
     }
@@ -420,10 +384,8 @@ mod tests {
         ] {
             assert!(is_disconnected(&io::Error::from(kind)));
         }
-        assert!(is_disconnected(&io::Error::from_raw_os_error(sys::EBADF)));
-        assert!(is_disconnected(&io::Error::from_raw_os_error(
-            sys::ESHUTDOWN
-        )));
+        assert!(is_disconnected(&io::Error::from_raw_os_error(EBADF)));
+        assert!(is_disconnected(&io::Error::from_raw_os_error(ESHUTDOWN)));
         assert!(!is_disconnected(&io::Error::from(
             io::ErrorKind::WouldBlock
         )));

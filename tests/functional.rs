@@ -2,6 +2,13 @@
 //! thread, driven over TCP and over a Unix socket with raw HTTP bytes. Each test keeps
 //! waitress's name; the `tcp` and `unix` modules at the bottom run every test both ways, as
 //! waitress's `Tcp*Tests`/`Unix*Tests` classes do.
+//!
+//! Where two waitress classes share a test name, or a name says too little, the port renames:
+//! - test_equal_body, test_no_content_length (WriteCallbackTests): asserted by
+//!   test_writecb_equal_body and test_writecb_no_content_length, beside test_writecb_short_body
+//!   and test_writecb_long_body (BadContentLengthTests keeps test_short_body/test_long_body);
+//! - test_it (SleepyThreadTests): asserted by test_sleepy_request_does_not_block_others (the
+//!   quick request is answered while the sleepy one still runs).
 
 mod support;
 

@@ -94,7 +94,18 @@ fn bad_command_lines_exit_1_with_one_error_line() {
             &["--no-such-option"][..],
             "Error: option --no-such-option not recognized",
         ),
-        (&["--threads=many"][..], "Error: Bad value for threads"),
+        (
+            &["--threads=many"][..],
+            "Error: bad value for --threads: 'many' is not a whole number",
+        ),
+        (
+            &["--port=abc"][..],
+            "Error: bad value for --port: 'abc' is not a whole number",
+        ),
+        (
+            &["--channel-timeout=-5"][..],
+            "Error: bad value for --channel-timeout: -5 is out of range (0 to 18446744073709551615)",
+        ),
         (&["--port"][..], "Error: option --port requires argument"),
         (
             &["nope"][..],
@@ -102,8 +113,12 @@ fn bad_command_lines_exit_1_with_one_error_line() {
         ),
         (&["hello", "echo"][..], "Error: Provide only one WSGI app"),
         (
+            &["--log-level=info,waitress.queue=loud"][..],
+            "Error: bad value for --log-level: 'loud' is not a log level",
+        ),
+        (
             &["--listen=127.0.0.1:0", "--port=1"][..],
-            "Error: host or port may not be set if listen is set.",
+            "Error: --host or --port may not be set if --listen is set.",
         ),
     ] {
         let output = binary().args(args).output().unwrap();
@@ -189,7 +204,14 @@ fn unix_socket_is_served_and_removed_on_sigterm() {
 #[test]
 fn ipv6_listener_answers_where_the_machine_has_ipv6() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: this machine has no IPv6 loopback");
+        // No IPv6 loopback here: the address cannot be bound, and that is a clear error.
+        let output = binary()
+            .args(["--listen=[::1]:0", "hello"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.starts_with("Error: could not listen on"), "{stderr}");
         return;
     }
     let running = start(&["--listen=[::1]:0", "hello"], 1);
@@ -201,6 +223,80 @@ fn ipv6_listener_answers_where_the_machine_has_ipv6() {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.ends_with("Hello, World!"), "{response}");
+}
+
+#[test]
+fn log_level_silences_loggers_one_by_one() {
+    // The "Serving on" lines are INFO records of the `waitress` logger: a default of error
+    // with `waitress=info` keeps them.
+    let running = start(
+        &[
+            "--log-level=error,waitress=info",
+            "--listen=127.0.0.1:0",
+            "hello",
+        ],
+        1,
+    );
+    assert_eq!(get(&tcp_target(&running, 0), "/").body, b"Hello, World!");
+
+    // With `warning` they go; the server is found by its Unix socket instead.
+    let dir = std::env::temp_dir().join(format!("waitress-loglevel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("quiet.sock");
+    let mut child = binary()
+        .args([
+            "--log-level=warning",
+            &format!("--unix-socket={}", path.display()),
+            "hello",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).map(|_| text)
+    });
+    // Killed on drop if an assertion below fails.
+    let mut running = Running {
+        child,
+        listening: Vec::new(),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&path).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(get(&Target::Unix(path.clone()), "/").body, b"Hello, World!");
+    signal(&running.child, "TERM");
+    assert_eq!(running.child.wait().unwrap().code(), Some(0));
+    let stderr = reader.join().unwrap().unwrap();
+    assert!(!stderr.contains("INFO:"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn no_ipv4_and_no_ipv6_listens_on_both_families() {
+    if !waitress::adjustments::host_has_ipv6() {
+        let output = binary()
+            .args(["--no-ipv4", "--no-ipv6", "--listen=127.0.0.1:0", "hello"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.starts_with("Error: IPv4 is disabled but IPv6 is not available."));
+        return;
+    }
+    // As in waitress, switching both families off is the same as leaving both on.
+    let running = start(
+        &["--no-ipv4", "--no-ipv6", "--listen=127.0.0.1:0", "hello"],
+        1,
+    );
+    assert_eq!(get(&tcp_target(&running, 0), "/").body, b"Hello, World!");
 }
 
 fn echo_with_forwarded_headers(trusted_proxy: &str) -> support::Echo {

@@ -21,11 +21,11 @@ use waitress::{AppResult, Body, Environ, SharedApp, StartResponse};
 // Fixture applications (waitress: tests/fixtureapps)
 // ---------------------------------------------------------------------------------------------
 
-use waitress::runner::builtin::read_body;
+use waitress::apps::read_body;
 
 /// echo.py `app`: the request as JSON, a blank line, then the body.
 pub fn echo(environ: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
-    waitress::runner::builtin::echo(environ, sr)
+    waitress::apps::echo(environ, sr)
 }
 
 /// echo.py `app_body_only`.

@@ -105,7 +105,7 @@ def normalise(answer):
 
 def outline(answer):
     """The status codes in order and how the exchange ended: `200 400 EOF`."""
-    codes = re.findall(rb"(?:^|\n|\}|>)HTTP/\d\.\d (\d{3})", answer)
+    codes = re.findall(rb"HTTP/\d\.\d (\d{3}) ", answer)
     end = answer[answer.rfind(b"<"):].strip(b"<>") if answer.endswith(b">") else b"?"
     return " ".join(c.decode() for c in codes + [end]) or "nothing"
 

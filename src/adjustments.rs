@@ -282,8 +282,9 @@ int_setting!(u16, i32, u64, usize);
 fn asint<T: IntSetting>(s: &str) -> Result<T, String> {
     let t = s.trim();
     let t = t.strip_prefix('+').unwrap_or(t);
-    let Ok(n) = t.parse::<i128>() else {
-        return Err(format!("'{s}' is not a whole number"));
+    let n = match t.parse::<i128>() {
+        Ok(n) => n,
+        Err(_) => return Err(format!("'{s}' is not a whole number")),
     };
     T::try_from(n).map_err(|_| format!("{n} is out of range ({} to {})", T::LOWEST, T::HIGHEST))
 }
@@ -606,14 +607,17 @@ impl Adjustments {
                 positional.extend(args.by_ref().cloned());
                 break;
             }
-            let Some(option) = arg.strip_prefix("--") else {
-                if arg.starts_with('-') && arg.len() > 1 {
-                    return Err(ArgsError(format!("option {} not recognized", &arg[..2])));
+            let option = match arg.strip_prefix("--") {
+                Some(option) => option,
+                None => {
+                    if arg.starts_with('-') && arg.len() > 1 {
+                        return Err(ArgsError(format!("option {} not recognized", &arg[..2])));
+                    }
+                    // getopt stops at the first argument that is not an option.
+                    positional.push(arg.clone());
+                    positional.extend(args.by_ref().cloned());
+                    break;
                 }
-                // getopt stops at the first argument that is not an option.
-                positional.push(arg.clone());
-                positional.extend(args.by_ref().cloned());
-                break;
             };
             let (name, inline_value) = match option.split_once('=') {
                 Some((name, value)) => (name, Some(value.to_string())),
@@ -887,12 +891,17 @@ fn enabled_families(
 /// Whether this host can make IPv6 sockets (waitress: `compat.HAS_IPV6`, which Python
 /// decides when it is built; here it is asked of the running kernel, once).
 pub fn host_has_ipv6() -> bool {
-    static HAS_IPV6: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS_IPV6.get_or_init(|| {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // `Once` orders the store before every load that follows `call_once`.
+    static ASKED: std::sync::Once = std::sync::Once::new();
+    static HAS_IPV6: AtomicBool = AtomicBool::new(false);
+    ASKED.call_once(|| {
         // Binding a UDP socket to an ephemeral port of `::` needs no listener and no
         // configured address: it fails only when the kernel has no IPv6 at all.
-        std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).is_ok()
-    })
+        let bound = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).is_ok();
+        HAS_IPV6.store(bound, Ordering::Relaxed);
+    });
+    HAS_IPV6.load(Ordering::Relaxed)
 }
 
 /// Split `host:port`; an entry without a port (`127.0.0.1`, `[::1]`) gets `default_port`, and

@@ -84,6 +84,9 @@ pub mod adjustments;
 pub mod app;
 pub mod apps;
 pub mod buffers;
+// TEMPORARY (portability work in progress): channel.rs and task.rs still use std items newer
+// than the MSRV; they are converted once their current edits have merged.
+#[allow(clippy::incompatible_msrv)]
 pub mod channel;
 #[allow(unsafe_code)]
 pub mod compat;
@@ -94,6 +97,7 @@ pub mod receiver;
 pub mod rfc7230;
 pub mod runner;
 pub mod server;
+#[allow(clippy::incompatible_msrv)]
 pub mod task;
 pub mod trigger;
 pub mod utilities;

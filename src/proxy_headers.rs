@@ -108,7 +108,7 @@ impl App for ProxyHeaders {
         let trusted = settings
             .trusted_proxy
             .as_deref()
-            .is_some_and(|p| p == "*" || p == remote_peer);
+            .map_or(false, |p| p == "*" || p == remote_peer);
         if trusted {
             match parse_proxy_headers(
                 environ,
@@ -158,8 +158,9 @@ fn trusted_list(
     header: &str,
     count: usize,
 ) -> Result<Option<Vec<String>>, MalformedProxyHeader> {
-    let Some(raw) = environ.get(key).map(str::to_string) else {
-        return Ok(None);
+    let raw = match environ.get(key) {
+        Some(raw) => raw.to_string(),
+        None => return Ok(None),
     };
     let parts: Vec<&str> = raw.split(',').collect();
     let mut values = Vec::with_capacity(parts.len());
@@ -203,8 +204,9 @@ fn parse_forwarded_element(element: &str) -> Result<ForwardedElement, String> {
         if pair.is_empty() {
             continue;
         }
-        let Some((token, value)) = pair.split_once('=') else {
-            return Err("Invalid forwarded-pair missing \"=\"".to_string());
+        let (token, value) = match pair.split_once('=') {
+            Some(split) => split,
+            None => return Err("Invalid forwarded-pair missing \"=\"".to_string()),
         };
         if token.trim() != token {
             return Err("Token may not be surrounded by whitespace".to_string());

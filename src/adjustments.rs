@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+#[cfg(unix)]
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
@@ -18,7 +19,8 @@ use crate::utilities::{LogLevels, LOGGER};
 pub enum PreboundSocket {
     /// A bound TCP socket (IPv4 or IPv6).
     Tcp(TcpListener),
-    /// A bound Unix-domain socket.
+    /// A bound Unix-domain socket (Unix only: std has none on Windows).
+    #[cfg(unix)]
     Unix(UnixListener),
 }
 
@@ -471,6 +473,13 @@ impl Adjustments {
                 adj.apply(name, value)?;
             }
         }
+        if cfg!(windows) && adj.unix_socket.is_some() {
+            // waitress's help says "Not available on Windows", and there it quietly serves
+            // TCP on the default address instead; the port says so.
+            return Err(conflict(
+                "{unix_socket}: Unix domain sockets are not available on Windows",
+            ));
+        }
         adj.host_or_port_set = host_or_port;
         if host_or_port {
             listen = vec![format!("{}:{}", adj.host, adj.port)];
@@ -809,7 +818,8 @@ impl std::error::Error for ArgsError {}
 /// other kinds cannot be expressed by [`PreboundSocket`], so that check has nothing to do.
 pub fn check_sockets(sockets: &[PreboundSocket]) -> Result<(), AdjustmentsError> {
     let tcp = sockets.iter().any(|s| matches!(s, PreboundSocket::Tcp(_)));
-    let unix = sockets.iter().any(|s| matches!(s, PreboundSocket::Unix(_)));
+    // Any other kind is a Unix socket (a kind that exists on Unix only).
+    let unix = sockets.iter().any(|s| !matches!(s, PreboundSocket::Tcp(_)));
     if tcp && unix {
         return Err(conflict("Internet and UNIX sockets may not be mixed."));
     }
@@ -834,6 +844,11 @@ pub fn resolve_listen(
     for entry in entries {
         let invalid = || AdjustmentsError::InvalidListen(entry.clone());
         let (host, port) = split_host_port(entry, default_port);
+        if cfg!(windows) && port.trim().parse::<i64>().is_err() {
+            return Err(conflict(
+                "Windows does not support service names instead of port numbers",
+            ));
+        }
         let port = parse_port(&port).ok_or_else(invalid)?;
         let candidates: Vec<SocketAddr> = if host == "*" || host.is_empty() {
             vec![
@@ -920,10 +935,14 @@ fn split_host_port(entry: &str, default_port: u16) -> (String, String) {
     (host.to_string(), port)
 }
 
-/// A port number, or a service name looked up in `/etc/services` as getaddrinfo would.
+/// A port number, or a service name looked up in `/etc/services` as getaddrinfo would (on
+/// Unix: `resolve_listen` refuses service names on Windows, as waitress does).
 fn parse_port(port: &str) -> Option<u16> {
     if let Ok(number) = port.parse() {
         return Some(number);
+    }
+    if cfg!(windows) {
+        return None;
     }
     let services = std::fs::read_to_string("/etc/services").ok()?;
     services.lines().find_map(|line| {
@@ -1134,6 +1153,14 @@ mod tests {
 
     #[test]
     fn test_service_port() {
+        if cfg!(windows) {
+            let err = make(&[("listen", "127.0.0.1:http")]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "Windows does not support service names instead of port numbers"
+            );
+            return;
+        }
         if parse_port("http").is_none() || parse_port("https").is_none() {
             // Without an /etc/services entry a service name is no port: refused.
             let err = make(&[("listen", "127.0.0.1:http")]).unwrap_err();
@@ -1227,6 +1254,22 @@ mod tests {
             err.to_string(),
             "unix_socket may not be set if listen is set"
         );
+    }
+
+    #[test]
+    fn unix_socket_is_refused_on_windows_only() {
+        let result = make(&[("unix_socket", "./tmp/test")]);
+        if cfg!(windows) {
+            assert_eq!(
+                result.unwrap_err().command_line_message(),
+                "--unix-socket: Unix domain sockets are not available on Windows"
+            );
+        } else {
+            assert_eq!(
+                result.unwrap().unix_socket,
+                Some(PathBuf::from("./tmp/test"))
+            );
+        }
     }
 
     #[test]
@@ -1483,6 +1526,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn test_dont_mix_internet_and_unix_sockets() {
         let dir = std::env::temp_dir().join(format!("waitress-adj-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -20,7 +20,8 @@ const COMPACT_AT: usize = 64 * 1024;
 /// which uses Python's private `TemporaryFile`). On Linux it is created without a name at all
 /// (`O_TMPFILE`); elsewhere, or where the file system lacks that, under an unpredictable name
 /// with mode 0600 and removed at once. Either way nothing is left on disk, even if the process
-/// dies, and no other user ever gets to read a request body.
+/// dies, and no other user ever gets to read a request body. Windows cannot remove an open
+/// file: there it is opened exclusively (no sharing) and deleted by the system when closed.
 pub fn anonymous_tempfile() -> io::Result<File> {
     let dir = std::env::temp_dir();
     #[cfg(target_os = "linux")]
@@ -37,7 +38,10 @@ pub fn anonymous_tempfile() -> io::Result<File> {
             result => return result,
         }
     }
-    named_tempfile_unlinked(&dir)
+    #[cfg(unix)]
+    return named_tempfile_unlinked(&dir);
+    #[cfg(windows)]
+    return tempfile_deleted_on_close(&dir);
 }
 
 /// Whether opening with `O_TMPFILE` failed because the kernel or the file system lacks it
@@ -51,6 +55,7 @@ fn o_tmpfile_unsupported(e: &io::Error) -> bool {
 
 /// A file in `dir` under a name nobody can guess, created exclusively with mode 0600 (so no
 /// other user can open it, even in the instant before it is removed) and removed at once.
+#[cfg(unix)]
 fn named_tempfile_unlinked(dir: &std::path::Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     loop {
@@ -68,6 +73,30 @@ fn named_tempfile_unlinked(dir: &std::path::Path) -> io::Result<File> {
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A file in `dir` under a name nobody can guess, created exclusively, shared with nobody
+/// (no other handle can open it, not even this process's) and deleted by Windows when its
+/// handle closes, whether the process ends normally or not.
+#[cfg(windows)]
+fn tempfile_deleted_on_close(dir: &std::path::Path) -> io::Result<File> {
+    use crate::compat::tmpfile::{FILE_ATTRIBUTE_TEMPORARY, FILE_FLAG_DELETE_ON_CLOSE};
+    use std::os::windows::fs::OpenOptionsExt;
+    loop {
+        let path = dir.join(format!("waitress-{}.buf", unpredictable_name()));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .share_mode(0)
+            .attributes(FILE_ATTRIBUTE_TEMPORARY)
+            .custom_flags(FILE_FLAG_DELETE_ON_CLOSE)
+            .open(&path)
+        {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            result => return result,
         }
     }
 }
@@ -806,6 +835,7 @@ mod tests {
     }
 
     /// Mode 0600 and no name left on disk: no other process can open the file.
+    #[cfg(unix)]
     fn assert_private(file: &File) {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let meta = file.metadata().unwrap();
@@ -814,6 +844,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn tempfiles_leave_nothing_behind() {
         // Checked on the buffer's own file, not by listing the temporary directory (where
         // tests running in parallel create files of their own).
@@ -828,6 +859,27 @@ mod tests {
     }
 
     #[test]
+    #[cfg(windows)]
+    fn windows_tempfile_is_private_and_gone_once_closed() {
+        let dir = std::env::temp_dir().join(format!("waitress-buf-{}", unpredictable_name()));
+        std::fs::create_dir(&dir).unwrap();
+        let mut file = tempfile_deleted_on_close(&dir).unwrap();
+        file.write_all(b"secret").unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(names.len(), 1, "named while open");
+        let path = names[0].as_ref().unwrap().path();
+        assert!(File::open(&path).is_err(), "shared with nobody");
+        drop(file);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "deleted on close"
+        );
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    #[cfg(unix)]
     fn named_fallback_tempfile_is_private_from_the_start() {
         let file = named_tempfile_unlinked(&std::env::temp_dir()).unwrap();
         assert_private(&file);

@@ -925,3 +925,13 @@ pub mod tmpfile {
     const EINVAL: i32 = 22;
     const EOPNOTSUPP: i32 = 95;
 }
+
+/// What `buffers::anonymous_tempfile` needs on Windows, from `winnt.h` and `winbase.h`: the
+/// file is deleted when its last handle closes, and kept in memory where the cache allows.
+#[cfg(windows)]
+pub mod tmpfile {
+    /// `FILE_FLAG_DELETE_ON_CLOSE`, `winbase.h`.
+    pub const FILE_FLAG_DELETE_ON_CLOSE: u32 = 0x0400_0000;
+    /// `FILE_ATTRIBUTE_TEMPORARY`, `winnt.h`.
+    pub const FILE_ATTRIBUTE_TEMPORARY: u32 = 0x0000_0100;
+}

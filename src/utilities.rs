@@ -596,7 +596,8 @@ pub fn undquote(value: &str) -> Result<String, InvalidQuoting> {
 
 /// Remove a Unix socket file left over by an earlier run so that `bind` can succeed. Anything
 /// that is not a socket (a regular file given by mistake) is left alone, and a missing file is
-/// fine.
+/// fine. (Unix only, as Unix sockets are.)
+#[cfg(unix)]
 pub fn cleanup_unix_socket(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
@@ -999,6 +1000,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn cleanup_unix_socket_removes_sockets_only() {
         let dir = std::env::temp_dir().join(format!("waitress-util-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -285,8 +285,6 @@ mod os {
 
     /// `INVALID_SOCKET`, `winsock2.h`: `(SOCKET)(~0)`.
     pub const INVALID_SOCKET: usize = !0;
-    /// `SOCKET_ERROR`, `winsock2.h`.
-    pub const SOCKET_ERROR: c_int = -1;
     /// `WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT` (`winsock2.h`): the flags std's own
     /// sockets are made with; the second keeps child processes from inheriting the socket.
     pub const WSA_FLAGS: u32 = 0x01 | 0x80;
@@ -353,6 +351,7 @@ extern "C" {
 extern "system" {
     fn WSAStartup(version: u16, data: *mut WsaData) -> c_int;
     fn WSAGetLastError() -> c_int;
+    #[cfg(test)]
     fn WSASetLastError(code: c_int);
     fn WSAPoll(fds: *mut PollFd, nfds: NfdsT, timeout: c_int) -> c_int;
     fn WSASocketW(
@@ -389,7 +388,7 @@ fn last_error() -> io::Error {
 }
 
 /// Run a system call until it is not interrupted by a signal, turning its `-1` (Winsock's
-/// `SOCKET_ERROR`) into the `io::Error` of `errno` (`WSAGetLastError()`). Every call of this
+/// `SOCKET_ERROR`, also -1) into the `io::Error` of `errno` (`WSAGetLastError()`). Every call of this
 /// file that can fail goes through here.
 pub(crate) fn retry(mut call: impl FnMut() -> c_int) -> io::Result<c_int> {
     loop {
@@ -398,7 +397,8 @@ pub(crate) fn retry(mut call: impl FnMut() -> c_int) -> io::Result<c_int> {
             return Ok(ret);
         }
         let error = last_error();
-        if error.kind() != io::ErrorKind::Interrupted {
+        // By code: std 1.63 has no `ErrorKind::Interrupted` for Winsock's WSAEINTR.
+        if error.raw_os_error() != Some(EINTR) {
             return Err(error);
         }
     }

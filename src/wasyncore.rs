@@ -492,7 +492,13 @@ mod tests {
         a.write_all(b"x").unwrap();
         drop(a);
         poll2(Duration::from_secs(30), &map).unwrap();
-        assert_eq!(obj.events(), vec!["read", "close"]);
+        if cfg!(windows) {
+            // WSAPoll (under Wine at least) reports the hang-up only once the data is gone:
+            // the read handler's recv sees the end of the stream and closes.
+            assert_eq!(obj.events(), vec!["read"]);
+        } else {
+            assert_eq!(obj.events(), vec!["read", "close"]);
+        }
     }
 
     #[test]

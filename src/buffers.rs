@@ -827,6 +827,7 @@ mod tests {
     }
 
     /// The file behind an overflowed buffer.
+    #[cfg(unix)]
     fn overflow_file(buf: &OverflowableBuffer) -> &File {
         match &buf.storage {
             Storage::File { file, .. } => file,

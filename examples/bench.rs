@@ -1,6 +1,6 @@
 //! The project's own benchmark: a load generator and a server, both in this file.
 //!
-//!     cargo run --release --example bench                       # every scenario, ~2 minutes
+//!     cargo run --release --example bench                       # every scenario
 //!     cargo run --release --example bench -- --quick            # a short smoke run
 //!     cargo run --release --example bench -- --scenario hello   # only the hello-* scenarios
 //!
@@ -504,6 +504,15 @@ impl Conn {
         self.flush()
     }
 
+    /// What to wait for: a response, and room to write if a request is not all written.
+    fn events(&self) -> i16 {
+        if self.outbuf.is_empty() {
+            POLLIN
+        } else {
+            POLLIN | POLLOUT
+        }
+    }
+
     /// Write what the socket takes now.
     fn flush(&mut self) -> Result<(), String> {
         while !self.outbuf.is_empty() {
@@ -581,7 +590,7 @@ fn drive(streams: Vec<TcpStream>, depth: usize, count_from: Instant, until: Inst
         match started {
             Ok(()) => fds.push(PollFd {
                 fd,
-                events: POLLIN | POLLOUT,
+                events: conn.events(),
                 revents: 0,
             }),
             // A negative descriptor is one that poll(2) skips.
@@ -621,8 +630,7 @@ fn drive(streams: Vec<TcpStream>, depth: usize, count_from: Instant, until: Inst
             }
             pollfd.revents = 0;
             match result {
-                Ok(()) if conn.outbuf.is_empty() => pollfd.events = POLLIN,
-                Ok(()) => pollfd.events = POLLIN | POLLOUT,
+                Ok(()) => pollfd.events = conn.events(),
                 Err(why) => {
                     tally.lose(why);
                     pollfd.fd = -1;

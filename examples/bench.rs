@@ -436,16 +436,18 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     }))
 }
 
-/// Read one whole response from a blocking stream; returns its head.
-fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Head> {
+/// Read one whole response from a blocking stream; returns its status and body. `buf` holds
+/// what arrived beyond it (nothing, unless the server answers unasked).
+fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<(u16, Vec<u8>)> {
     let bad = |message: String| io::Error::new(io::ErrorKind::InvalidData, message);
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(head) = parse_head(buf).map_err(bad)? {
             let total = head.len + head.content_length as usize;
             if buf.len() >= total {
+                let body = buf[head.len..total].to_vec();
                 buf.drain(..total);
-                return Ok(head);
+                return Ok((head.status, body));
             }
         }
         match stream.read(&mut chunk)? {
@@ -826,11 +828,13 @@ fn upload(server: &ServerProcess, chunked: bool, bytes: u64) -> io::Result<Row> 
         }
     }
     let mut buf = Vec::new();
-    let head = read_response(&mut stream, &mut buf)?;
+    let (status, body) = read_response(&mut stream, &mut buf)?;
     let elapsed = started.elapsed();
     let mut row = bulk_row(server, bytes, elapsed);
-    if head.status != 200 {
-        row.note = format!("status {}", head.status);
+    // The application answers with the number of bytes it read.
+    let received = String::from_utf8_lossy(&body).into_owned();
+    if status != 200 || received != bytes.to_string() {
+        row.note = format!("status {status}, the application read {received:?} bytes");
     }
     Ok(row)
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::adjustments::Adjustments;
 use crate::app::{
-    validate_header, validate_status, AppError, Body, ClientDisconnected, DisconnectCheck, Environ,
-    ResponseSink, SharedApp, StartResponse, StartResponseError,
+    validate_header, validate_status, AppError, Body, ChunkIter, ClientDisconnected,
+    DisconnectCheck, Environ, ResponseSink, SharedApp, StartResponse, StartResponseError,
 };
 use crate::buffers::ReadOnlyFileBasedBuffer;
 use crate::parser::HttpRequestParser;
@@ -220,6 +220,15 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     } else {
         "panic".to_string()
     }
+}
+
+/// Run application code, turning a panic into the application's error: the text a 500 shows
+/// with `expose_tracebacks` on. The unwind stops here, so whatever called the application
+/// carries on with its bookkeeping.
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T, TaskError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        TaskError::App(format!("application panicked: {}", panic_message(&*panic)).into())
+    })
 }
 
 /// What a task knows of its server (waitress: `channel.server`).
@@ -584,27 +593,31 @@ impl<'a> Task<'a> {
     }
 
     /// `WSGITask.execute`: call the application and send what it returns.
+    ///
+    /// Every call into the application's code (the call itself, each `next()` of a lazy body,
+    /// each read of a file wrapper, and the `Drop` of the body and of the environ, which may
+    /// hold the application's own `wsgi.input`) runs under [`guard`], so a panic anywhere
+    /// comes back as an error like any other: a 500 if nothing was sent yet, otherwise the
+    /// connection is closed (waitress: an exception raised from `execute`). An unwind never
+    /// leaves the task, so the channel's bookkeeping always runs.
     fn execute_wsgi(&mut self) -> Result<(), TaskError> {
         let mut environ = self.get_environment()?;
         let application = Arc::clone(&self.channel.server().application);
         let started = profiling::start();
-        let called = catch_unwind(AssertUnwindSafe(|| {
-            application.call(&mut environ, &mut StartResponse::new(self))
-        }));
-        let body = match called {
-            Ok(result) => result,
-            Err(panic) => Err(format!("application panicked: {}", panic_message(&*panic)).into()),
+        let called = guard(|| application.call(&mut environ, &mut StartResponse::new(self)));
+        let result = match called {
+            Ok(Ok(body)) => self.send_body(body),
+            Ok(Err(error)) => Err(TaskError::from(error)),
+            Err(panicked) => Err(panicked),
         };
-        let result = body
-            .map_err(TaskError::from)
-            .and_then(|body| self.send_body(body));
+        let dropped = guard(move || drop(environ));
         profiling::finish(Stage::Application, started);
-        result
+        result.and(dropped)
     }
 
     /// Send the application's body (the loop over `app_iter` in `WSGITask.execute`). The body
-    /// is dropped, which is WSGI's `close()`, when this returns, except a file handed to the
-    /// I/O thread, which closes it when sent.
+    /// is dropped, which is WSGI's `close()`, before this returns (whether sending succeeded
+    /// or not), except a file handed to the I/O thread, which closes it when sent.
     fn send_body(&mut self, body: Body) -> Result<(), TaskError> {
         match body {
             Body::Bytes(bytes) => {
@@ -614,34 +627,22 @@ impl<'a> Task<'a> {
                 }
                 self.write(&bytes)?;
             }
-            Body::Chunks(chunks) => {
-                for chunk in chunks {
-                    let chunk = chunk.map_err(TaskError::from)?;
-                    self.write(&chunk)?;
-                }
+            Body::Chunks(mut chunks) => {
+                let sent = self.send_chunks(&mut chunks);
+                // `close()` runs even when sending failed; the first error wins.
+                let closed = guard(move || drop(chunks));
+                sent.and(closed)?;
             }
             Body::File(wrapper) => {
                 let mut buffer = ReadOnlyFileBasedBuffer::new(wrapper);
-                if buffer.is_seekable() {
-                    let size = buffer
-                        .prepare(self.content_length)
-                        .map_err(|e| TaskError::App(e.into()))?;
-                    if size > 0 {
-                        if self.content_length != Some(size) {
-                            if self.content_length.is_some() {
-                                self.remove_content_length_header();
-                            }
-                            self.content_length = Some(size);
-                        }
-                        self.write(b"")?;
-                        self.channel.write_soon_file(buffer)?;
-                        return Ok(());
-                    }
+                let streamed = self.send_file(&mut buffer);
+                if let Ok(true) = streamed {
+                    // From here the I/O thread streams the file and drops it once sent.
+                    guard(|| self.channel.write_soon_file(buffer))??;
+                    return Ok(());
                 }
-                while let Some(block) = buffer.next_block() {
-                    let block = block.map_err(|e| TaskError::App(e.into()))?;
-                    self.write(&block)?;
-                }
+                let closed = guard(move || drop(buffer));
+                streamed.and(closed)?;
             }
         }
         if let Some(cl) = self.content_length {
@@ -656,6 +657,39 @@ impl<'a> Task<'a> {
         Ok(())
     }
 
+    /// Serve a file wrapper. A seekable file with bytes to send is left for the I/O thread to
+    /// stream whole (returns `true`, the head already queued); anything else is read here,
+    /// block by block, like a lazy body.
+    fn send_file(&mut self, buffer: &mut ReadOnlyFileBasedBuffer) -> Result<bool, TaskError> {
+        if buffer.is_seekable() {
+            let content_length = self.content_length;
+            let size =
+                guard(|| buffer.prepare(content_length))?.map_err(|e| TaskError::App(e.into()))?;
+            if size > 0 {
+                if self.content_length != Some(size) {
+                    if self.content_length.is_some() {
+                        self.remove_content_length_header();
+                    }
+                    self.content_length = Some(size);
+                }
+                self.write(b"")?;
+                return Ok(true);
+            }
+        }
+        while let Some(block) = guard(|| buffer.next_block())? {
+            self.write(&block.map_err(|e| TaskError::App(e.into()))?)?;
+        }
+        Ok(false)
+    }
+
+    /// Write each chunk of a lazy body as it comes; an `Err` chunk or a panic in `next()` ends
+    /// the body with that error.
+    fn send_chunks(&mut self, chunks: &mut ChunkIter) -> Result<(), TaskError> {
+        while let Some(chunk) = guard(|| chunks.next())? {
+            self.write(&chunk?)?;
+        }
+        Ok(())
+    }
     /// The environ of the request, with waitress's keys and values.
     pub fn get_environment(&mut self) -> Result<Environ, TaskError> {
         let channel = self.channel;
@@ -1535,5 +1569,35 @@ mod tests {
             serve(&ch, "1.1").0,
             Err(TaskError::ClientDisconnected)
         ));
+    }
+
+    /// A body whose `next()` panics and whose `Drop` panics too: each panic is caught where
+    /// it happens (a panic during the first one's unwind would abort the process), and the
+    /// first comes back as the application's error.
+    #[test]
+    fn body_panics_in_next_and_in_drop_are_errors() {
+        struct Bad;
+        impl Iterator for Bad {
+            type Item = Result<Vec<u8>, AppError>;
+            fn next(&mut self) -> Option<Self::Item> {
+                panic!("next failed")
+            }
+        }
+        impl Drop for Bad {
+            fn drop(&mut self) {
+                panic!("drop failed")
+            }
+        }
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", Vec::<(String, String)>::new())?;
+            Ok(Body::from_chunks(Bad))
+        });
+        match serve(&ch, "1.1").0 {
+            Err(TaskError::App(e)) => {
+                assert_eq!(e.to_string(), "application panicked: next failed")
+            }
+            other => panic!("expected the panic as an error, got {other:?}"),
+        }
+        assert!(ch.written.lock().unwrap().is_empty(), "nothing was sent");
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::adjustments::Adjustments;
 use crate::app::{
-    validate_header, validate_status, AppError, Body, ChunkIter, ClientDisconnected,
-    DisconnectCheck, Environ, ResponseSink, SharedApp, StartResponse, StartResponseError,
+    AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, ResponseSink,
+    SharedApp, StartResponse, StartResponseError,
 };
 use crate::buffers::ReadOnlyFileBasedBuffer;
 use crate::parser::HttpRequestParser;
@@ -775,29 +775,28 @@ fn push_latin1(out: &mut Vec<u8>, text: &str) {
 }
 
 impl ResponseSink for Task<'_> {
-    fn start_response(
-        &mut self,
-        status: &str,
-        headers: Vec<(String, String)>,
-    ) -> Result<(), StartResponseError> {
-        if self.complete {
-            return Err(StartResponseError::CalledTwice);
-        }
-        self.accept_response(status, headers)
+    fn started(&self) -> bool {
+        self.complete
     }
 
-    fn start_response_with_error(
+    fn headers_sent(&self) -> bool {
+        self.wrote_header
+    }
+
+    /// As waitress, a `Content-Length` given earlier stays in force when a replacement (with
+    /// an error) names none.
+    fn record_start(
         &mut self,
         status: &str,
         headers: Vec<(String, String)>,
-        error: AppError,
-    ) -> Result<(), AppError> {
-        if self.wrote_header {
-            return Err(error);
+        content_length: Option<u64>,
+    ) {
+        self.complete = true;
+        self.status = status.to_string();
+        self.response_headers = headers;
+        if content_length.is_some() {
+            self.content_length = content_length;
         }
-        self.response_headers.clear();
-        self.accept_response(status, headers)
-            .map_err(AppError::from)
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
@@ -805,26 +804,6 @@ impl ResponseSink for Task<'_> {
             TaskError::ClientDisconnected => AppError::from(ClientDisconnected),
             TaskError::App(e) => e,
         })
-    }
-}
-
-impl Task<'_> {
-    /// The checks and bookkeeping of waitress's `start_response`.
-    fn accept_response(
-        &mut self,
-        status: &str,
-        headers: Vec<(String, String)>,
-    ) -> Result<(), StartResponseError> {
-        self.complete = true;
-        validate_status(status)?;
-        self.status = status.to_string();
-        for (name, value) in &headers {
-            if let Some(length) = validate_header(name, value)? {
-                self.content_length = Some(length);
-            }
-        }
-        self.response_headers.extend(headers);
-        Ok(())
     }
 }
 
@@ -1316,6 +1295,29 @@ mod tests {
                 _ => panic!("expected {message}"),
             }
         }
+    }
+
+    /// One `start_response` for both sinks: a refused call leaves the task unstarted, so the
+    /// application can answer properly on its second try.
+    #[test]
+    fn refused_start_response_leaves_the_task_unstarted() {
+        let ch = channel(|_e, sr| {
+            let refused = sr.start("200 OK", [("Content-Length", "9"), ("Upgrade", "x")]);
+            assert_eq!(
+                refused,
+                Err(StartResponseError::HopByHop("Upgrade".to_string()))
+            );
+            assert!(sr.write(b"early").is_err(), "not started");
+            sr.start("404 Not Found", [("Content-Length", "2")])?;
+            Ok(Body::from("no"))
+        });
+        serve(&ch, "1.1").0.unwrap();
+        let written = ch.written.lock().unwrap().clone();
+        let text = String::from_utf8_lossy(&written);
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+        assert!(text.contains("\r\nContent-Length: 2\r\n"), "{text}");
+        assert!(!text.contains("Upgrade"), "{text}");
+        assert!(text.ends_with("\r\n\r\nno"), "{text}");
     }
 
     #[test]

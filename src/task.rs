@@ -386,11 +386,20 @@ impl<'a> Task<'a> {
         self.finish()
     }
 
-    /// Statuses 1xx, 204 and 304 carry no body.
+    /// Statuses 1xx, 204 and 304 carry no body: no `Content-Length`, no chunked framing.
     fn has_body(&self) -> bool {
         !(self.status.starts_with('1')
             || self.status.starts_with("204")
             || self.status.starts_with("304"))
+    }
+
+    /// Whether body bytes go on the wire. Never for a status without a body, nor for a
+    /// response to HEAD (RFC 9110 §9.3.2), whatever the application returns: a client reads no
+    /// body there, so stray bytes would be taken for the next response. waitress leaves HEAD
+    /// to the application; the port keeps the head of a HEAD response as the application
+    /// gave it (its `Content-Length` included) and drops the body.
+    fn sends_body(&self) -> bool {
+        self.has_body() && self.request.command != "HEAD"
     }
 
     /// Close after this response, announcing it with `Connection: close` unless the headers
@@ -454,7 +463,7 @@ impl<'a> Task<'a> {
                 self.set_close_on_finish();
             }
             if !has_length {
-                if has_body {
+                if self.sends_body() {
                     self.response_headers
                         .push(("Transfer-Encoding".to_string(), "chunked".to_string()));
                     self.chunked_response = true;
@@ -545,15 +554,8 @@ impl<'a> Task<'a> {
         if data.is_empty() {
             return Cow::Borrowed(data);
         }
-        if !self.has_body() {
-            self.content_bytes_written += data.len() as u64;
-            if !self.logged_write_no_body {
-                LOGGER.warning(&format!(
-                    "application-written content was ignored due to HTTP response that may not contain a message-body: ({})",
-                    self.status
-                ));
-                self.logged_write_no_body = true;
-            }
+        if !self.sends_body() {
+            self.discard(data.len() as u64);
             return Cow::Borrowed(&[]);
         }
         if self.chunked_response {
@@ -576,6 +578,21 @@ impl<'a> Task<'a> {
             self.logged_write_excess = true;
         }
         Cow::Borrowed(&data[..take])
+    }
+
+    /// Body bytes that do not go on the wire count as written, as in waitress, so that the
+    /// `Content-Length` check does not close the connection for them. A status that may not
+    /// carry a body is logged once (waitress's warning); HEAD is not, since an application
+    /// that answers HEAD like GET is doing nothing wrong.
+    fn discard(&mut self, len: u64) {
+        self.content_bytes_written += len;
+        if !self.has_body() && !self.logged_write_no_body {
+            LOGGER.warning(&format!(
+                "application-written content was ignored due to HTTP response that may not contain a message-body: ({})",
+                self.status
+            ));
+            self.logged_write_no_body = true;
+        }
     }
 
     /// `ErrorTask.execute`: the error's status, headers and body, then close.
@@ -658,8 +675,8 @@ impl<'a> Task<'a> {
     }
 
     /// Serve a file wrapper. A seekable file with bytes to send is left for the I/O thread to
-    /// stream whole (returns `true`, the head already queued); anything else is read here,
-    /// block by block, like a lazy body.
+    /// stream whole (returns `true`, the head already queued), or, when no body goes out, is
+    /// closed unread; anything else is read here, block by block, like a lazy body.
     fn send_file(&mut self, buffer: &mut ReadOnlyFileBasedBuffer) -> Result<bool, TaskError> {
         if buffer.is_seekable() {
             let content_length = self.content_length;
@@ -673,6 +690,11 @@ impl<'a> Task<'a> {
                     self.content_length = Some(size);
                 }
                 self.write(b"")?;
+                if !self.sends_body() {
+                    // The head alone: the file is closed unread.
+                    self.discard(size);
+                    return Ok(false);
+                }
                 return Ok(true);
             }
         }
@@ -1396,6 +1418,26 @@ mod tests {
         let mut task = Task::wsgi(&ch, &mut req);
         task.service().unwrap();
         assert!(!task.close_on_finish);
+    }
+
+    #[test]
+    fn head_response_keeps_content_length_and_sends_no_body() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", Vec::<(String, String)>::new())?;
+            Ok(Body::from("abc"))
+        });
+        let mut req = request("1.1");
+        req.command = "HEAD".to_string();
+        let mut task = Task::wsgi(&ch, &mut req);
+        task.service().unwrap();
+        assert!(!task.close_on_finish);
+        assert!(
+            !task.logged_write_no_body,
+            "HEAD answered like GET is no fault"
+        );
+        let written = ch.written.lock().unwrap().clone();
+        assert!(written.ends_with(b"\r\n\r\n"), "no body for HEAD");
+        assert!(head(&ch).contains("\r\nContent-Length: 3\r\n"));
     }
 
     #[test]

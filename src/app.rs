@@ -25,9 +25,13 @@ pub type AppResult = Result<Body, AppError>;
 ///
 /// waitress: the `application(environ, start_response)` callable of PEP 3333.
 ///
-/// The server calls [`App::call`] once per request on a worker thread; many worker threads may
-/// call the same application at once, hence `Send + Sync`. A panic inside `call` (or inside the
-/// body iterator) is caught and answered like an error: the worker thread survives.
+/// The server calls [`App::respond`] once per request on a worker thread (waitress calls
+/// `application(environ, start_response)`); many worker threads may call the same application
+/// at once, hence `Send + Sync`. A panic inside `respond` (or inside the body iterator or its
+/// `Drop`) is caught and answered like an error: the worker thread survives.
+///
+/// The method is not named `call`: on a closure, `app.call(…)` would collide with the unstable
+/// `Fn::call` and warn (`unstable_name_collisions`).
 ///
 /// ```
 /// use waitress::{App, Body, Environ, StartResponse, AppResult};
@@ -47,14 +51,14 @@ pub type AppResult = Result<Body, AppError>;
 pub trait App: Send + Sync + 'static {
     /// Handle one request: call `start_response` once (again only with an error, see
     /// [`StartResponse::start_with_error`]) and return the body.
-    fn call(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult;
+    fn respond(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult;
 }
 
 impl<F> App for F
 where
     F: Fn(&mut Environ, &mut StartResponse<'_>) -> AppResult + Send + Sync + 'static,
 {
-    fn call(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+    fn respond(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
         self(environ, start_response)
     }
 }
@@ -575,7 +579,7 @@ where
 ///     Ok(Body::from("hi"))
 /// };
 /// let mut recorded = RecordedResponse::default();
-/// let body = app.call(&mut Environ::new(), &mut StartResponse::new(&mut recorded)).unwrap();
+/// let body = app.respond(&mut Environ::new(), &mut StartResponse::new(&mut recorded)).unwrap();
 /// assert_eq!(recorded.status.as_deref(), Some("200 OK"));
 /// assert_eq!(body.into_bytes().unwrap(), b"hi");
 /// ```

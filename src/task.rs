@@ -621,7 +621,7 @@ impl<'a> Task<'a> {
         let mut environ = self.get_environment()?;
         let application = Arc::clone(&self.channel.server().application);
         let started = profiling::start();
-        let called = guard(|| application.call(&mut environ, &mut StartResponse::new(self)));
+        let called = guard(|| application.respond(&mut environ, &mut StartResponse::new(self)));
         let result = match called {
             Ok(Ok(body)) => self.send_body(body),
             Ok(Err(error)) => Err(TaskError::from(error)),

@@ -1887,68 +1887,82 @@ mod tests {
         assert!(ch.written().ends_with(b"\r\n\r\nabcdef"));
     }
 
-    /// The environ of a GET of `path` with `url_prefix` set.
-    fn environ_for(path: &str, url_prefix: &str, query: &str) -> Environ {
+    /// The environ of a GET of `path?query` with `url_prefix` set holds `expected`.
+    fn assert_environ(path: &str, url_prefix: &str, query: &str, expected: &[(&str, &str)]) {
         let prefix = url_prefix.to_string();
         let ch = channel_with(Arc::new(ok_app), move |a| a.url_prefix = prefix);
         let mut req = request("1.0");
         req.path = path.to_string();
         req.query = query.to_string();
-        let mut task = Task::wsgi(&ch, &mut req);
-        task.get_environment().unwrap()
+        let environ = Task::wsgi(&ch, &mut req).get_environment().unwrap();
+        for &(key, value) in expected {
+            assert_eq!(
+                environ.get(key),
+                Some(value),
+                "{key} for {path:?} under {url_prefix:?}"
+            );
+        }
     }
 
     #[test]
     fn test_get_environment_path_startswith_more_than_one_slash() {
-        let environ = environ_for("///abc", "", "");
-        assert_eq!(environ.get("PATH_INFO"), Some("/abc"));
+        assert_environ("///abc", "", "", &[("PATH_INFO", "/abc")]);
     }
 
     #[test]
     fn test_get_environment_path_empty() {
-        let environ = environ_for("", "", "");
-        assert_eq!(environ.get("PATH_INFO"), Some(""));
+        assert_environ("", "", "", &[("PATH_INFO", "")]);
     }
 
     #[test]
     fn test_get_environment_no_query() {
-        let environ = environ_for("/", "", "");
-        assert_eq!(environ.get("QUERY_STRING"), Some(""));
+        assert_environ("/", "", "", &[("QUERY_STRING", "")]);
     }
 
     #[test]
     fn test_get_environment_with_query() {
-        let environ = environ_for("/", "", "abc");
-        assert_eq!(environ.get("QUERY_STRING"), Some("abc"));
+        assert_environ("/", "", "abc", &[("QUERY_STRING", "abc")]);
     }
 
     #[test]
     fn test_get_environ_with_url_prefix_miss() {
-        let environ = environ_for("/bar", "/foo", "");
-        assert_eq!(environ.get("PATH_INFO"), Some("/bar"));
-        assert_eq!(environ.get("SCRIPT_NAME"), Some("/foo"));
+        assert_environ(
+            "/bar",
+            "/foo",
+            "",
+            &[("PATH_INFO", "/bar"), ("SCRIPT_NAME", "/foo")],
+        );
     }
 
     #[test]
     fn test_get_environ_with_url_prefix_hit() {
-        let environ = environ_for("/foo/fuz", "/foo", "");
-        assert_eq!(environ.get("PATH_INFO"), Some("/fuz"));
-        assert_eq!(environ.get("SCRIPT_NAME"), Some("/foo"));
+        assert_environ(
+            "/foo/fuz",
+            "/foo",
+            "",
+            &[("PATH_INFO", "/fuz"), ("SCRIPT_NAME", "/foo")],
+        );
     }
 
     #[test]
     fn test_get_environ_with_url_prefix_empty_path() {
-        let environ = environ_for("/foo", "/foo", "");
-        assert_eq!(environ.get("PATH_INFO"), Some(""));
-        assert_eq!(environ.get("SCRIPT_NAME"), Some("/foo"));
+        assert_environ(
+            "/foo",
+            "/foo",
+            "",
+            &[("PATH_INFO", ""), ("SCRIPT_NAME", "/foo")],
+        );
     }
 
     /// Beyond waitress's tests: a path that only starts like the prefix is not cut.
     #[test]
     fn url_prefix_is_cut_only_at_a_segment() {
-        let environ = environ_for("/foobar", "/foo", "");
-        assert_eq!(environ.get("PATH_INFO"), Some("/foobar"));
-        assert_eq!(environ.get("SCRIPT_NAME"), Some("/foo"));
+        assert_environ(
+            "/foobar",
+            "/foo",
+            "",
+            &[("PATH_INFO", "/foobar"), ("SCRIPT_NAME", "/foo")],
+        );
     }
 
     #[test]

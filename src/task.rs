@@ -654,7 +654,8 @@ impl<'a> Task<'a> {
                 let mut buffer = ReadOnlyFileBasedBuffer::new(wrapper);
                 let streamed = self.send_file(&mut buffer);
                 if let Ok(true) = streamed {
-                    // From here the I/O thread streams the file and drops it once sent.
+                    // From here the I/O thread streams the file and drops it once sent; if the
+                    // channel refuses it, the application's file is dropped here, guarded.
                     guard(|| self.channel.write_soon_file(buffer))??;
                     return Ok(());
                 }
@@ -716,6 +717,7 @@ impl<'a> Task<'a> {
         }
         Ok(())
     }
+
     /// The environ of the request, with waitress's keys and values.
     pub fn get_environment(&mut self) -> Result<Environ, TaskError> {
         let channel = self.channel;

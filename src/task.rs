@@ -4,6 +4,16 @@
 //! from a `Mutex`/`Condvar` queue; a `Task` serves one request on a worker: it builds the
 //! environ, calls the application, and turns the status, headers and body into bytes queued
 //! on the channel (the socket itself belongs to the I/O thread and the channel's flush logic).
+//!
+//! | waitress (task.py) | here |
+//! |---|---|
+//! | `ThreadedTaskDispatcher` (`handler_thread`, `set_thread_count`, `add_task`, `shutdown`) | [`ThreadedTaskDispatcher`], same methods; `start_new_thread` is the spawn inside `set_thread_count` |
+//! | `Task` (`service`, `has_body`, `set_close_on_finish`, `build_response_header`, `remove_content_length_header`, `finish`, `write`) | [`Task`], same methods; `start` has no counterpart (the `Date` header comes from a per-second cache) |
+//! | `ErrorTask.execute` | [`Task::error`] and `Task::execute_error` |
+//! | `WSGITask.execute`, `get_environment` | [`Task::wsgi`], `Task::execute_wsgi`, [`Task::get_environment`]; the `start_response` closure is [`StartResponse`] in the app module |
+//!
+//! Beyond waitress, every call into the application's code is guarded where it happens (see
+//! `execute_wsgi`), and no body goes out for HEAD, 1xx, 204 or 304 (see `sends_body`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, VecDeque};

@@ -658,6 +658,7 @@ impl HttpChannel {
         let mut err_request = HttpRequestParser::new(Arc::clone(&self.adj));
         err_request.error = Some(Error::internal_server_error(body));
         err_request.version = request.version.clone();
+        err_request.command = request.command.clone();
         if let Some(connection) = request.headers.get("CONNECTION") {
             err_request
                 .headers

@@ -510,7 +510,7 @@ mod tests {
         let demo = AppRegistry::with_builtins().build(DEFAULT_APP).unwrap();
         let page = |app: &SharedApp| {
             let mut recorded = RecordedResponse::default();
-            app.call(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
+            app.respond(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
                 .unwrap()
                 .into_bytes()
                 .unwrap()
@@ -596,7 +596,7 @@ mod tests {
         let app = registry.build("mine").unwrap();
         let mut recorded = RecordedResponse::default();
         let body = app
-            .call(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
+            .respond(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
             .unwrap();
         assert_eq!(body.into_bytes().unwrap(), b"mine");
         assert_eq!(

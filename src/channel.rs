@@ -267,6 +267,10 @@ struct State {
     waiting_for_room: bool,
     /// `handle_close` ran: the I/O thread has let the channel go.
     closed: bool,
+    /// Rust-only: the client ended its stream (a half-close looks the same as a close) while
+    /// requests were still due: read no more, answer those, then close. waitress closes at
+    /// once and drops them.
+    read_eof: bool,
 }
 
 impl State {
@@ -285,6 +289,7 @@ impl State {
             flushing: None,
             waiting_for_room: false,
             closed: false,
+            read_eof: false,
         }
     }
 
@@ -303,6 +308,7 @@ impl State {
     fn readable(&self, adj: &Adjustments) -> bool {
         !(self.will_close
             || self.close_when_flushed
+            || self.read_eof
             || self.request_count() > adj.channel_request_lookahead
             || self.total_outbufs_len() > 0)
     }
@@ -397,9 +403,11 @@ impl HttpChannel {
     }
 
     /// `waitress.client_disconnected`: true once the peer is gone (waitress:
-    /// `check_client_disconnected`).
+    /// `check_client_disconnected`), or has ended its stream, which is all waitress can see of
+    /// a client that went away.
     pub fn check_client_disconnected(&self) -> bool {
-        !self.lock().connected
+        let st = self.lock();
+        !st.connected || st.read_eof
     }
 
     /// Whether there is output to send or a close to carry out (waitress: `writable`).
@@ -468,7 +476,7 @@ impl HttpChannel {
     /// `handle_read`). Returns whether the channel must close: the peer hung up or failed.
     fn handle_read(&self, buffer: &mut [u8]) -> bool {
         match self.stream.recv(buffer) {
-            Ok(0) => true,
+            Ok(0) => self.end_of_stream(),
             Ok(n) => {
                 self.received(&buffer[..n]);
                 false
@@ -482,6 +490,28 @@ impl HttpChannel {
                 true
             }
         }
+    }
+
+    /// The client ended its stream; returns whether to close now. Rust-only: waitress closes at
+    /// once, so a client that half-closes after pipelining its requests (with
+    /// `channel_request_lookahead`, which lets it get ahead) loses every response. Here the
+    /// requests already read are served and their responses sent first.
+    fn end_of_stream(&self) -> bool {
+        let mut st = self.lock();
+        if st.request_count() == 0 && st.total_outbufs_len() == 0 {
+            return true;
+        }
+        st.read_eof = true;
+        // A request cut short by the end of the stream can never complete.
+        let partial = st.request.take();
+        if st.request_count() == 0 {
+            st.close_when_flushed = true;
+        }
+        drop(st);
+        if let Some(mut partial) = partial {
+            partial.close();
+        }
+        false
     }
 
     /// Queue `100 Continue`; the caller sends it once it has let the lock go (waitress:
@@ -811,6 +841,9 @@ impl HttpChannel {
             st.serving = false;
             if st.connected && !st.requests.is_empty() {
                 next = true;
+            } else if st.read_eof {
+                // The client sent all it will send, and this was its last request.
+                st.close_when_flushed = true;
             } else if st.connected
                 && !st.sent_continue
                 && st

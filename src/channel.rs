@@ -271,6 +271,9 @@ struct State {
     /// requests were still due: read no more, answer those, then close. waitress closes at
     /// once and drops them.
     read_eof: bool,
+    /// Rust-only: when the first byte of the request head being read arrived, while that head
+    /// is incomplete; `request_header_timeout` runs from here.
+    head_started: Option<Instant>,
 }
 
 impl State {
@@ -290,6 +293,7 @@ impl State {
             waiting_for_room: false,
             closed: false,
             read_eof: false,
+            head_started: None,
         }
     }
 
@@ -466,10 +470,34 @@ impl HttpChannel {
         self.lock().readable(&self.adj)
     }
 
-    /// `readable` and `writable` with one lock, for the poll loop.
+    /// `readable` and `writable` with one lock, for the poll loop; also where a request head
+    /// past its deadline closes the channel.
     fn interest(&self) -> (bool, bool) {
-        let st = self.lock();
+        let mut st = self.lock();
+        self.check_header_deadline(&mut st);
         (st.readable(&self.adj), st.writable(&self.adj))
+    }
+
+    /// Rust-only (`request_header_timeout`): a request head must arrive whole within this many
+    /// seconds of its first byte, else the connection is closed without a response. Against
+    /// slowloris: `channel_timeout` counts each trickled byte as activity, so a client sending
+    /// one header byte a second holds a connection (and a place under `connection_limit`)
+    /// forever. Checked on every poll round, so the deadline is kept to within
+    /// `asyncore_loop_timeout`.
+    fn check_header_deadline(&self, st: &mut State) {
+        let timeout = self.adj.request_header_timeout;
+        let Some(started) = st.head_started else {
+            return;
+        };
+        if timeout == 0 || st.will_close || started.elapsed().as_secs() < timeout {
+            return;
+        }
+        st.will_close = true;
+        st.head_started = None;
+        LOGGER.info(&format!(
+            "closing the connection from {}: no complete request head within {timeout} s (request_header_timeout)",
+            self.addr.host
+        ));
     }
 
     /// One `recv` into `buffer` (the server's shared one), then parse (waitress:
@@ -504,6 +532,7 @@ impl HttpChannel {
         st.read_eof = true;
         // A request cut short by the end of the stream can never complete.
         let partial = st.request.take();
+        st.head_started = None;
         if st.request_count() == 0 {
             st.close_when_flushed = true;
         }
@@ -541,7 +570,11 @@ impl HttpChannel {
         }
         let mut needs_task = false;
         let mut continue_queued = false;
+        let now = st.last_activity;
         loop {
+            if st.request.is_none() && self.adj.request_header_timeout > 0 {
+                st.head_started = Some(now);
+            }
             let adj = &self.adj;
             let request = st
                 .request
@@ -549,6 +582,9 @@ impl HttpChannel {
             let n = request.received(data);
             let wants_continue = request.expect_continue && request.headers_finished;
             let completed = request.completed;
+            if request.headers_finished || completed {
+                st.head_started = None;
+            }
             // With responses still due, the continue must wait for them (see `service`).
             if wants_continue && st.request_count() == 0 && !st.sent_continue {
                 self.send_continue(&mut st);

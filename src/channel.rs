@@ -274,6 +274,9 @@ struct State {
     /// Rust-only: when the first byte of the request head being read arrived, while that head
     /// is incomplete; `request_header_timeout` runs from here.
     head_started: Option<Instant>,
+    /// Rust-only: a graceful shutdown is under way: read no more, answer the requests already
+    /// read, then close.
+    draining: bool,
 }
 
 impl State {
@@ -294,6 +297,7 @@ impl State {
             closed: false,
             read_eof: false,
             head_started: None,
+            draining: false,
         }
     }
 
@@ -313,6 +317,7 @@ impl State {
         !(self.will_close
             || self.close_when_flushed
             || self.read_eof
+            || self.draining
             || self.request_count() > adj.channel_request_lookahead
             || self.total_outbufs_len() > 0)
     }
@@ -531,16 +536,23 @@ impl HttpChannel {
         }
         st.read_eof = true;
         // A request cut short by the end of the stream can never complete.
-        let partial = st.request.take();
-        st.head_started = None;
-        if st.request_count() == 0 {
-            st.close_when_flushed = true;
-        }
+        let partial = Self::stop_reading(&mut st);
         drop(st);
         if let Some(mut partial) = partial {
             partial.close();
         }
         false
+    }
+
+    /// Read no more (the caller sets why): forget a request half read, and with no request
+    /// left to answer, close once the output is sent. Returns the forgotten request, to be
+    /// closed without the lock.
+    fn stop_reading(st: &mut State) -> Option<HttpRequestParser> {
+        st.head_started = None;
+        if st.request_count() == 0 {
+            st.close_when_flushed = true;
+        }
+        st.request.take()
     }
 
     /// Queue `100 Continue`; the caller sends it once it has let the lock go (waitress:
@@ -877,8 +889,9 @@ impl HttpChannel {
             st.serving = false;
             if st.connected && !st.requests.is_empty() {
                 next = true;
-            } else if st.read_eof {
-                // The client sent all it will send, and this was its last request.
+            } else if st.read_eof || st.draining {
+                // The client sent all it will send, or the server is shutting down, and this
+                // was the last request read.
                 st.close_when_flushed = true;
             } else if st.connected
                 && !st.sent_continue
@@ -925,6 +938,23 @@ impl HttpChannel {
     }
 
     // ---- Rust-only helpers of the methods above ----
+
+    /// Start a graceful shutdown of this channel (on the I/O thread): read nothing more,
+    /// drop a request half read, answer the requests already read, close once their
+    /// responses are sent; an idle connection closes at once. Returns how many requests
+    /// are in flight here (a response still being sent counts as one).
+    pub fn drain(&self) -> usize {
+        let mut st = self.lock();
+        st.draining = true;
+        let requests = st.request_count();
+        let sending = st.total_outbufs_len() > 0;
+        let partial = Self::stop_reading(&mut st);
+        drop(st);
+        if let Some(mut partial) = partial {
+            partial.close();
+        }
+        requests.max(usize::from(sending))
+    }
 
     /// Whether the channel will close at the next chance.
     pub fn will_close(&self) -> bool {

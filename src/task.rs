@@ -53,6 +53,11 @@ struct DispatcherState {
     stop_count: usize,
     /// Threads not waiting for work (waitress: `active_count`).
     active_count: usize,
+    /// Workers notified and not yet back to the queue. At most one wake-up is in flight at a
+    /// time: the woken worker passes it on if work is still queued. Waking every idle worker
+    /// for a burst of small tasks costs a system call each way per task; on a busy server
+    /// the workers already awake drain the queue faster than new ones can be scheduled.
+    waking: usize,
 }
 
 /// A pool of worker threads serving a queue of [`Service`]s.
@@ -84,6 +89,7 @@ impl ThreadedTaskDispatcher {
                 queue: VecDeque::new(),
                 stop_count: 0,
                 active_count: 0,
+                waking: 0,
             }),
             queue_cv: Condvar::new(),
             thread_exit_cv: Condvar::new(),
@@ -105,6 +111,7 @@ impl ThreadedTaskDispatcher {
                     state.active_count -= 1;
                     state = self.queue_cv.wait(state).unwrap_or_else(|e| e.into_inner());
                     state.active_count += 1;
+                    state.waking = state.waking.saturating_sub(1);
                 }
                 if state.stop_count > 0 {
                     state.active_count -= 1;
@@ -113,10 +120,17 @@ impl ThreadedTaskDispatcher {
                     self.thread_exit_cv.notify_all();
                     return;
                 }
-                match state.queue.pop_front() {
+                let item = match state.queue.pop_front() {
                     Some(item) => item,
                     None => continue,
+                };
+                // Pass the wake-up on when work is left behind for a sleeping worker.
+                let wake_another = !state.queue.is_empty() && self.should_wake(&mut state);
+                drop(state);
+                if wake_another {
+                    self.queue_cv.notify_one();
                 }
+                item
             };
             profiling::finish(Stage::QueueWait, queued_at);
             // A panic in a task must not take the worker with it.
@@ -168,22 +182,39 @@ impl ThreadedTaskDispatcher {
     /// `waitress.queue` logger when there are more tasks than idle threads.
     pub fn add_task(&self, task: Arc<dyn Service>) {
         task.defer();
-        let depth = {
+        let (depth, wake) = {
             let mut state = self.lock();
             state.queue.push_back((task, profiling::start()));
-            let idle = state
-                .threads
-                .len()
-                .saturating_sub(state.stop_count + state.active_count);
-            state.queue.len().saturating_sub(idle)
+            let depth = state.queue.len().saturating_sub(Self::idle(&state));
+            (depth, self.should_wake(&mut state))
         };
         // Woken after the lock is released, so the worker does not wake into a held lock; the
         // task is already queued, so the wake-up cannot be missed.
-        self.queue_cv.notify_one();
+        if wake {
+            self.queue_cv.notify_one();
+        }
         // Logged after the lock is released too: a woken worker must not wait on our write.
         if depth > 0 {
             QUEUE_LOGGER.warning(&format!("Task queue depth is {depth}"));
         }
+    }
+
+    /// Workers waiting on the condvar, the ones already notified included.
+    fn idle(state: &DispatcherState) -> usize {
+        state
+            .threads
+            .len()
+            .saturating_sub(state.stop_count + state.active_count)
+    }
+
+    /// Whether to notify a worker now: one sleeps, and no other wake-up is in flight (the
+    /// worker it reaches passes it on if work is still queued). Records the wake-up.
+    fn should_wake(&self, state: &mut DispatcherState) -> bool {
+        let wake = state.waking == 0 && Self::idle(state) > 0;
+        if wake {
+            state.waking += 1;
+        }
+        wake
     }
 
     /// Stop every thread, cancelling queued work when `cancel_pending`; waits up to `timeout`

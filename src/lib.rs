@@ -77,6 +77,8 @@
 //! | `compat.py` | [`compat`] | the platform layer: every system call std lacks |
 
 #![warn(missing_docs)]
+// Doctests are examples people copy: they must compile without a warning.
+#![doc(test(attr(deny(warnings))))]
 // System calls and their `unsafe` live in `compat` alone (waitress: compat.py).
 #![deny(unsafe_code)]
 
@@ -296,7 +298,7 @@ mod tests {
             move |app, kw| {
                 let mut recorded = RecordedResponse::default();
                 let body = app
-                    .call(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
+                    .respond(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
                     .expect("the app answers")
                     .into_bytes()
                     .expect("a body in memory");

@@ -101,7 +101,7 @@ impl ProxyHeaders {
 }
 
 impl App for ProxyHeaders {
-    fn call(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+    fn respond(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
         let settings = &self.settings;
         let mut untrusted: BTreeSet<&'static str> = PROXY_HEADERS.into_iter().collect();
         let remote_peer = environ.get("REMOTE_ADDR").unwrap_or("").to_string();
@@ -132,7 +132,7 @@ impl App for ProxyHeaders {
         if settings.clear_untrusted {
             clear_untrusted_headers(environ, &untrusted, settings.log_untrusted);
         }
-        self.app.call(environ, start_response)
+        self.app.respond(environ, start_response)
     }
 }
 
@@ -499,7 +499,7 @@ mod tests {
         }
         let mut recorded = RecordedResponse::default();
         let body = app
-            .call(&mut environ, &mut StartResponse::new(&mut recorded))
+            .respond(&mut environ, &mut StartResponse::new(&mut recorded))
             .unwrap()
             .into_bytes()
             .unwrap();

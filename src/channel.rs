@@ -491,8 +491,9 @@ impl HttpChannel {
     /// `asyncore_loop_timeout`.
     fn check_header_deadline(&self, st: &mut State) {
         let timeout = self.adj.request_header_timeout;
-        let Some(started) = st.head_started else {
-            return;
+        let started = match st.head_started {
+            Some(started) => started,
+            None => return,
         };
         if timeout == 0 || st.will_close || started.elapsed().as_secs() < timeout {
             return;
@@ -898,7 +899,7 @@ impl HttpChannel {
                 && st
                     .request
                     .as_ref()
-                    .is_some_and(|r| r.expect_continue && r.headers_finished)
+                    .map_or(false, |r| r.expect_continue && r.headers_finished)
             {
                 // A request waits for its `100 Continue`, held back until now to keep the
                 // responses in order.

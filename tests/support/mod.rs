@@ -221,6 +221,17 @@ pub struct ServerGuard {
     dir: Option<PathBuf>,
 }
 
+impl ServerGuard {
+    /// The port of a server started with `Transport::Tcp`.
+    pub fn tcp_port(&self) -> u16 {
+        match self.target {
+            Target::Tcp(port) => port,
+            #[cfg(unix)]
+            Target::Unix(_) => panic!("this test serves over TCP"),
+        }
+    }
+}
+
 impl Drop for ServerGuard {
     fn drop(&mut self) {
         self.handle.shutdown();

@@ -28,7 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::unix::io::{AsRawFd, RawFd};
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -37,6 +37,7 @@ use std::time::Instant;
 use crate::adjustments::Adjustments;
 use crate::app::{ClientDisconnected, DisconnectCheck};
 use crate::buffers::{OverflowableBuffer, ReadOnlyFileBasedBuffer};
+use crate::compat::{self, RawSocket};
 use crate::parser::HttpRequestParser;
 use crate::profiling::{self, Stage};
 use crate::task::{
@@ -58,6 +59,7 @@ pub enum ChannelStream {
     /// A TCP connection.
     Tcp(TcpStream),
     /// A Unix-domain connection.
+    #[cfg(unix)]
     Unix(UnixStream),
 }
 
@@ -65,6 +67,7 @@ impl ChannelStream {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             ChannelStream::Tcp(s) => (&*s).read(buf),
+            #[cfg(unix)]
             ChannelStream::Unix(s) => (&*s).read(buf),
         }
     }
@@ -72,6 +75,7 @@ impl ChannelStream {
     fn send(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             ChannelStream::Tcp(s) => (&*s).write(buf),
+            #[cfg(unix)]
             ChannelStream::Unix(s) => (&*s).write(buf),
         }
     }
@@ -79,16 +83,20 @@ impl ChannelStream {
     fn shutdown(&self) {
         let _ = match self {
             ChannelStream::Tcp(s) => s.shutdown(Shutdown::Both),
+            #[cfg(unix)]
             ChannelStream::Unix(s) => s.shutdown(Shutdown::Both),
         };
     }
 }
 
-impl AsRawFd for ChannelStream {
-    fn as_raw_fd(&self) -> RawFd {
+impl ChannelStream {
+    /// The socket's handle, the channel's key in the socket map.
+    pub(crate) fn raw_socket(&self) -> RawSocket {
         match self {
-            ChannelStream::Tcp(s) => s.as_raw_fd(),
-            ChannelStream::Unix(s) => s.as_raw_fd(),
+            ChannelStream::Tcp(s) => compat::raw_socket(s),
+            #[cfg(unix)]
+            #[cfg(unix)]
+            ChannelStream::Unix(s) => compat::raw_socket(s),
         }
     }
 }
@@ -208,7 +216,7 @@ pub struct ChannelServer {
     /// Wakes the I/O thread (`pull_trigger`).
     pub trigger: TriggerHandle,
     /// Open channels by descriptor, for the idle sweep (waitress: `active_channels`).
-    pub active_channels: RefCell<BTreeMap<RawFd, Arc<HttpChannel>>>,
+    pub active_channels: RefCell<BTreeMap<RawSocket, Arc<HttpChannel>>>,
     /// One receive buffer for every channel of the I/O thread: a connection costs no read
     /// buffer of its own while idle.
     read_buffer: RefCell<Vec<u8>>,
@@ -338,7 +346,7 @@ impl State {
 /// One client connection (waitress: `HTTPChannel`).
 pub struct HttpChannel {
     stream: ChannelStream,
-    fd: RawFd,
+    fd: RawSocket,
     addr: PeerAddr,
     adj: Arc<Adjustments>,
     info: Arc<ServerInfo>,
@@ -376,9 +384,10 @@ impl HttpChannel {
     ) -> io::Result<Arc<HttpChannel>> {
         match &stream {
             ChannelStream::Tcp(s) => s.set_nonblocking(true)?,
+            #[cfg(unix)]
             ChannelStream::Unix(s) => s.set_nonblocking(true)?,
         }
-        let fd = stream.as_raw_fd();
+        let fd = stream.raw_socket();
         let channel = Arc::new_cyclic(|me| HttpChannel {
             stream,
             fd,
@@ -1097,7 +1106,7 @@ pub struct ChannelDispatcher {
 }
 
 impl Dispatcher for ChannelDispatcher {
-    fn fileno(&self) -> RawFd {
+    fn fileno(&self) -> RawSocket {
         self.channel.fd
     }
 
@@ -1159,17 +1168,25 @@ mod tests {
     //! `*_raises_*` tests of closing a buffer (closing cannot fail here).
     use super::*;
     use crate::app::{AppResult, Body, Environ, StartResponse};
-    use crate::trigger::Trigger;
+    use crate::trigger::{socket_pair, PairStream, Trigger};
     use crate::wasyncore::new_map;
     use std::io::Read;
     use std::time::Duration;
 
     struct Fixture {
         channel: Arc<HttpChannel>,
-        peer: UnixStream,
+        peer: PairStream,
         map: SocketMap,
         _trigger: Rc<Trigger>,
         server: Rc<ChannelServer>,
+    }
+
+    /// One end of a socket pair as a connection: a Unix-domain one, or TCP on Windows.
+    fn channel_stream(stream: PairStream) -> ChannelStream {
+        #[cfg(unix)]
+        return ChannelStream::Unix(stream);
+        #[cfg(windows)]
+        return ChannelStream::Tcp(stream);
     }
 
     fn fixture_with(
@@ -1192,12 +1209,12 @@ mod tests {
             ThreadedTaskDispatcher::new(),
             trigger.handle(),
         ));
-        let (ours, peer) = UnixStream::pair().unwrap();
+        let (ours, peer) = socket_pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let channel = HttpChannel::create(
             &server,
-            ChannelStream::Unix(ours),
+            channel_stream(ours),
             PeerAddr {
                 host: "localhost".into(),
                 port: None,
@@ -1224,7 +1241,7 @@ mod tests {
         fixture_with(hello, |_| {})
     }
 
-    fn read_available(peer: &mut UnixStream) -> Vec<u8> {
+    fn read_available(peer: &mut PairStream) -> Vec<u8> {
         peer.set_nonblocking(true).unwrap();
         let mut out = Vec::new();
         let mut buf = [0u8; 65536];
@@ -1383,10 +1400,12 @@ mod tests {
         assert!(!f.map.borrow().contains_key(&f.channel.fd));
     }
 
-    const BIG: usize = 4 << 20;
+    /// Loopback TCP (the socket pair on Windows) can hold several MiB in its buffers.
+    const BIG: usize = if cfg!(windows) { 32 << 20 } else { 4 << 20 };
 
-    /// A 4 MiB response, sent in 64 KiB chunks, with a 256 KiB high watermark: far more than
-    /// a socket buffer holds, so the worker has to wait for the I/O side.
+    /// A 4 MiB response (32 MiB on Windows), sent in 64 KiB chunks, with a 256 KiB high
+    /// watermark: far more than a socket buffer holds, so the worker has to wait for the I/O
+    /// side.
     fn big_response_fixture() -> Fixture {
         fixture_with(
             |_e, sr| {

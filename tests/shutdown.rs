@@ -143,6 +143,10 @@ impl Drop for Server {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "sends SIGTERM with kill(1), which Windows does not have"
+)]
 fn sigterm_with_shutdown_timeout_lets_an_in_flight_response_finish() {
     const BODY: usize = 8 << 20;
     let mut server = Server(

@@ -1731,47 +1731,44 @@ mod tests {
         assert!(f.server.active_channels.borrow().is_empty());
     }
 
+    /// Feed `data` to a fresh channel and check what `received` left: a request still being
+    /// read, how many complete requests (and whether the first is an error), whether a task
+    /// was queued for them.
+    fn received_leaves(data: &[u8], reading: bool, requests: usize, error: bool, task: bool) {
+        let f = fixture();
+        f.channel.received(data);
+        let st = f.channel.lock();
+        assert_eq!(st.request.is_some(), reading, "a request being read");
+        assert_eq!(st.request_count(), requests, "complete requests");
+        let first_is_error = st.requests.front().is_some_and(|r| r.error.is_some());
+        assert_eq!(first_is_error, error, "the request is an error");
+        drop(st);
+        assert_eq!(f.task_queued(), task, "a task queued");
+    }
+
     #[test]
     fn test_received() {
-        let f = fixture();
-        f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
-        assert!(f.channel.has_requests());
-        assert!(f.task_queued());
+        received_leaves(b"GET / HTTP/1.1\r\n\r\n", false, 1, false, true);
     }
 
     #[test]
     fn test_received_no_chunk() {
-        let f = fixture();
-        f.channel.received(b"");
-        assert!(f.channel.lock().request.is_none());
-        assert!(!f.task_queued());
+        received_leaves(b"", false, 0, false, false);
     }
 
     #[test]
     fn test_received_preq_not_completed() {
-        let f = fixture();
-        f.channel.received(b"GET / HTTP/1.1\r\n");
-        assert!(f.channel.lock().request.is_some());
-        assert!(!f.channel.has_requests());
-        assert!(!f.task_queued());
+        received_leaves(b"GET / HTTP/1.1\r\n", true, 0, false, false);
     }
 
     #[test]
     fn test_received_preq_completed_empty() {
-        let f = fixture();
-        f.channel.received(b"\r\n\r\n");
-        assert!(f.channel.lock().request.is_none());
-        assert!(!f.channel.has_requests());
-        assert!(!f.task_queued());
+        received_leaves(b"\r\n\r\n", false, 0, false, false);
     }
 
     #[test]
     fn test_received_preq_error() {
-        let f = fixture();
-        f.channel.received(b"GET / HTTP/1.1\r\nfoo : bar\r\n\r\n");
-        assert!(f.channel.lock().request.is_none());
-        assert!(f.channel.lock().requests[0].error.is_some());
-        assert!(f.task_queued());
+        received_leaves(b"GET / HTTP/1.1\r\nfoo : bar\r\n\r\n", false, 1, true, true);
     }
 
     #[test]

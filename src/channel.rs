@@ -697,7 +697,9 @@ impl HttpChannel {
         let mut dropped = std::mem::take(&mut st.outbufs);
         st.connected = false;
         st.closed = true;
-        self.room.notify_all();
+        if st.waiting_for_room {
+            self.room.notify_all();
+        }
         drop(st);
         dropped.iter_mut().for_each(OutBuf::close);
         self.stream.shutdown();

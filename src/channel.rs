@@ -8,7 +8,7 @@
 //! Who touches what:
 //! - the socket, the peer's address and the settings never change after [`HttpChannel::create`]:
 //!   both threads use them without a lock;
-//! - everything else the I/O thread and a worker share is one [`State`] behind
+//! - everything else the I/O thread and a worker share is one `State` behind
 //!   `HttpChannel::state`, the one lock that stands for waitress's `requests_lock` and
 //!   `outbuf_lock`. It is held for bookkeeping only: never while the application runs, never
 //!   across a `send` or a trigger pull (one exception: appending to an output buffer that has
@@ -18,7 +18,8 @@
 //!   bytes leave in order; writers queue behind in `State::outbufs`;
 //! - `HttpChannel::room` is the condition waitress's `outbuf_lock` carries: a worker whose
 //!   output is past `outbuf_high_watermark` waits on it;
-//! - the socket-map entry ([`ChannelDispatcher`]) belongs to the I/O thread alone.
+//! - the socket-map entry ([`ChannelDispatcher`]) belongs to the I/O thread alone; it does
+//!   waitress's `add_channel`/`del_channel` (in `create` and its `handle_close`).
 //!
 //! No atomics: the lock is uncontended in the common case (the I/O thread takes it once per
 //! poll round per channel and once per read, a worker a few times per request), and an
@@ -406,8 +407,9 @@ impl HttpChannel {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while holding the lock (applications run outside it), so a poisoned
-        // lock still guards consistent state.
+        // No application code runs under the lock. Should the parser or a buffer panic under
+        // it, the loop's `handle_error` closes the channel, and closing must still get in: so
+        // a poisoned lock is taken anyway (its state is at worst a request half parsed).
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -1092,7 +1094,8 @@ pub struct ChannelDispatcher {
     server: Rc<ChannelServer>,
     map: SocketMap,
     /// `writable` as `readable` computed it a moment before, in the same poll round: one
-    /// lock for both questions.
+    /// lock for both questions. The loop always asks the two in that order, one after the
+    /// other; a `writable` without a `readable` before it asks the channel.
     writable: Cell<Option<bool>>,
 }
 

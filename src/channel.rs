@@ -2149,4 +2149,81 @@ mod tests {
         assert!(!f.channel.connected());
         assert!(!f.channel.has_requests());
     }
+
+    // ---- Rust-only behaviour ----
+
+    #[test]
+    fn end_of_stream_with_requests_due_serves_them_then_closes() {
+        let mut f = fixture_with(hello, |a| a.channel_request_lookahead = 5);
+        f.channel
+            .received(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n");
+        f.peer.shutdown(Shutdown::Write).unwrap();
+        f.dispatcher().handle_read_event();
+        assert!(f.map.borrow().contains_key(&f.channel.fd), "still open");
+        assert!(!f.channel.readable());
+        assert!(
+            f.channel.check_client_disconnected(),
+            "as waitress reports it"
+        );
+        assert!(
+            f.channel.lock().request.is_none(),
+            "the half request is dropped"
+        );
+        f.channel.service();
+        assert!(read_available(&mut f.peer).ends_with(b"hello"));
+        assert!(f.channel.handle_write(), "answered: now close");
+    }
+
+    #[test]
+    fn end_of_stream_with_nothing_due_closes_at_once() {
+        let f = fixture_with(hello, |a| a.channel_request_lookahead = 5);
+        f.peer.shutdown(Shutdown::Write).unwrap();
+        f.dispatcher().handle_read_event();
+        assert!(!f.map.borrow().contains_key(&f.channel.fd));
+    }
+
+    #[test]
+    fn request_header_timeout_closes_a_head_past_its_deadline() {
+        let f = fixture_with(hello, |a| a.request_header_timeout = 1);
+        f.channel.received(b"GET / HTTP/1.1\r\nX: ");
+        assert!(!f.channel.interest().1, "within the deadline");
+        let started = f
+            .channel
+            .lock()
+            .head_started
+            .expect("the head's first byte");
+        f.channel.lock().head_started = Some(started - Duration::from_secs(2));
+        assert_eq!(f.channel.interest(), (false, true), "past it: close");
+        assert!(f.channel.will_close());
+    }
+
+    #[test]
+    fn request_header_timeout_stops_at_the_end_of_the_head() {
+        let f = fixture_with(hello, |a| a.request_header_timeout = 1);
+        f.channel
+            .received(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab");
+        assert!(
+            f.channel.lock().head_started.is_none(),
+            "a slow body is not timed"
+        );
+    }
+
+    #[test]
+    fn drain_closes_an_idle_channel_and_finishes_a_busy_one() {
+        let idle = fixture();
+        assert_eq!(idle.channel.drain(), 0);
+        assert!(idle.channel.handle_write(), "idle: closes at once");
+
+        let mut busy = fixture_with(hello, |a| a.channel_request_lookahead = 5);
+        busy.channel
+            .received(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\nGET /");
+        assert_eq!(busy.channel.drain(), 2, "two requests read");
+        assert!(!busy.channel.readable());
+        busy.channel.service();
+        assert!(!busy.channel.handle_write(), "one request still due");
+        busy.channel.service();
+        let out = read_available(&mut busy.peer);
+        assert_eq!(out.windows(5).filter(|w| w == b"hello").count(), 2);
+        assert!(busy.channel.handle_write(), "both answered: now close");
+    }
 }

@@ -1293,6 +1293,32 @@ mod tests {
         }
     }
 
+    /// Makes the channel's next `send` fail as it does once the client has gone. On a Unix
+    /// socket pair the peer shuts its end (EPIPE). Over loopback TCP (the pair on Windows) a
+    /// closed peer shows only after a round trip, so the channel's own side is shut for
+    /// writing instead (WSAESHUTDOWN, a disconnect as well).
+    struct Hangup(PairStream);
+
+    impl Hangup {
+        fn of(f: &Fixture) -> Hangup {
+            #[cfg(unix)]
+            return Hangup(f.peer.try_clone().unwrap());
+            #[cfg(windows)]
+            return match &f.channel.stream {
+                ChannelStream::Tcp(ours) => Hangup(ours.try_clone().unwrap()),
+            };
+        }
+
+        fn now(&self) {
+            let how = if cfg!(unix) {
+                Shutdown::Both
+            } else {
+                Shutdown::Write
+            };
+            self.0.shutdown(how).unwrap();
+        }
+    }
+
     /// Fill the channel's socket until it takes no more: from then on a `send` sends nothing
     /// (waitress's tests make `send` return 0).
     fn fill_socket(channel: &HttpChannel) {
@@ -1627,7 +1653,7 @@ mod tests {
         let f = fixture_with(hello, |a| a.outbuf_high_watermark = 3);
         f.queue(b"test");
         // The peer is gone: the flush that tries to get under the watermark fails.
-        f.peer.shutdown(Shutdown::Both).unwrap();
+        Hangup::of(&f).now();
         assert_eq!(f.channel.write_soon(b"xyz"), Err(ClientDisconnected));
         assert!(f.trigger_pulled(), "the I/O thread is woken to close");
         assert!(f.channel.will_close());
@@ -1636,7 +1662,7 @@ mod tests {
     #[test]
     fn test_write_soon_flush_and_exception() {
         let f = fixture();
-        f.peer.shutdown(Shutdown::Both).unwrap();
+        Hangup::of(&f).now();
         assert_eq!(f.channel.write_soon(b"xyz"), Ok(3));
         assert!(f.trigger_pulled(), "the I/O thread is woken to close");
         assert!(!f.channel.connected());
@@ -1986,21 +2012,21 @@ mod tests {
     #[test]
     fn test_service_with_request_error_raises_disconnect() {
         // The application fails, and the client is gone by the time the 500 is written.
-        let peer_slot: Arc<Mutex<Option<PairStream>>> = Arc::default();
+        let peer_slot: Arc<Mutex<Option<Hangup>>> = Arc::default();
         let slot = Arc::clone(&peer_slot);
         let called = Arc::new(Mutex::new(false));
         let app_called = Arc::clone(&called);
         let f = fixture_with(
             move |_e, _sr| {
                 *app_called.lock().unwrap() = true;
-                if let Some(peer) = slot.lock().unwrap().take() {
-                    let _ = peer.shutdown(Shutdown::Both);
+                if let Some(hangup) = slot.lock().unwrap().take() {
+                    hangup.now();
                 }
                 Err("nope".into())
             },
             |_| {},
         );
-        *peer_slot.lock().unwrap() = Some(f.peer.try_clone().unwrap());
+        *peer_slot.lock().unwrap() = Some(Hangup::of(&f));
         f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
         let then = f.age();
         f.channel.service();

@@ -1155,7 +1155,10 @@ impl Dispatcher for ChannelDispatcher {
             let mut buffer = self.server.read_buffer.borrow_mut();
             let mut outcome = self.channel.handle_read(&mut buffer);
             let mut reads = 1;
-            while outcome == ReadOutcome::Full && reads < READS_PER_EVENT && self.channel.interest().0 {
+            while outcome == ReadOutcome::Full
+                && reads < READS_PER_EVENT
+                && self.channel.interest().0
+            {
                 outcome = self.channel.handle_read(&mut buffer);
                 reads += 1;
             }

@@ -17,9 +17,8 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::rc::Rc;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::adjustments::{Adjustments, DEFAULT_ACCESS_LOG_FORMAT};
@@ -27,10 +26,6 @@ use crate::app::Environ;
 use crate::parser::HttpRequestParser;
 use crate::task::PeerAddr;
 use crate::utilities::{civil_from_days, Level, ACCESS_LOGGER, LOGGER, MONTH_NAMES};
-
-/// Lines waiting for the writer thread before new ones are dropped (and counted): a log that
-/// cannot keep up must not stall the workers nor grow without bound.
-const QUEUE_LINES: usize = 16_384;
 
 // ---------------------------------------------------------------------------------------------
 // The format
@@ -499,11 +494,9 @@ impl Pending {
             connection,
             headers: &request.headers,
         };
-        let mut line = String::with_capacity(192);
         with_format(&adj.access_log_format, |format| {
-            format.write_line(&record, &mut line)
+            append(|out| format.write_line(&record, out))
         });
-        send(line);
     }
 }
 
@@ -536,23 +529,42 @@ fn with_format(text: &str, f: impl FnOnce(&AccessLogFormat)) {
 // The writer thread
 // ---------------------------------------------------------------------------------------------
 
-enum Message {
-    Line(String),
-    /// Answer once every line queued before this one is written.
-    Flush(SyncSender<()>),
+/// How often the writer collects the workers' lines. A line reaches the log at most this long
+/// after its response; the writer sleeps in between, so a busy server pays no wake-up per line.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Bytes of lines a worker keeps waiting for the writer; past it new lines are dropped and
+/// counted (a log that cannot keep up must neither stall the workers nor eat the memory).
+const MAX_PENDING_BYTES: usize = 4 << 20;
+
+/// The lines one worker thread has formatted and the writer has not yet taken. Its lock is
+/// shared by that worker (appending a line) and the writer (taking the whole text every
+/// [`TICK`]), nobody else: the worker never waits for another worker, nor for the writing.
+#[derive(Debug, Default)]
+struct PendingLines {
+    text: String,
+    dropped: u64,
 }
 
-/// Lines refused because the queue was full, reported by the writer when it catches up.
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+type WorkerLines = Arc<Mutex<PendingLines>>;
 
-/// The queue to the writer thread, started with the first line; none if the thread could not
-/// be started (lines are then written by the worker itself).
-static WRITER: OnceLock<Option<SyncSender<Message>>> = OnceLock::new();
+/// Every worker's lines, registered by the worker on its first line. The writer drops the
+/// entries of threads that have ended once it has written what they left.
+static WORKERS: Mutex<Vec<WorkerLines>> = Mutex::new(Vec::new());
 
-fn writer() -> Option<&'static SyncSender<Message>> {
+/// The writer's flush requests, each answered once every line formatted before it is
+/// written; none if the thread could not be started (lines are then written by the worker).
+static WRITER: OnceLock<Option<SyncSender<SyncSender<()>>>> = OnceLock::new();
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while a line was being appended leaves a String that is still valid text.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn writer() -> Option<&'static SyncSender<SyncSender<()>>> {
     WRITER
         .get_or_init(|| {
-            let (sender, receiver) = mpsc::sync_channel(QUEUE_LINES);
+            let (sender, receiver) = mpsc::sync_channel(16);
             std::thread::Builder::new()
                 .name("waitress-access-log".to_string())
                 .spawn(move || write_lines(receiver))
@@ -562,61 +574,84 @@ fn writer() -> Option<&'static SyncSender<Message>> {
         .as_ref()
 }
 
-/// Queue `line` without waiting: a full queue drops it and counts it.
-fn send(line: String) {
-    match writer() {
-        Some(sender) => match sender.try_send(Message::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(Message::Line(line))) => ACCESS_LOGGER.info(&line),
-            Err(TrySendError::Disconnected(_)) => {}
-        },
-        None => ACCESS_LOGGER.info(&line),
+/// Format a line with `write` into this worker's pending lines.
+fn append(write: impl FnOnce(&mut String)) {
+    thread_local! {
+        static MINE: RefCell<Option<WorkerLines>> = const { RefCell::new(None) };
     }
+    if writer().is_none() {
+        let mut line = String::new();
+        write(&mut line);
+        ACCESS_LOGGER.info(&line);
+        return;
+    }
+    MINE.with(|mine| {
+        let mut mine = mine.borrow_mut();
+        let lines = mine.get_or_insert_with(|| {
+            let lines = WorkerLines::default();
+            lock(&WORKERS).push(Arc::clone(&lines));
+            lines
+        });
+        let mut pending = lock(lines);
+        if pending.text.len() >= MAX_PENDING_BYTES {
+            pending.dropped += 1;
+        } else {
+            write(&mut pending.text);
+            pending.text.push('\n');
+        }
+    });
 }
 
-/// The writer thread: each line to the logger, and a warning when lines had to be dropped.
-fn write_lines(receiver: Receiver<Message>) {
-    for message in receiver {
-        match message {
-            Message::Line(line) => ACCESS_LOGGER.info(&line),
-            Message::Flush(done) => {
+/// The writer thread: every [`TICK`], or at once for a flush, the lines of every worker to
+/// the logger.
+fn write_lines(flushes: Receiver<SyncSender<()>>) {
+    loop {
+        let flush = flushes.recv_timeout(TICK);
+        write_pending();
+        match flush {
+            Ok(done) => {
                 let _ = done.send(());
             }
-        }
-        let dropped = DROPPED.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            LOGGER.warning(&format!(
-                "access log: {dropped} line(s) dropped, the log could not keep up"
-            ));
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
 
-/// Wait (at most `timeout`) until every access-log line queued so far is written. A server
+/// Take and write what every worker has pending.
+fn write_pending() {
+    let workers: Vec<WorkerLines> = {
+        let mut workers = lock(&WORKERS);
+        // A thread that ended dropped its handle: once emptied below, its entry can go.
+        workers.retain(|w| Arc::strong_count(w) > 1 || !lock(w).text.is_empty());
+        workers.clone()
+    };
+    let mut dropped = 0;
+    for worker in workers {
+        let taken = std::mem::take(&mut *lock(&worker));
+        dropped += taken.dropped;
+        for line in taken.text.split_terminator('\n') {
+            ACCESS_LOGGER.info(line);
+        }
+    }
+    if dropped > 0 {
+        LOGGER.warning(&format!(
+            "access log: {dropped} line(s) dropped, the log could not keep up"
+        ));
+    }
+}
+
+/// Wait (at most `timeout`) until every access-log line formatted so far is written. A server
 /// calls it when it closes, so a program that exits after `run` loses no line.
 pub fn flush(timeout: Duration) {
-    // Flushing must not start the thread: only a queue that exists can hold lines.
+    // Flushing must not start the thread: only a running writer can have lines waiting.
     let Some(sender) = WRITER.get().and_then(Option::as_ref) else {
         return;
     };
     let (done, wait) = mpsc::sync_channel(1);
-    // The queue may be full: wait for room only as long as the deadline allows.
-    let deadline = Instant::now() + timeout;
-    let mut message = Message::Flush(done);
-    loop {
-        match sender.try_send(message) {
-            Ok(()) => break,
-            Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                message = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(_) => return,
-        }
+    if sender.send(done).is_ok() {
+        let _ = wait.recv_timeout(timeout);
     }
-    let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! task notes the status line when the head goes out and every body byte it hands to the
 //! connection, and the application's `REMOTE_ADDR`/`REMOTE_USER` once the proxy-headers
 //! middleware has set them. When the response is done, the channel's `service` turns the
-//! tally into a line in [`AccessLogFormat`] and hands it to a writer thread over a bounded
-//! queue, so the worker neither waits for standard error nor takes a lock another worker
-//! holds while writing. The writer thread sends each line to [`ACCESS_LOGGER`] at INFO.
+//! tally into a line in [`AccessLogFormat`], appended to that worker's own buffer of pending
+//! lines. A writer thread takes every worker's buffer each 50 ms and sends the lines to
+//! [`ACCESS_LOGGER`] at INFO: the worker never waits for standard error, never takes a lock
+//! another worker holds, and wakes nobody per line.
 //!
 //! The line is built only when `access_log` is on and the logger writes INFO records; with the
 //! log off the hooks cost a thread-local check.
@@ -69,6 +70,9 @@ enum Field {
     ConnectionStatus,
     /// `%{Name}i`: a request header (the environ's spelling of the name: `USER_AGENT`).
     RequestHeader(String),
+    /// `%{remote}p`: the port of the connection's peer (the proxy's, behind one), `-` on a
+    /// Unix socket.
+    RemotePort,
 }
 
 /// A parsed `access_log_format`. The fields (Apache's `mod_log_config` letters):
@@ -86,6 +90,7 @@ enum Field {
 /// | `%D`, `%T` | time taken in microseconds, in whole seconds |
 /// | `%X` | `X` client went away before the response was all handed over, `+` kept alive, `-` closed |
 /// | `%{Name}i` | the request header `Name`, `-` when absent |
+/// | `%{remote}p` | the port of the connection's peer (the proxy's, behind one), `-` on a Unix socket |
 /// | `%%` | a `%` |
 ///
 /// ```
@@ -153,18 +158,23 @@ impl FromStr for AccessLogFormat {
                     };
                     let name = &rest[..end];
                     chars = rest[end + 1..].chars();
-                    if chars.next() != Some('i') || name.is_empty() {
-                        return Err(AccessLogFormatError(format!(
-                            "only %{{Header}}i is known among the access log's %{{…}} fields, in {format:?}"
-                        )));
+                    match chars.next() {
+                        Some('i') if !name.is_empty() => {
+                            Field::RequestHeader(name.to_ascii_uppercase().replace('-', "_"))
+                        }
+                        Some('p') if name == "remote" => Field::RemotePort,
+                        _ => {
+                            return Err(AccessLogFormatError(format!(
+                                "only %{{Header}}i and %{{remote}}p are known among the access log's %{{…}} fields, in {format:?}"
+                            )))
+                        }
                     }
-                    Field::RequestHeader(name.to_ascii_uppercase().replace('-', "_"))
                 }
                 other => {
                     let shown =
                         other.map_or_else(|| "end of text".to_string(), |c| format!("%{c}"));
                     return Err(AccessLogFormatError(format!(
-                        "unknown access log field {shown} in {format:?} (known: %h %a %l %u %t %r %m %U %q %H %s %b %B %D %T %X %{{Header}}i %%)"
+                        "unknown access log field {shown} in {format:?} (known: %h %a %l %u %t %r %m %U %q %H %s %b %B %D %T %X %{{Header}}i %{{remote}}p %%)"
                     )));
                 }
             };
@@ -206,6 +216,8 @@ pub struct Record<'a> {
     pub remote_addr: &'a str,
     /// `REMOTE_USER`, if the application set one.
     pub remote_user: Option<&'a str>,
+    /// The port of the connection's peer; none on a Unix socket.
+    pub remote_port: Option<u16>,
     /// When the request was taken up.
     pub received: SystemTime,
     /// The request line as received (latin-1 bytes).
@@ -318,6 +330,13 @@ impl AccessLogFormat {
                     }
                     Ok(())
                 }
+                Field::RemotePort => match record.remote_port {
+                    Some(port) => write!(out, "{port}"),
+                    None => {
+                        out.push('-');
+                        Ok(())
+                    }
+                },
             };
         }
     }
@@ -390,6 +409,7 @@ struct Tally {
     body_bytes: u64,
     remote_addr: Option<String>,
     remote_user: Option<String>,
+    disconnected: bool,
 }
 
 thread_local! {
@@ -437,6 +457,11 @@ pub(crate) fn note_environ(environ: &Environ) {
     });
 }
 
+/// The response was cut short: the client went away while it was being handed over.
+pub(crate) fn note_disconnected() {
+    with_tally(|tally| tally.disconnected = true);
+}
+
 /// An access-log line being collected for one request.
 #[derive(Debug)]
 pub(crate) struct Pending {
@@ -460,7 +485,8 @@ pub(crate) fn begin(adj: &Adjustments) -> Option<Pending> {
 impl Pending {
     /// The response to `request` is done: build its line and queue it for the writer.
     /// `close` is whether the connection closes after it, `connected` whether the client was
-    /// still there.
+    /// still there (it counts only when nothing was sent: a client may well close as soon as
+    /// it has a whole response).
     pub(crate) fn finish(
         self,
         adj: &Adjustments,
@@ -472,7 +498,7 @@ impl Pending {
         let tally = CURRENT
             .with(|current| current.borrow_mut().take())
             .unwrap_or_default();
-        let connection = if !connected {
+        let connection = if tally.disconnected || (tally.status.is_none() && !connected) {
             ConnectionStatus::Aborted
         } else if close {
             ConnectionStatus::Close
@@ -482,6 +508,7 @@ impl Pending {
         let record = Record {
             remote_addr: tally.remote_addr.as_deref().unwrap_or(&peer.host),
             remote_user: tally.remote_user.as_deref(),
+            remote_port: peer.port,
             received: self.received,
             request_line: &request.first_line,
             method: &request.command,
@@ -678,6 +705,7 @@ mod tests {
         Record {
             remote_addr: "192.0.2.7",
             remote_user: None,
+            remote_port: Some(50_123),
             // 2000-10-10 13:55:36 UTC
             received: UNIX_EPOCH + Duration::from_secs(971_186_136),
             request_line: b"GET /apache_pb.gif?x=1 HTTP/1.0",
@@ -723,6 +751,7 @@ mod tests {
             ("%D %T", "1500042 1"),
             ("%X", "+"),
             ("%{X-Trace}i %{x-trace}i %{Missing}i", "abc abc -"),
+            ("%{remote}p", "50123"),
             ("100%% %s", "100% 200"),
             ("", ""),
         ];
@@ -740,7 +769,8 @@ mod tests {
         r.request_line = b"";
         r.query = "";
         r.connection = ConnectionStatus::Aborted;
-        assert_eq!(line("%s %b %B %r %q%X", &r), "- - 0 - X");
+        r.remote_port = None;
+        assert_eq!(line("%s %b %B %r %q%X %{remote}p", &r), "- - 0 - X -");
         r.connection = ConnectionStatus::Close;
         assert_eq!(line("%X", &r), "-");
     }
@@ -758,7 +788,15 @@ mod tests {
 
     #[test]
     fn bad_formats_are_refused() {
-        for format in ["%Z", "%", "%{User-Agent", "%{User-Agent}o", "%{}i", "%>x"] {
+        for format in [
+            "%Z",
+            "%",
+            "%{User-Agent",
+            "%{User-Agent}o",
+            "%{}i",
+            "%>x",
+            "%{local}p",
+        ] {
             let error = format.parse::<AccessLogFormat>().unwrap_err();
             assert!(
                 error.to_string().contains("access log"),

@@ -692,6 +692,7 @@ impl HttpChannel {
         match result {
             Ok(()) => close,
             Err(TaskError::ClientDisconnected) => {
+                access_log::note_disconnected();
                 LOGGER.info(&format!("Client disconnected while serving {path}"));
                 true
             }

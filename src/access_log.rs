@@ -249,13 +249,13 @@ impl AccessLogFormat {
     pub fn write_line(&self, record: &Record<'_>, out: &mut String) {
         for field in &self.fields {
             // Writing to a String cannot fail.
-            let _ = match field {
+            let _: fmt::Result = match field {
                 Field::Literal(text) => {
                     out.push_str(text);
                     Ok(())
                 }
                 Field::RemoteAddr => {
-                    escape_into(out, record.remote_addr.chars());
+                    escape_str(out, record.remote_addr);
                     Ok(())
                 }
                 Field::Ident => {
@@ -264,7 +264,7 @@ impl AccessLogFormat {
                 }
                 Field::User => {
                     match record.remote_user {
-                        Some(user) if !user.is_empty() => escape_into(out, user.chars()),
+                        Some(user) if !user.is_empty() => escape_str(out, user),
                         _ => out.push('-'),
                     }
                     Ok(())
@@ -277,32 +277,35 @@ impl AccessLogFormat {
                     if record.request_line.is_empty() {
                         out.push('-');
                     } else {
-                        escape_into(out, record.request_line.iter().map(|&b| char::from(b)));
+                        escape_bytes(out, record.request_line);
                     }
                     Ok(())
                 }
                 Field::Method => {
-                    escape_into(out, record.method.chars());
+                    escape_str(out, record.method);
                     Ok(())
                 }
                 Field::Path => {
-                    escape_into(out, record.path.chars());
+                    escape_str(out, record.path);
                     Ok(())
                 }
                 Field::Query => {
                     if !record.query.is_empty() {
                         out.push('?');
-                        escape_into(out, record.query.chars());
+                        escape_str(out, record.query);
                     }
                     Ok(())
                 }
                 Field::Protocol => {
                     out.push_str("HTTP/");
-                    escape_into(out, record.version.chars());
+                    escape_str(out, record.version);
                     Ok(())
                 }
                 Field::Status => match record.status {
-                    Some(code) => write!(out, "{code}"),
+                    Some(code) => {
+                        push_number(out, u64::from(code));
+                        Ok(())
+                    }
                     None => {
                         out.push('-');
                         Ok(())
@@ -312,9 +315,19 @@ impl AccessLogFormat {
                     out.push('-');
                     Ok(())
                 }
-                Field::BytesClf | Field::Bytes => write!(out, "{}", record.body_bytes),
-                Field::Micros => write!(out, "{}", record.duration.as_micros()),
-                Field::Seconds => write!(out, "{}", record.duration.as_secs()),
+                Field::BytesClf | Field::Bytes => {
+                    push_number(out, record.body_bytes);
+                    Ok(())
+                }
+                Field::Micros => {
+                    let micros = record.duration.as_micros();
+                    push_number(out, u64::try_from(micros).unwrap_or(u64::MAX));
+                    Ok(())
+                }
+                Field::Seconds => {
+                    push_number(out, record.duration.as_secs());
+                    Ok(())
+                }
                 Field::ConnectionStatus => {
                     out.push(match record.connection {
                         ConnectionStatus::Aborted => 'X',
@@ -325,13 +338,16 @@ impl AccessLogFormat {
                 }
                 Field::RequestHeader(name) => {
                     match record.headers.get(name) {
-                        Some(value) => escape_into(out, value.chars()),
+                        Some(value) => escape_str(out, value),
                         None => out.push('-'),
                     }
                     Ok(())
                 }
                 Field::RemotePort => match record.remote_port {
-                    Some(port) => write!(out, "{port}"),
+                    Some(port) => {
+                        push_number(out, u64::from(port));
+                        Ok(())
+                    }
                     None => {
                         out.push('-');
                         Ok(())
@@ -340,6 +356,43 @@ impl AccessLogFormat {
             };
         }
     }
+}
+
+/// A byte that goes into a line as it is.
+fn is_plain(b: u8) -> bool {
+    (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\'
+}
+
+/// [`escape_into`] for text, copied whole when nothing needs escaping (the usual case).
+fn escape_str(out: &mut String, text: &str) {
+    if text.bytes().all(is_plain) {
+        out.push_str(text);
+    } else {
+        escape_into(out, text.chars());
+    }
+}
+
+/// [`escape_into`] for latin-1 bytes, copied whole when nothing needs escaping.
+fn escape_bytes(out: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if bytes.iter().copied().all(is_plain) => out.push_str(text),
+        _ => escape_into(out, bytes.iter().map(|&b| char::from(b))),
+    }
+}
+
+/// A number in decimal, without the formatting machinery (it runs for every line).
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// Copy text from the client into a log line, escaped the way Apache's `mod_log_config`

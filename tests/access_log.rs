@@ -80,19 +80,31 @@ fn hello(environ: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
 #[test]
 fn each_field_of_a_real_request() {
     record_access_lines();
-    let format = "%h|%a|%l|%u|%t|%r|%m|%U|%q|%H|%s|%>s|%b|%B|%D|%T|%X|%{X-Marker}i|%{Missing}i|%%";
+    let format =
+        "%h|%a|%l|%u|%t|%r|%m|%U|%q|%H|%s|%>s|%b|%B|%D|%T|%X|%{X-Marker}i|%{Missing}i|%%|%{remote}p";
     let server = serve_fn(
         hello,
         &[("access_log", "true"), ("access_log_format", format)],
         Transport::Tcp,
     );
-    let mut client = Client::connect(&server.target);
-    client.send(b"GET /user?a=1 HTTP/1.1\r\nHost: x\r\nX-Marker: each-field\r\n\r\n");
-    let response = client.read_response().unwrap();
-    assert_eq!(response.status, 200);
+    let mut stream = TcpStream::connect(("127.0.0.1", port(&server.target))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET /user?a=1 HTTP/1.1\r\nHost: x\r\nX-Marker: each-field\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"Hello, World!") {
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
     let line = line_with("|each-field|");
     let fields: Vec<&str> = line.split('|').collect();
-    assert_eq!(fields.len(), 20, "{line}");
+    assert_eq!(fields.len(), 21, "{line}");
     assert_eq!(&fields[..4], ["127.0.0.1", "127.0.0.1", "-", "ann"]);
     let time = fields[4];
     assert!(
@@ -116,7 +128,12 @@ fn each_field_of_a_real_request() {
     let micros: u64 = fields[14].parse().expect("%D is a number");
     let secs: u64 = fields[15].parse().expect("%T is a number");
     assert!(micros < 20_000_000 && secs == micros / 1_000_000, "{line}");
-    assert_eq!(&fields[16..], ["+", "each-field", "-", "%"]);
+    assert_eq!(&fields[16..20], ["+", "each-field", "-", "%"]);
+    assert_eq!(
+        fields[20],
+        stream.local_addr().unwrap().port().to_string(),
+        "%{{remote}}p is the client's port"
+    );
 }
 
 #[test]

@@ -301,16 +301,10 @@ impl AccessLogFormat {
                     escape_str(out, record.version);
                     Ok(())
                 }
-                Field::Status => match record.status {
-                    Some(code) => {
-                        push_number(out, u64::from(code));
-                        Ok(())
-                    }
-                    None => {
-                        out.push('-');
-                        Ok(())
-                    }
-                },
+                Field::Status => {
+                    push_optional_number(out, record.status.map(u64::from));
+                    Ok(())
+                }
                 Field::BytesClf if record.body_bytes == 0 => {
                     out.push('-');
                     Ok(())
@@ -343,16 +337,10 @@ impl AccessLogFormat {
                     }
                     Ok(())
                 }
-                Field::RemotePort => match record.remote_port {
-                    Some(port) => {
-                        push_number(out, u64::from(port));
-                        Ok(())
-                    }
-                    None => {
-                        out.push('-');
-                        Ok(())
-                    }
-                },
+                Field::RemotePort => {
+                    push_optional_number(out, record.remote_port.map(u64::from));
+                    Ok(())
+                }
             };
         }
     }
@@ -393,6 +381,14 @@ fn push_number(out: &mut String, mut n: u64) {
         }
     }
     out.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
+/// A number, or `-` for none.
+fn push_optional_number(out: &mut String, n: Option<u64>) {
+    match n {
+        Some(n) => push_number(out, n),
+        None => out.push('-'),
+    }
 }
 
 /// Copy text from the client into a log line, escaped the way Apache's `mod_log_config`

@@ -18,8 +18,9 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::rc::Rc;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::adjustments::{Adjustments, DEFAULT_ACCESS_LOG_FORMAT};
@@ -151,10 +152,13 @@ impl FromStr for AccessLogFormat {
                 Some('X') => Field::ConnectionStatus,
                 Some('{') => {
                     let rest = chars.as_str();
-                    let Some(end) = rest.find('}') else {
-                        return Err(AccessLogFormatError(format!(
-                            "unclosed %{{ in access log format {format:?}"
-                        )));
+                    let end = match rest.find('}') {
+                        Some(end) => end,
+                        None => {
+                            return Err(AccessLogFormatError(format!(
+                                "unclosed %{{ in access log format {format:?}"
+                            )))
+                        }
                     };
                     let name = &rest[..end];
                     chars = rest[end + 1..].chars();
@@ -628,26 +632,50 @@ type WorkerLines = Arc<Mutex<PendingLines>>;
 /// entries of threads that have ended once it has written what they left.
 static WORKERS: Mutex<Vec<WorkerLines>> = Mutex::new(Vec::new());
 
-/// The writer's flush requests, each answered once every line formatted before it is
-/// written; none if the thread could not be started (lines are then written by the worker).
-static WRITER: OnceLock<Option<SyncSender<SyncSender<()>>>> = OnceLock::new();
+/// Whether the writer thread runs. Read for every line, so an atomic: [`NOT_STARTED`],
+/// [`RUNNING`], or [`FAILED`] (it could not be started; workers then write their lines
+/// themselves).
+static WRITER_STATE: AtomicU8 = AtomicU8::new(NOT_STARTED);
+const NOT_STARTED: u8 = 0;
+const RUNNING: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Where flush requests go, each answered once every line formatted before it is written. Set
+/// once, when the writer starts; locked only to start the writer and to flush.
+static WRITER: Mutex<Option<SyncSender<SyncSender<()>>>> = Mutex::new(None);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while a line was being appended leaves a String that is still valid text.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn writer() -> Option<&'static SyncSender<SyncSender<()>>> {
-    WRITER
-        .get_or_init(|| {
-            let (sender, receiver) = mpsc::sync_channel(16);
-            std::thread::Builder::new()
-                .name("waitress-access-log".to_string())
-                .spawn(move || write_lines(receiver))
-                .ok()
-                .map(|_| sender)
-        })
-        .as_ref()
+/// Whether the writer thread runs, starting it with the first line.
+fn writer_running() -> bool {
+    match WRITER_STATE.load(Ordering::Acquire) {
+        RUNNING => true,
+        FAILED => false,
+        _ => start_writer(),
+    }
+}
+
+fn start_writer() -> bool {
+    let mut writer = lock(&WRITER);
+    // Another worker may have started it while this one waited for the lock.
+    match WRITER_STATE.load(Ordering::Acquire) {
+        RUNNING => return true,
+        FAILED => return false,
+        _ => {}
+    }
+    let (sender, receiver) = mpsc::sync_channel(16);
+    let started = std::thread::Builder::new()
+        .name("waitress-access-log".to_string())
+        .spawn(move || write_lines(receiver))
+        .is_ok();
+    if started {
+        *writer = Some(sender);
+    }
+    WRITER_STATE.store(if started { RUNNING } else { FAILED }, Ordering::Release);
+    started
 }
 
 /// Format a line with `write` into this worker's pending lines.
@@ -655,7 +683,7 @@ fn append(write: impl FnOnce(&mut String)) {
     thread_local! {
         static MINE: RefCell<Option<WorkerLines>> = const { RefCell::new(None) };
     }
-    if writer().is_none() {
+    if !writer_running() {
         let mut line = String::new();
         write(&mut line);
         ACCESS_LOGGER.info(&line);
@@ -721,8 +749,9 @@ fn write_pending() {
 /// calls it when it closes, so a program that exits after `run` loses no line.
 pub fn flush(timeout: Duration) {
     // Flushing must not start the thread: only a running writer can have lines waiting.
-    let Some(sender) = WRITER.get().and_then(Option::as_ref) else {
-        return;
+    let sender = match lock(&WRITER).clone() {
+        Some(sender) => sender,
+        None => return,
     };
     let (done, wait) = mpsc::sync_channel(1);
     if sender.send(done).is_ok() {

@@ -2,20 +2,37 @@
 //!
 //! An `HttpChannel` is one client connection. The I/O thread reads from the socket, feeds the
 //! bytes to a request parser and hands complete requests to the worker pool; a worker runs
-//! them and queues the response in the channel's output buffers, which the I/O thread (or the
-//! worker itself, opportunistically) flushes to the non-blocking socket. The channel is shared
-//! between those threads as an `Arc`; what each lock guards is written next to it.
+//! them and queues the response, which whoever gets there first sends on the non-blocking
+//! socket: usually the worker itself, at once.
+//!
+//! Who touches what:
+//! - the socket, the peer's address and the settings never change after [`HttpChannel::create`]:
+//!   both threads use them without a lock;
+//! - everything else the I/O thread and a worker share is one [`State`] behind
+//!   `HttpChannel::state`, the one lock that stands for waitress's `requests_lock` and
+//!   `outbuf_lock`. It is held for bookkeeping only: never while the application runs, never
+//!   across a `send` or a trigger pull (one exception: appending to an output buffer that has
+//!   overflowed into a temporary file writes to that file);
+//! - to send without the lock, a flusher marks `State::flushing`, moves the queued buffers out,
+//!   sends them, and puts back what the socket did not take. Nobody else sends meanwhile, so
+//!   bytes leave in order; writers queue behind in `State::outbufs`;
+//! - `HttpChannel::room` is the condition waitress's `outbuf_lock` carries: a worker whose
+//!   output is past `outbuf_high_watermark` waits on it;
+//! - the socket-map entry ([`ChannelDispatcher`]) belongs to the I/O thread alone.
+//!
+//! No atomics: the lock is uncontended in the common case (the I/O thread takes it once per
+//! poll round per channel and once per read, a worker a few times per request), and an
+//! uncontended lock costs no system call.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::access_log;
 use crate::adjustments::Adjustments;
@@ -114,32 +131,10 @@ impl OutBuf {
     }
 }
 
-/// The output side, guarded by `HttpChannel::outbufs`.
-struct Outbufs {
-    /// Sent front to back; the last one takes new bytes (waitress: `outbufs`).
-    bufs: VecDeque<OutBuf>,
-    /// Bytes appended to the last buffer; past `outbuf_high_watermark` a new one is started
-    /// so a finished buffer can be dropped as soon as it is sent.
-    current_outbuf_count: usize,
-}
-
-/// The request side, guarded by `HttpChannel::requests`.
-struct Requests {
-    /// Complete requests waiting for their turn (waitress: `requests[1:]`).
-    queue: VecDeque<HttpRequestParser>,
-    /// A worker holds the first request (waitress: `requests[0]` while its task runs).
-    serving: bool,
-    /// The request being read (waitress: `request`).
-    current: Option<HttpRequestParser>,
-    /// `100 Continue` was sent for `current` (waitress: `sent_continue`).
-    sent_continue: bool,
-}
-
-impl Requests {
-    /// `len(self.requests)` in waitress.
-    fn count(&self) -> usize {
-        self.queue.len() + usize::from(self.serving)
-    }
+/// Bytes held by some output buffers (a file past `usize` counts as `usize::MAX`).
+fn outbufs_len(bufs: &VecDeque<OutBuf>) -> usize {
+    bufs.iter()
+        .fold(0, |total, b| total.saturating_add(b.len()))
 }
 
 /// How a flush ended badly.
@@ -148,6 +143,61 @@ enum FlushError {
     Disconnected,
     /// Any other socket error.
     Other(io::Error),
+}
+
+/// What one round of sending did: the bytes sent, and whether everything went (`Ok(true)`) or
+/// the socket is full (`Ok(false)`).
+type Sent = (usize, Result<bool, FlushError>);
+
+/// Send `data` until it is all gone or the socket is full; no lock may be held.
+fn send_from(stream: &ChannelStream, data: &[u8]) -> Sent {
+    let mut sent = 0;
+    while sent < data.len() {
+        match stream.send(&data[sent..]) {
+            Ok(0) => return (sent, Ok(false)),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (sent, Ok(false)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_disconnected(&e) => return (sent, Err(FlushError::Disconnected)),
+            Err(e) => return (sent, Err(FlushError::Other(e))),
+        }
+    }
+    (sent, Ok(true))
+}
+
+/// Send buffers front to back, closing each as it empties (the inner loops of waitress's
+/// `_flush_some`); no lock may be held.
+fn send_outbufs(stream: &ChannelStream, bufs: &mut VecDeque<OutBuf>) -> Sent {
+    let mut total = 0;
+    while let Some(outbuf) = bufs.front_mut() {
+        if outbuf.len() == 0 {
+            // Emptied buffers are dropped at once, the last one too (waitress keeps the last
+            // one for the next write): an idle connection then holds no output memory.
+            if let Some(mut done) = bufs.pop_front() {
+                done.close();
+            }
+            continue;
+        }
+        let chunk = match outbuf.peek(SEND_CHUNK) {
+            Ok(chunk) => chunk,
+            Err(e) => return (total, Err(FlushError::Other(e))),
+        };
+        if chunk.is_empty() {
+            // A file that ended early: nothing more will come from it.
+            outbuf.close();
+            continue;
+        }
+        let (sent, result) = send_from(stream, chunk);
+        total += sent;
+        if let Err(e) = outbuf.skip(sent) {
+            return (total, Err(FlushError::Other(e)));
+        }
+        match result {
+            Ok(true) => {}
+            other => return (total, other),
+        }
+    }
+    (total, Ok(true))
 }
 
 /// What a channel needs of its server (waitress: `channel.server`).
@@ -183,6 +233,109 @@ impl ChannelServer {
     }
 }
 
+/// What the I/O thread and a worker share for one channel, behind `HttpChannel::state`. The
+/// first fields are waitress's class attributes, in its order.
+struct State {
+    /// The request being read (waitress: `request`). I/O thread, and a worker at the end of
+    /// `service` when it sends a deferred `100 Continue`.
+    request: Option<HttpRequestParser>,
+    /// Last time bytes were read or sent, for the idle sweep (waitress: `last_activity`).
+    last_activity: Instant,
+    /// Close at the next chance (waitress: `will_close`).
+    will_close: bool,
+    /// Close once the output is sent (waitress: `close_when_flushed`).
+    close_when_flushed: bool,
+    /// `100 Continue` went out for `request` (waitress: `sent_continue`).
+    sent_continue: bool,
+    /// Bytes appended to the last output buffer since it was started; from
+    /// `outbuf_high_watermark` on, the next write starts a new buffer (waitress:
+    /// `current_outbuf_count`).
+    current_outbuf_count: usize,
+    /// Cleared when the peer is gone or the channel closed (waitress: `connected`).
+    connected: bool,
+    /// Complete requests no worker has taken yet (waitress: `requests`, less the one being
+    /// served).
+    requests: VecDeque<HttpRequestParser>,
+    /// A worker is serving the request it took from `requests` (waitress keeps it as
+    /// `requests[0]` until it is done).
+    serving: bool,
+    /// Output not handed to a flusher yet, front first (waitress: `outbufs`).
+    outbufs: VecDeque<OutBuf>,
+    /// The bytes a flusher took out of `outbufs` and is sending without the lock; `None` while
+    /// nobody sends. Only the flusher sends, so the bytes leave in order.
+    flushing: Option<usize>,
+    /// A worker waits on `HttpChannel::room`: a flush that makes room must notify it.
+    waiting_for_room: bool,
+    /// `handle_close` ran: the I/O thread has let the channel go.
+    closed: bool,
+    /// Rust-only: the client ended its stream (a half-close looks the same as a close) while
+    /// requests were still due: read no more, answer those, then close. waitress closes at
+    /// once and drops them.
+    read_eof: bool,
+    /// Rust-only: when the first byte of the request head being read arrived, while that head
+    /// is incomplete; `request_header_timeout` runs from here.
+    head_started: Option<Instant>,
+    /// Rust-only: a graceful shutdown is under way: read no more, answer the requests already
+    /// read, then close.
+    draining: bool,
+}
+
+impl State {
+    fn new(now: Instant) -> Self {
+        State {
+            request: None,
+            last_activity: now,
+            will_close: false,
+            close_when_flushed: false,
+            sent_continue: false,
+            current_outbuf_count: 0,
+            connected: true,
+            requests: VecDeque::new(),
+            serving: false,
+            outbufs: VecDeque::new(),
+            flushing: None,
+            waiting_for_room: false,
+            closed: false,
+            read_eof: false,
+            head_started: None,
+            draining: false,
+        }
+    }
+
+    /// `len(self.requests)` in waitress: the requests waiting plus the one being served.
+    fn request_count(&self) -> usize {
+        self.requests.len() + usize::from(self.serving)
+    }
+
+    /// Bytes waiting to be sent, including those a flusher is sending (waitress:
+    /// `total_outbufs_len`, kept by hand there).
+    fn total_outbufs_len(&self) -> usize {
+        outbufs_len(&self.outbufs).saturating_add(self.flushing.unwrap_or(0))
+    }
+
+    /// waitress: `readable`.
+    fn readable(&self, adj: &Adjustments) -> bool {
+        !(self.will_close
+            || self.close_when_flushed
+            || self.read_eof
+            || self.draining
+            || self.request_count() > adj.channel_request_lookahead
+            || self.total_outbufs_len() > 0)
+    }
+
+    /// waitress: `writable` is "output waits, or a close does". Output that `handle_write`
+    /// would leave alone is not asked for here, so that `poll` does not return at once, round
+    /// after round, for a socket with room: bytes a worker is sending (it hands the rest to
+    /// the I/O thread with the trigger) and, while a request runs, fewer than `send_bytes`.
+    fn writable(&self, adj: &Adjustments) -> bool {
+        let total = self.total_outbufs_len();
+        self.will_close
+            || (self.flushing.is_none()
+                && (self.close_when_flushed
+                    || (total > 0 && (self.request_count() == 0 || total >= adj.send_bytes))))
+    }
+}
+
 /// One client connection (waitress: `HTTPChannel`).
 pub struct HttpChannel {
     stream: ChannelStream,
@@ -194,29 +347,13 @@ pub struct HttpChannel {
     trigger: TriggerHandle,
     /// Ourselves, to queue ourselves as a task.
     me: Weak<HttpChannel>,
-    /// Cleared when the peer is gone or the channel closed (waitress: `connected`).
-    connected: AtomicBool,
-    /// Close at the next chance (waitress: `will_close`).
-    will_close: AtomicBool,
-    /// Close once the output is sent (waitress: `close_when_flushed`).
-    close_when_flushed: AtomicBool,
-    /// Bytes waiting in `outbufs`; written under the `outbufs` lock, read without it by
-    /// `readable`/`writable` on the I/O thread (waitress: `total_outbufs_len`).
-    total_outbufs_len: AtomicUsize,
-    /// `Requests::count()`, readable without the lock.
-    request_count: AtomicUsize,
-    /// Last time bytes moved, for the idle sweep.
-    last_activity: AtomicU64,
-    /// Guards the parsed and queued requests. Taken by the I/O thread when bytes arrive and
-    /// by a worker when it takes or finishes a request. Lock order: `requests`, then
-    /// `outbufs`.
-    requests: Mutex<Requests>,
-    /// Guards the output buffers and every write to the socket. Taken by workers queueing a
-    /// response and by the I/O thread flushing it.
-    outbufs: Mutex<Outbufs>,
-    /// Waited on by a worker whose output is over `outbuf_high_watermark`; notified by the
-    /// I/O thread when a flush brings it below, and when the channel closes.
-    outbuf_cv: Condvar,
+    /// Everything the I/O thread and a worker share (waitress: `requests_lock` and
+    /// `outbuf_lock`, with the state they guard). Held briefly, see the module doc.
+    state: Mutex<State>,
+    /// waitress's `outbuf_lock` as a condition: a worker whose output is past
+    /// `outbuf_high_watermark` waits here with `State::waiting_for_room` set; a flush that
+    /// brings the output below it and `handle_close` notify.
+    room: Condvar,
 }
 
 impl std::fmt::Debug for HttpChannel {
@@ -226,23 +363,6 @@ impl std::fmt::Debug for HttpChannel {
             .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
-}
-
-/// The moment the first channel was made: last-activity times are kept as microseconds since
-/// then, in an atomic, so neither thread takes a lock to note activity.
-fn start_instant() -> Instant {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *START.get_or_init(Instant::now)
-}
-
-fn since_start(now: Instant) -> u64 {
-    u64::try_from(now.saturating_duration_since(start_instant()).as_micros()).unwrap_or(u64::MAX)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // No code panics while holding these locks (applications run outside them), so a
-    // poisoned lock still guards consistent state.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl HttpChannel {
@@ -260,7 +380,6 @@ impl HttpChannel {
             ChannelStream::Unix(s) => s.set_nonblocking(true)?,
         }
         let fd = stream.as_raw_fd();
-        let outbuf_overflow = adj.outbuf_overflow;
         let channel = Arc::new_cyclic(|me| HttpChannel {
             stream,
             fd,
@@ -270,28 +389,14 @@ impl HttpChannel {
             dispatcher: Arc::clone(&server.dispatcher),
             trigger: server.trigger.clone(),
             me: me.clone(),
-            connected: AtomicBool::new(true),
-            will_close: AtomicBool::new(false),
-            close_when_flushed: AtomicBool::new(false),
-            total_outbufs_len: AtomicUsize::new(0),
-            request_count: AtomicUsize::new(0),
-            last_activity: AtomicU64::new(since_start(Instant::now())),
-            requests: Mutex::new(Requests {
-                queue: VecDeque::new(),
-                serving: false,
-                current: None,
-                sent_continue: false,
-            }),
-            outbufs: Mutex::new(Outbufs {
-                bufs: VecDeque::from([OutBuf::Bytes(OverflowableBuffer::new(outbuf_overflow))]),
-                current_outbuf_count: 0,
-            }),
-            outbuf_cv: Condvar::new(),
+            state: Mutex::new(State::new(Instant::now())),
+            room: Condvar::new(),
         });
         let dispatcher = Rc::new(ChannelDispatcher {
             channel: Arc::clone(&channel),
             server: Rc::clone(server),
             map: Rc::clone(map),
+            writable: Cell::new(None),
         });
         map.borrow_mut().insert(fd, dispatcher);
         server
@@ -301,198 +406,210 @@ impl HttpChannel {
         Ok(channel)
     }
 
-    /// `waitress.client_disconnected`: true once the peer is gone.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock (applications run outside it), so a poisoned
+        // lock still guards consistent state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `waitress.client_disconnected`: true once the peer is gone (waitress:
+    /// `check_client_disconnected`), or has ended its stream, which is all waitress can see of
+    /// a client that went away.
     pub fn check_client_disconnected(&self) -> bool {
-        !self.connected.load(Ordering::Acquire)
-    }
-
-    /// Whether the channel will close at the next chance.
-    pub fn will_close(&self) -> bool {
-        self.will_close.load(Ordering::Acquire)
-    }
-
-    /// Ask the channel to close (the idle sweep does this).
-    pub fn set_will_close(&self) {
-        self.will_close.store(true, Ordering::Release);
-    }
-
-    /// The last time bytes were read or sent.
-    pub fn last_activity(&self) -> Instant {
-        start_instant() + Duration::from_micros(self.last_activity.load(Ordering::Relaxed))
-    }
-
-    fn touch(&self) {
-        self.last_activity
-            .store(since_start(Instant::now()), Ordering::Relaxed);
-    }
-
-    /// Whether requests are queued or being served.
-    pub fn has_requests(&self) -> bool {
-        self.request_count.load(Ordering::Acquire) > 0
-    }
-
-    fn total(&self) -> usize {
-        self.total_outbufs_len.load(Ordering::Acquire)
+        let st = self.lock();
+        !st.connected || st.read_eof
     }
 
     /// Whether there is output to send or a close to carry out (waitress: `writable`).
     pub fn writable(&self) -> bool {
-        self.total() > 0
-            || self.will_close.load(Ordering::Acquire)
-            || self.close_when_flushed.load(Ordering::Acquire)
+        self.lock().writable(&self.adj)
+    }
+
+    /// The I/O thread may send (waitress: `handle_write`). Returns whether to close now.
+    fn handle_write(&self) -> bool {
+        let st = self.lock();
+        let (st, flushed) = if st.request_count() == 0 {
+            // No task runs: send whatever is left of the last response or a `100 Continue`.
+            self.flush_some(st)
+        } else if st.total_outbufs_len() >= self.adj.send_bytes {
+            self.flush_some_if_lockable(st)
+        } else {
+            (st, Ok(false))
+        };
+        let (mut st, _) = self.flush_exception(st, flushed);
+        if st.close_when_flushed && st.total_outbufs_len() == 0 {
+            st.close_when_flushed = false;
+            st.will_close = true;
+        }
+        st.will_close
+    }
+
+    /// Turn a failed flush into the decision to close, logging socket errors (waitress:
+    /// `_flush_exception`). Returns the guard and whether the flush failed.
+    fn flush_exception<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        flushed: Result<bool, FlushError>,
+    ) -> (MutexGuard<'a, State>, bool) {
+        let error = match flushed {
+            Ok(_) => return (st, false),
+            Err(error) => error,
+        };
+        if let FlushError::Other(e) = error {
+            if self.adj.log_socket_errors {
+                LOGGER.error(&format!("Socket error\n{e}"));
+            }
+        }
+        // A socket that failed a send is of no further use: stop the application from queueing
+        // more for it, and wake a worker waiting for room, while the I/O thread closes it.
+        st.connected = false;
+        st.will_close = true;
+        if st.waiting_for_room {
+            self.room.notify_all();
+        }
+        (st, true)
     }
 
     /// Whether to read more: not while closing, not while more requests wait than
     /// `channel_request_lookahead` allows, not while output is pending (waitress: `readable`).
     pub fn readable(&self) -> bool {
-        !(self.will_close.load(Ordering::Acquire)
-            || self.close_when_flushed.load(Ordering::Acquire)
-            || self.request_count.load(Ordering::Acquire) > self.adj.channel_request_lookahead
-            || self.total() > 0)
+        self.lock().readable(&self.adj)
     }
 
-    /// The I/O thread may send (waitress: `handle_write`). Returns whether to close now.
-    fn handle_write(&self) -> bool {
-        let flushed = if !self.has_requests() {
-            self.flush_exception()
-        } else if self.total() >= self.adj.send_bytes {
-            self.flush_some_if_lockable()
-        } else {
-            Ok(())
+    /// `readable` and `writable` with one lock, for the poll loop; also where a request head
+    /// past its deadline closes the channel.
+    fn interest(&self) -> (bool, bool) {
+        let mut st = self.lock();
+        self.check_header_deadline(&mut st);
+        (st.readable(&self.adj), st.writable(&self.adj))
+    }
+
+    /// Rust-only (`request_header_timeout`): a request head must arrive whole within this many
+    /// seconds of its first byte, else the connection is closed without a response. Against
+    /// slowloris: `channel_timeout` counts each trickled byte as activity, so a client sending
+    /// one header byte a second holds a connection (and a place under `connection_limit`)
+    /// forever. Checked on every poll round, so the deadline is kept to within
+    /// `asyncore_loop_timeout`.
+    fn check_header_deadline(&self, st: &mut State) {
+        let timeout = self.adj.request_header_timeout;
+        let Some(started) = st.head_started else {
+            return;
         };
-        if flushed.is_err() {
-            self.will_close.store(true, Ordering::Release);
+        if timeout == 0 || st.will_close || started.elapsed().as_secs() < timeout {
+            return;
         }
-        if self.close_when_flushed.load(Ordering::Acquire) && self.total() == 0 {
-            self.close_when_flushed.store(false, Ordering::Release);
-            self.will_close.store(true, Ordering::Release);
-        }
-        self.will_close.load(Ordering::Acquire)
+        st.will_close = true;
+        st.head_started = None;
+        LOGGER.info(&format!(
+            "closing the connection from {}: no complete request head within {timeout} s (request_header_timeout)",
+            self.addr.host
+        ));
     }
 
-    /// Flush with the lock, logging socket errors as waitress's `_flush_exception` does.
-    fn flush_exception(&self) -> Result<(), ()> {
-        let mut out = lock(&self.outbufs);
-        self.flush_locked(&mut out).map(|_| ())
-    }
-
-    /// Flush under `outbufs`, turning errors into the close decision.
-    fn flush_locked(&self, out: &mut Outbufs) -> Result<bool, ()> {
-        let started = profiling::start();
-        let flushed = self.flush_some(out);
-        profiling::finish(Stage::Flush, started);
-        match flushed {
-            Ok(sent) => Ok(sent),
-            Err(FlushError::Disconnected) => {
-                self.connected.store(false, Ordering::Release);
-                Err(())
+    /// One `recv` into `buffer` (the server's shared one), then parse (waitress:
+    /// `handle_read`). Returns whether the channel must close: the peer hung up or failed.
+    fn handle_read(&self, buffer: &mut [u8]) -> bool {
+        match self.stream.recv(buffer) {
+            Ok(0) => self.end_of_stream(),
+            Ok(n) => {
+                self.received(&buffer[..n]);
+                false
             }
-            Err(FlushError::Other(e)) => {
-                if self.adj.log_socket_errors {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+            Err(e) => {
+                if !is_disconnected(&e) && self.adj.log_socket_errors {
                     LOGGER.error(&format!("Socket error\n{e}"));
                 }
-                // A socket that failed a send is of no further use: stop the application
-                // from queueing more for it while the I/O thread closes it.
-                self.connected.store(false, Ordering::Release);
-                Err(())
+                true
             }
         }
     }
 
-    /// The I/O thread flushes only if no worker holds the buffers, and wakes a worker waiting
-    /// for room (waitress: `_flush_some_if_lockable`).
-    fn flush_some_if_lockable(&self) -> Result<(), ()> {
-        let Ok(mut out) = self.outbufs.try_lock() else {
-            return Ok(());
-        };
-        let result = self.flush_locked(&mut out);
-        if self.total() < self.adj.outbuf_high_watermark {
-            self.outbuf_cv.notify_all();
+    /// The client ended its stream; returns whether to close now. Rust-only: waitress closes at
+    /// once, so a client that half-closes after pipelining its requests (with
+    /// `channel_request_lookahead`, which lets it get ahead) loses every response. Here the
+    /// requests already read are served and their responses sent first.
+    fn end_of_stream(&self) -> bool {
+        let mut st = self.lock();
+        if st.request_count() == 0 && st.total_outbufs_len() == 0 {
+            return true;
         }
-        result.map(|_| ())
+        st.read_eof = true;
+        // A request cut short by the end of the stream can never complete.
+        let partial = Self::stop_reading(&mut st);
+        drop(st);
+        if let Some(mut partial) = partial {
+            partial.close();
+        }
+        false
     }
 
-    /// Send as much as the socket takes; returns whether anything was sent (waitress:
-    /// `_flush_some`). Must be called with `outbufs` locked (the guard is passed in).
-    fn flush_some(&self, out: &mut Outbufs) -> Result<bool, FlushError> {
-        let mut sent_any = false;
-        while let Some(outbuf) = out.bufs.front_mut() {
-            if outbuf.len() == 0 {
-                if out.bufs.len() > 1 {
-                    if let Some(mut done) = out.bufs.pop_front() {
-                        done.close();
-                    }
-                    continue;
-                }
-                break;
-            }
-            let chunk = outbuf.peek(SEND_CHUNK).map_err(FlushError::Other)?;
-            if chunk.is_empty() {
-                // A file that ended early: nothing more will come from it.
-                let missing = outbuf.len();
-                outbuf.close();
-                self.total_outbufs_len.fetch_sub(missing, Ordering::AcqRel);
-                continue;
-            }
-            match self.stream.send(chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    outbuf.skip(n).map_err(FlushError::Other)?;
-                    self.total_outbufs_len.fetch_sub(n, Ordering::AcqRel);
-                    sent_any = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_disconnected(&e) => return Err(FlushError::Disconnected),
-                Err(e) => return Err(FlushError::Other(e)),
-            }
+    /// Read no more (the caller sets why): forget a request half read, and with no request
+    /// left to answer, close once the output is sent. Returns the forgotten request, to be
+    /// closed without the lock.
+    fn stop_reading(st: &mut State) -> Option<HttpRequestParser> {
+        st.head_started = None;
+        if st.request_count() == 0 {
+            st.close_when_flushed = true;
         }
-        if sent_any {
-            self.touch();
+        st.request.take()
+    }
+
+    /// Queue `100 Continue`; the caller sends it once it has let the lock go (waitress:
+    /// `send_continue`, which sends under the lock).
+    fn send_continue(&self, st: &mut State) {
+        if let Some(request) = st.request.as_mut() {
+            request.expect_continue = false;
         }
-        Ok(sent_any)
+        // Appending to memory cannot fail: a 26-byte append never overflows to a file.
+        let _ = self.append(st, CONTINUE);
+        st.sent_continue = true;
     }
 
     /// Bytes arrived (waitress: `received`): feed them to the parser, queue each complete
-    /// request, send `100 Continue` when the client waits for it and nothing is pending.
-    pub fn received(&self, data: &[u8]) {
+    /// request, send `100 Continue` when the client waits for it and no response is due
+    /// before it.
+    pub fn received(&self, mut data: &[u8]) {
         if data.is_empty() {
             return;
         }
-        if self.receive_requests(data) {
-            // Queued once the requests lock is released, so the worker that picks the task up
-            // does not find the lock still held.
-            self.add_self_as_task();
+        let mut st = self.lock();
+        st.last_activity = Instant::now();
+        // The worker may have decided to close (an error response) after `readable` said yes:
+        // these bytes are not for us.
+        if st.will_close || st.close_when_flushed {
+            return;
         }
-    }
-
-    /// Parse `data` into requests; returns whether a task must be queued for them.
-    fn receive_requests(&self, mut data: &[u8]) -> bool {
         let mut needs_task = false;
-        let mut requests = lock(&self.requests);
-        if self.will_close.load(Ordering::Acquire)
-            || self.close_when_flushed.load(Ordering::Acquire)
-        {
-            return false;
-        }
-        while !data.is_empty() {
-            let request = requests
-                .current
-                .get_or_insert_with(|| HttpRequestParser::new(Arc::clone(&self.adj)));
+        let mut continue_queued = false;
+        let now = st.last_activity;
+        loop {
+            if st.request.is_none() && self.adj.request_header_timeout > 0 {
+                st.head_started = Some(now);
+            }
+            let adj = &self.adj;
+            let request = st
+                .request
+                .get_or_insert_with(|| HttpRequestParser::new(Arc::clone(adj)));
             let n = request.received(data);
             let wants_continue = request.expect_continue && request.headers_finished;
-            if wants_continue && requests.count() == 0 && !requests.sent_continue {
-                self.send_continue(&mut requests);
+            let completed = request.completed;
+            if request.headers_finished || completed {
+                st.head_started = None;
             }
-            let done = requests.current.as_ref().is_some_and(|r| r.completed);
-            if done {
-                requests.sent_continue = false;
-                if let Some(request) = requests.current.take() {
+            // With responses still due, the continue must wait for them (see `service`).
+            if wants_continue && st.request_count() == 0 && !st.sent_continue {
+                self.send_continue(&mut st);
+                continue_queued = true;
+            }
+            if completed {
+                st.sent_continue = false;
+                if let Some(request) = st.request.take() {
                     if !request.empty {
-                        requests.queue.push_back(request);
-                        self.request_count
-                            .store(requests.count(), Ordering::Release);
-                        needs_task |= requests.count() == 1;
+                        st.requests.push_back(request);
+                        // The first request starts a task; later ones are queued by `service`.
+                        needs_task |= st.request_count() == 1;
                     }
                 }
             }
@@ -501,7 +618,15 @@ impl HttpChannel {
             }
             data = &data[n..];
         }
-        needs_task
+        if continue_queued {
+            let (st, flushed) = self.flush_some(st);
+            drop(self.flush_exception(st, flushed));
+        } else {
+            drop(st);
+        }
+        if needs_task {
+            self.add_self_as_task();
+        }
     }
 
     fn add_self_as_task(&self) {
@@ -510,110 +635,189 @@ impl HttpChannel {
         }
     }
 
-    /// Queue `100 Continue` and try to send it at once (waitress: `send_continue`).
-    fn send_continue(&self, requests: &mut Requests) {
-        if let Some(current) = requests.current.as_mut() {
-            current.expect_continue = false;
-        }
-        let mut out = lock(&self.outbufs);
-        if let Some(OutBuf::Bytes(last)) = out.bufs.back_mut() {
-            if last.append(CONTINUE).is_ok() {
-                out.current_outbuf_count += CONTINUE.len();
-                self.total_outbufs_len
-                    .fetch_add(CONTINUE.len(), Ordering::AcqRel);
-            }
-        }
-        requests.sent_continue = true;
-        let _ = self.flush_locked(&mut out);
+    /// waitress: `_flush_some_if_lockable`, for the I/O thread while a task runs. waitress
+    /// tries the lock so as not to wait for a worker that is appending; here nobody holds the
+    /// lock for long, and a worker that is sending has set `flushing`, which `flush_some`
+    /// respects. So this is `flush_some`, which also wakes a worker waiting for room.
+    fn flush_some_if_lockable<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+    ) -> (MutexGuard<'a, State>, Result<bool, FlushError>) {
+        self.flush_some(st)
     }
 
-    /// The I/O thread closes the channel (waitress: `handle_close`): drop the output, mark
-    /// it disconnected, wake a waiting worker, and shut the socket so the peer sees the end.
-    fn close_buffers(&self) {
-        let mut out = lock(&self.outbufs);
-        for buf in out.bufs.iter_mut() {
-            buf.close();
+    /// Send as much as the socket takes, with the lock let go across each `send`; returns the
+    /// guard again and whether anything was sent (waitress: `_flush_some`). Does nothing while
+    /// someone else is sending: that flusher sends what was queued behind it too.
+    fn flush_some<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+    ) -> (MutexGuard<'a, State>, Result<bool, FlushError>) {
+        let mut sent_any = false;
+        let mut result = Ok(false);
+        while st.flushing.is_none() && !st.outbufs.is_empty() {
+            let mut taken = std::mem::take(&mut st.outbufs);
+            st.flushing = Some(outbufs_len(&taken));
+            drop(st);
+            let started = profiling::start();
+            let (sent, flushed) = send_outbufs(&self.stream, &mut taken);
+            profiling::finish(Stage::Flush, started);
+            st = self.lock();
+            st.flushing = None;
+            if st.connected {
+                // What the socket did not take goes back in front of what was queued meanwhile.
+                taken.extend(st.outbufs.drain(..));
+                st.outbufs = taken;
+            } else {
+                // Closed meanwhile: `handle_close` dropped the rest; drop ours too.
+                taken.iter_mut().for_each(OutBuf::close);
+            }
+            if sent > 0 {
+                sent_any = true;
+                st.last_activity = Instant::now();
+            }
+            if st.waiting_for_room && st.total_outbufs_len() <= self.adj.outbuf_high_watermark {
+                self.room.notify_all();
+            }
+            match flushed {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        self.total_outbufs_len.store(0, Ordering::Release);
-        self.connected.store(false, Ordering::Release);
-        self.outbuf_cv.notify_all();
-        drop(out);
+        (st, result.map(|_: bool| sent_any))
+    }
+
+    /// The I/O thread closes the channel (waitress: `handle_close`): drop the output, mark it
+    /// disconnected, wake a waiting worker, and shut the socket so the peer sees the end.
+    fn handle_close(&self) {
+        let mut st = self.lock();
+        let mut dropped = std::mem::take(&mut st.outbufs);
+        st.connected = false;
+        st.closed = true;
+        self.room.notify_all();
+        drop(st);
+        dropped.iter_mut().for_each(OutBuf::close);
         self.stream.shutdown();
     }
 
-    /// The output buffers, once there is room in them: refused when the client is gone,
-    /// before or after waiting for the I/O thread to drain them (the start of waitress's
-    /// `write_soon`).
-    fn outbufs_with_room(&self) -> Result<MutexGuard<'_, Outbufs>, ClientDisconnected> {
-        if !self.connected.load(Ordering::Acquire) {
-            return Err(ClientDisconnected);
-        }
-        let out = self.flush_outbufs_below_high_watermark(lock(&self.outbufs));
-        if !self.connected.load(Ordering::Acquire) {
-            return Err(ClientDisconnected);
-        }
-        Ok(out)
-    }
-
-    /// Count queued bytes and try to send them (the end of waitress's `write_soon`).
-    fn queued(&self, out: &mut Outbufs, num_bytes: usize) {
-        self.total_outbufs_len
-            .fetch_add(num_bytes, Ordering::AcqRel);
-        self.flush_after_queue(out);
-    }
-
-    /// Queue a file to stream after what is already queued, with a fresh byte buffer behind
-    /// it for what follows (waitress: `write_soon` with a `ReadOnlyFileBasedBuffer`).
-    fn write_file(&self, file: ReadOnlyFileBasedBuffer) -> Result<u64, ClientDisconnected> {
-        let len = file.len();
-        let mut out = self.outbufs_with_room()?;
-        out.bufs.push_back(OutBuf::File(file));
-        out.bufs.push_back(OutBuf::Bytes(OverflowableBuffer::new(
-            self.adj.outbuf_overflow,
-        )));
-        out.current_outbuf_count = 0;
-        self.queued(&mut out, usize::try_from(len).unwrap_or(usize::MAX));
-        Ok(len)
-    }
-
-    /// Append bytes to the last output buffer (the common case of `write_soon`).
-    fn write_bytes(&self, data: &[u8]) -> Result<usize, ClientDisconnected> {
-        if data.is_empty() {
-            return if self.connected.load(Ordering::Acquire) {
-                Ok(0)
-            } else {
-                Err(ClientDisconnected)
-            };
-        }
-        let mut out = self.outbufs_with_room()?;
-        if out.current_outbuf_count >= self.adj.outbuf_high_watermark {
-            out.bufs.push_back(OutBuf::Bytes(OverflowableBuffer::new(
+    /// Append bytes to the last output buffer, starting a new one past the watermark or after
+    /// a file (the bytes branch of waitress's `write_soon`).
+    fn append(&self, st: &mut State, data: &[u8]) -> io::Result<()> {
+        let rotate = st.current_outbuf_count >= self.adj.outbuf_high_watermark
+            || !matches!(st.outbufs.back(), Some(OutBuf::Bytes(_)));
+        if rotate {
+            // A new buffer, so a full one can be dropped as soon as it is sent.
+            st.outbufs.push_back(OutBuf::Bytes(OverflowableBuffer::new(
                 self.adj.outbuf_overflow,
             )));
-            out.current_outbuf_count = 0;
+            st.current_outbuf_count = 0;
         }
-        let Some(OutBuf::Bytes(last)) = out.bufs.back_mut() else {
-            return Err(ClientDisconnected);
-        };
-        if let Err(e) = last.append(data) {
+        if let Some(OutBuf::Bytes(last)) = st.outbufs.back_mut() {
+            last.append(data)?;
+        }
+        st.current_outbuf_count += data.len();
+        Ok(())
+    }
+
+    /// Queue bytes for the client (waitress: `write_soon`), waiting first while the output is
+    /// past `outbuf_high_watermark`.
+    ///
+    /// Rust-only fast path: when nothing is queued and nobody is sending, the bytes go
+    /// straight from the caller's slice to the socket, without a copy and without the lock;
+    /// only what the socket does not take is queued, for the I/O thread. A hello-world
+    /// response is then one `send` from the worker and no work for the I/O thread but the
+    /// trigger that re-arms reading.
+    pub fn write_soon(&self, data: &[u8]) -> Result<usize, ClientDisconnected> {
+        let mut st = self.outbufs_with_room()?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if st.flushing.is_none() && st.outbufs.is_empty() && data.len() >= self.adj.send_bytes {
+            st.flushing = Some(data.len());
+            drop(st);
+            let started = profiling::start();
+            let (sent, flushed) = send_from(&self.stream, data);
+            profiling::finish(Stage::Flush, started);
+            st = self.lock();
+            st.flushing = None;
+            if sent > 0 {
+                st.last_activity = Instant::now();
+            }
+            let rest = &data[sent..];
+            let (mut st, failed) = self.flush_exception(st, flushed.map(|_| sent > 0));
+            if !failed && !rest.is_empty() && st.connected {
+                // Nothing can have been queued meanwhile (one worker per channel, and the I/O
+                // thread queues only a `100 Continue`, never while a task runs), so the rest
+                // starts the queue.
+                let mut buf = OverflowableBuffer::new(self.adj.outbuf_overflow);
+                if let Err(e) = buf.append(rest) {
+                    LOGGER.error(&format!("could not buffer the response: {e}"));
+                    return Err(ClientDisconnected);
+                }
+                st.outbufs.push_front(OutBuf::Bytes(buf));
+                st.current_outbuf_count = rest.len();
+            }
+            let hand_over = failed || !rest.is_empty();
+            drop(st);
+            if hand_over {
+                self.trigger.pull_trigger();
+            }
+            return Ok(data.len());
+        }
+        if let Err(e) = self.append(&mut st, data) {
             LOGGER.error(&format!("could not buffer the response: {e}"));
             return Err(ClientDisconnected);
         }
-        out.current_outbuf_count += data.len();
-        self.queued(&mut out, data.len());
+        self.flush_queued(st);
         Ok(data.len())
     }
 
-    /// After queueing: try to send now (non-blocking); leave the rest to the I/O thread.
-    fn flush_after_queue(&self, out: &mut Outbufs) {
-        if self.total() >= self.adj.send_bytes {
-            let flushed = self.flush_locked(out);
-            if flushed.is_err() {
-                self.will_close.store(true, Ordering::Release);
-            }
-            if !matches!(flushed, Ok(true)) || self.total() >= self.adj.send_bytes {
-                self.trigger.pull_trigger();
-            }
+    /// Queue a file to stream after what is already queued (waitress: `write_soon` with a
+    /// `ReadOnlyFileBasedBuffer`); returns the bytes it will send.
+    pub fn write_soon_file(
+        &self,
+        file: ReadOnlyFileBasedBuffer,
+    ) -> Result<u64, ClientDisconnected> {
+        let len = file.len();
+        let mut st = self.outbufs_with_room()?;
+        st.outbufs.push_back(OutBuf::File(file));
+        st.current_outbuf_count = 0;
+        self.flush_queued(st);
+        Ok(len)
+    }
+
+    /// The start of `write_soon`: refused when the client is gone, before or after waiting
+    /// for room.
+    fn outbufs_with_room(&self) -> Result<MutexGuard<'_, State>, ClientDisconnected> {
+        let st = self.lock();
+        if !st.connected {
+            // Interrupt the task, so that it can clean up before its body is exhausted.
+            return Err(ClientDisconnected);
+        }
+        let st = self.flush_outbufs_below_high_watermark(st);
+        if !st.connected {
+            return Err(ClientDisconnected);
+        }
+        Ok(st)
+    }
+
+    /// The end of `write_soon`: from `send_bytes` on, try to send now; leave to the I/O thread
+    /// what the socket does not take (or what someone else is sending).
+    fn flush_queued(&self, st: MutexGuard<'_, State>) {
+        if st.total_outbufs_len() < self.adj.send_bytes {
+            return;
+        }
+        let (st, flushed) = self.flush_some(st);
+        let sent_some = matches!(flushed, Ok(true));
+        let (st, failed) = self.flush_exception(st, flushed);
+        let hand_over = failed || !sent_some || st.total_outbufs_len() >= self.adj.send_bytes;
+        drop(st);
+        if hand_over {
+            self.trigger.pull_trigger();
         }
     }
 
@@ -621,28 +825,161 @@ impl HttpChannel {
     /// cannot pile up a huge response for a slow client (waitress:
     /// `_flush_outbufs_below_high_watermark`). Never waits on a closed channel.
     fn flush_outbufs_below_high_watermark<'a>(
-        &self,
-        mut out: MutexGuard<'a, Outbufs>,
-    ) -> MutexGuard<'a, Outbufs> {
-        if self.total() <= self.adj.outbuf_high_watermark {
-            return out;
+        &'a self,
+        st: MutexGuard<'a, State>,
+    ) -> MutexGuard<'a, State> {
+        if st.total_outbufs_len() <= self.adj.outbuf_high_watermark {
+            return st;
         }
-        if self.flush_locked(&mut out).is_err() {
-            // As waitress does: have the I/O thread close the channel, and wait for it.
-            self.will_close.store(true, Ordering::Release);
+        let (st, flushed) = self.flush_some(st);
+        let (mut st, failed) = self.flush_exception(st, flushed);
+        if failed {
+            // As waitress does, let the I/O thread close the channel; `connected` is already
+            // false, so the caller gives up.
+            drop(st);
             self.trigger.pull_trigger();
-            return self
-                .outbuf_cv
-                .wait_while(out, |_| self.connected.load(Ordering::Acquire))
-                .unwrap_or_else(|e| e.into_inner());
+            return self.lock();
         }
-        while self.connected.load(Ordering::Acquire)
-            && self.total() > self.adj.outbuf_high_watermark
-        {
+        while st.connected && st.total_outbufs_len() > self.adj.outbuf_high_watermark {
+            // Set before the lock is let go, so a flush that makes room from now on notifies;
+            // the condition is checked again under the lock before waiting.
+            st.waiting_for_room = true;
+            drop(st);
             self.trigger.pull_trigger();
-            out = self.outbuf_cv.wait(out).unwrap_or_else(|e| e.into_inner());
+            st = self.lock();
+            if st.connected && st.total_outbufs_len() > self.adj.outbuf_high_watermark {
+                st = self.room.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
         }
-        out
+        st.waiting_for_room = false;
+        st
+    }
+
+    /// Serve the first waiting request, then queue ourselves again if more wait (waitress:
+    /// `HTTPChannel.service`).
+    pub fn service(&self) {
+        let mut request = {
+            let mut st = self.lock();
+            match st.requests.pop_front() {
+                Some(request) => {
+                    st.serving = true;
+                    request
+                }
+                None => return,
+            }
+        };
+        let access = access_log::begin(&self.adj);
+        let close = self.run_task(&mut request);
+        if let Some(access) = access {
+            let connected = self.lock().connected;
+            access.finish(&self.adj, &request, &self.addr, close, connected);
+        }
+        let mut st = self.lock();
+        let mut dropped = VecDeque::new();
+        let mut next = false;
+        if close {
+            st.close_when_flushed = true;
+            dropped = std::mem::take(&mut st.requests);
+            st.serving = false;
+        } else {
+            // Before the next request, make sure the output is not piling up (readable() is
+            // false meanwhile, so no request comes in that this would have to account for).
+            if st.request_count() > 1 {
+                st = self.flush_outbufs_below_high_watermark(st);
+            }
+            // The next response starts a fresh buffer, so this one can be freed as soon as it
+            // is sent.
+            if st.current_outbuf_count > 0 {
+                st.current_outbuf_count = self.adj.outbuf_high_watermark;
+            }
+            st.serving = false;
+            if st.connected && !st.requests.is_empty() {
+                next = true;
+            } else if st.read_eof || st.draining {
+                // The client sent all it will send, or the server is shutting down, and this
+                // was the last request read.
+                st.close_when_flushed = true;
+            } else if st.connected
+                && !st.sent_continue
+                && st
+                    .request
+                    .as_ref()
+                    .is_some_and(|r| r.expect_continue && r.headers_finished)
+            {
+                // A request waits for its `100 Continue`, held back until now to keep the
+                // responses in order.
+                self.send_continue(&mut st);
+            }
+        }
+        // Rust-only: the worker sends what is still queued itself rather than leave it to the
+        // I/O thread (usually nothing: `write_soon` sent it straight away).
+        let (st, flushed) = self.flush_some(st);
+        let (mut st, _) = self.flush_exception(st, flushed);
+        st.last_activity = Instant::now();
+        let wake = !st.closed;
+        drop(st);
+        // Closing a request may remove its body's temporary file: done without the lock.
+        request.close();
+        dropped.iter_mut().for_each(HttpRequestParser::close);
+        if next {
+            self.add_self_as_task();
+        }
+        if wake {
+            // The I/O thread must look at this channel again: read the next request, send
+            // what is left, or close.
+            self.trigger.pull_trigger();
+        }
+    }
+
+    /// Drop everything at shutdown (waitress: `cancel`).
+    pub fn cancel(&self) {
+        let mut st = self.lock();
+        st.will_close = true;
+        st.connected = false;
+        st.last_activity = Instant::now();
+        let mut dropped = std::mem::take(&mut st.requests);
+        st.serving = false;
+        drop(st);
+        dropped.iter_mut().for_each(HttpRequestParser::close);
+    }
+
+    // ---- Rust-only helpers of the methods above ----
+
+    /// Start a graceful shutdown of this channel (on the I/O thread): read nothing more,
+    /// drop a request half read, answer the requests already read, close once their
+    /// responses are sent; an idle connection closes at once. Returns how many requests
+    /// are in flight here (a response still being sent counts as one).
+    pub fn drain(&self) -> usize {
+        let mut st = self.lock();
+        st.draining = true;
+        let requests = st.request_count();
+        let sending = st.total_outbufs_len() > 0;
+        let partial = Self::stop_reading(&mut st);
+        drop(st);
+        if let Some(mut partial) = partial {
+            partial.close();
+        }
+        requests.max(usize::from(sending))
+    }
+
+    /// Whether the channel will close at the next chance.
+    pub fn will_close(&self) -> bool {
+        self.lock().will_close
+    }
+
+    /// Ask the channel to close (the idle sweep does this).
+    pub fn set_will_close(&self) {
+        self.lock().will_close = true;
+    }
+
+    /// The last time bytes were read or sent.
+    pub fn last_activity(&self) -> Instant {
+        self.lock().last_activity
+    }
+
+    /// Whether requests are queued or being served.
+    pub fn has_requests(&self) -> bool {
+        self.lock().request_count() > 0
     }
 
     /// Build the 500 answer for a failed application (waitress: the `except Exception` branch
@@ -659,6 +996,7 @@ impl HttpChannel {
         let mut err_request = HttpRequestParser::new(Arc::clone(&self.adj));
         err_request.error = Some(Error::internal_server_error(body));
         err_request.version = request.version.clone();
+        err_request.command = request.command.clone();
         if let Some(connection) = request.headers.get("CONNECTION") {
             err_request
                 .headers
@@ -667,16 +1005,18 @@ impl HttpChannel {
         err_request
     }
 
-    /// Run one task for `request`; returns whether to close after it.
+    /// Run one task for `request` (the middle of waitress's `service`); returns whether to
+    /// close after it.
     fn run_task(&self, request: &mut HttpRequestParser) -> bool {
         let is_error = request.error.is_some();
+        let connected = self.lock().connected;
         let (result, wrote_header, close, path) = {
             let mut task = if is_error {
                 Task::error(self, request)
             } else {
                 Task::wsgi(self, request)
             };
-            let result = if self.connected.load(Ordering::Acquire) {
+            let result = if connected {
                 task.service()
             } else {
                 task.close_on_finish = true;
@@ -724,15 +1064,15 @@ impl TaskChannel for HttpChannel {
     }
 
     fn write_soon(&self, data: &[u8]) -> Result<usize, ClientDisconnected> {
-        self.write_bytes(data)
+        HttpChannel::write_soon(self, data)
     }
 
     fn write_soon_file(&self, buffer: ReadOnlyFileBasedBuffer) -> Result<u64, ClientDisconnected> {
-        self.write_file(buffer)
+        HttpChannel::write_soon_file(self, buffer)
     }
 
     fn connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.lock().connected
     }
 
     fn disconnect_check(&self) -> DisconnectCheck {
@@ -742,114 +1082,24 @@ impl TaskChannel for HttpChannel {
 }
 
 impl Service for HttpChannel {
-    /// Serve the first waiting request, then queue ourselves again if more wait (waitress:
-    /// `HTTPChannel.service`).
     fn service(&self) {
-        let mut request = {
-            let mut requests = lock(&self.requests);
-            match requests.queue.pop_front() {
-                Some(request) => {
-                    requests.serving = true;
-                    request
-                }
-                None => return,
-            }
-        };
-        let access = access_log::begin(&self.adj);
-        let close = self.run_task(&mut request);
-        if let Some(access) = access {
-            access.finish(&self.adj, &request, &self.addr, close, self.connected());
-        }
-        if close {
-            let mut requests = lock(&self.requests);
-            self.close_when_flushed.store(true, Ordering::Release);
-            requests.queue.clear();
-            requests.serving = false;
-            self.request_count.store(0, Ordering::Release);
-        } else {
-            {
-                let out = lock(&self.outbufs);
-                let more_waiting = self.request_count.load(Ordering::Acquire) > 1;
-                let mut out = if more_waiting {
-                    self.flush_outbufs_below_high_watermark(out)
-                } else {
-                    out
-                };
-                if out.current_outbuf_count > 0 {
-                    // The next response starts a fresh buffer, so this one can be freed as
-                    // soon as it is sent.
-                    out.current_outbuf_count = self.adj.outbuf_high_watermark;
-                }
-            }
-            request.close();
-            let mut requests = lock(&self.requests);
-            requests.serving = false;
-            self.request_count
-                .store(requests.count(), Ordering::Release);
-            let connected = self.connected.load(Ordering::Acquire);
-            if connected && !requests.queue.is_empty() {
-                self.add_self_as_task();
-            } else if connected
-                && !requests.sent_continue
-                && requests
-                    .current
-                    .as_ref()
-                    .is_some_and(|r| r.expect_continue && r.headers_finished)
-            {
-                self.send_continue(&mut requests);
-            }
-        }
-        if self.connected.load(Ordering::Acquire) {
-            self.trigger.pull_trigger();
-        }
-        self.touch();
+        HttpChannel::service(self);
     }
 
-    /// Drop everything at shutdown (waitress: `cancel`).
     fn cancel(&self) {
-        self.will_close.store(true, Ordering::Release);
-        self.connected.store(false, Ordering::Release);
-        self.touch();
-        let mut requests = lock(&self.requests);
-        requests.queue.clear();
-        requests.serving = false;
-        self.request_count.store(0, Ordering::Release);
+        HttpChannel::cancel(self);
     }
 }
 
-/// The channel's entry in the socket map, on the I/O thread.
-struct ChannelDispatcher {
+/// The channel's entry in the socket map, on the I/O thread (waitress: the channel as a
+/// `wasyncore.dispatcher`).
+pub struct ChannelDispatcher {
     channel: Arc<HttpChannel>,
     server: Rc<ChannelServer>,
     map: SocketMap,
-}
-
-impl ChannelDispatcher {
-    /// `handle_read`: one `recv` into the shared buffer, then parse.
-    fn handle_read(&self) {
-        let started = profiling::start();
-        let mut buffer = self.server.read_buffer.borrow_mut();
-        match self.channel.stream.recv(&mut buffer) {
-            Ok(0) => {
-                drop(buffer);
-                self.handle_close();
-            }
-            Ok(n) => {
-                self.channel.touch();
-                self.channel.received(&buffer[..n]);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                drop(buffer);
-                if !is_disconnected(&e) && self.channel.adj.log_socket_errors {
-                    LOGGER.error(&format!("Socket error\n{e}"));
-                }
-                self.handle_close();
-            }
-        }
-        profiling::finish(Stage::ReadParse, started);
-    }
+    /// `writable` as `readable` computed it a moment before, in the same poll round: one
+    /// lock for both questions.
+    writable: Cell<Option<bool>>,
 }
 
 impl Dispatcher for ChannelDispatcher {
@@ -858,15 +1108,27 @@ impl Dispatcher for ChannelDispatcher {
     }
 
     fn readable(&self) -> bool {
-        self.channel.readable()
+        let (readable, writable) = self.channel.interest();
+        self.writable.set(Some(writable));
+        readable
     }
 
     fn writable(&self) -> bool {
-        self.channel.writable()
+        self.writable
+            .take()
+            .unwrap_or_else(|| self.channel.writable())
     }
 
     fn handle_read_event(&self) {
-        self.handle_read();
+        let started = profiling::start();
+        let close = {
+            let mut buffer = self.server.read_buffer.borrow_mut();
+            self.channel.handle_read(&mut buffer)
+        };
+        profiling::finish(Stage::ReadParse, started);
+        if close {
+            self.handle_close();
+        }
     }
 
     fn handle_write_event(&self) {
@@ -875,8 +1137,9 @@ impl Dispatcher for ChannelDispatcher {
         }
     }
 
+    /// waitress: `handle_close` with `del_channel`.
     fn handle_close(&self) {
-        self.channel.close_buffers();
+        self.channel.handle_close();
         let fd = self.channel.fd;
         self.map.borrow_mut().remove(&fd);
         self.server.active_channels.borrow_mut().remove(&fd);
@@ -1031,7 +1294,7 @@ mod tests {
         assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
         assert!(out.ends_with(b"\r\n\r\nhello"));
         assert!(f.channel.readable());
-        assert!(!f.channel.close_when_flushed.load(Ordering::SeqCst));
+        assert!(!f.channel.lock().close_when_flushed);
     }
 
     #[test]
@@ -1046,7 +1309,7 @@ mod tests {
         );
         f.channel
             .received(b"GET /a HTTP/1.1\r\n\r\nGET /bb HTTP/1.1\r\n\r\n");
-        assert_eq!(f.channel.request_count.load(Ordering::SeqCst), 2);
+        assert_eq!(f.channel.lock().request_count(), 2);
         f.channel.service();
         f.channel.service();
         let out = String::from_utf8(read_available(&mut f.peer)).unwrap();
@@ -1065,7 +1328,7 @@ mod tests {
         // waitress.
         assert!(out.starts_with("HTTP/1.0 400 Bad Request"), "{out}");
         assert!(out.contains("Connection: close"));
-        assert!(f.channel.close_when_flushed.load(Ordering::SeqCst));
+        assert!(f.channel.lock().close_when_flushed);
         assert!(f.channel.handle_write(), "flushed: now close");
     }
 
@@ -1102,7 +1365,7 @@ mod tests {
     #[test]
     fn test_write_soon_disconnected() {
         let f = fixture();
-        f.channel.connected.store(false, Ordering::SeqCst);
+        f.channel.lock().connected = false;
         assert_eq!(f.channel.write_soon(b"abc"), Err(ClientDisconnected));
         assert!(f.channel.check_client_disconnected());
     }
@@ -1180,7 +1443,7 @@ mod tests {
         let worker = std::thread::spawn(move || worker_channel.service());
         // Wait until the worker is stuck behind the watermark, then close under it.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while f.channel.total() <= f.channel.adj.outbuf_high_watermark {
+        while f.channel.lock().total_outbufs_len() <= f.channel.adj.outbuf_high_watermark {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the worker never filled the buffers"

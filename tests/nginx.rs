@@ -8,6 +8,7 @@
 //!
 //! Everything listens on loopback; every wait has a deadline; nginx, the servers and the
 //! temporary directory are removed when a test ends, whether it passes or fails.
+#![cfg(unix)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -111,7 +112,10 @@ impl Waitress {
         let collected = Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in stderr.lines() {
-                let Ok(line) = line else { break };
+                let line = match line {
+                    Ok(line) => line,
+                    Err(_) => break,
+                };
                 if let Some(rest) = line.strip_prefix("INFO:waitress:Serving on http://") {
                     let _ = tx.send(rest.to_string());
                 }

@@ -2,6 +2,7 @@
 //! package; `.ci/run` installs it when absent): it binds and listens, then on the first
 //! connection executes `waitress-serve` with the socket as descriptor 3 and `LISTEN_FDS`/
 //! `LISTEN_PID` set, which is what systemd does for a `.socket` unit.
+#![cfg(unix)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -39,7 +40,10 @@ impl Activated {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
+                let line = match line {
+                    Ok(line) => line,
+                    Err(_) => break,
+                };
                 if tx.send(line).is_err() {
                     break;
                 }

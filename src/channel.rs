@@ -35,6 +35,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
+use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{ClientDisconnected, DisconnectCheck};
 use crate::buffers::{OverflowableBuffer, ReadOnlyFileBasedBuffer};
@@ -889,7 +890,12 @@ impl HttpChannel {
                 None => return,
             }
         };
+        let access = access_log::begin(&self.adj);
         let close = self.run_task(&mut request);
+        if let Some(access) = access {
+            let connected = self.lock().connected;
+            access.finish(&self.adj, &request, &self.addr, close, connected);
+        }
         let mut st = self.lock();
         let mut dropped = VecDeque::new();
         let mut next = false;
@@ -1048,6 +1054,7 @@ impl HttpChannel {
         match result {
             Ok(()) => close,
             Err(TaskError::ClientDisconnected) => {
+                access_log::note_disconnected();
                 LOGGER.info(&format!("Client disconnected while serving {path}"));
                 true
             }

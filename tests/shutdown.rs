@@ -107,8 +107,9 @@ fn shutdown_gracefully_answers_every_request_read_and_refuses_new_connections() 
 
     let mut answered = 0;
     for client in clients {
-        let Some((bytes, _error)) = client.join().unwrap() else {
-            continue; // connected after the listener closed: refused
+        let bytes = match client.join().unwrap() {
+            Some((bytes, _error)) => bytes,
+            None => continue, // connected after the listener closed: refused
         };
         if bytes.is_empty() {
             continue; // never read by the server: closed unanswered

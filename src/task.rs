@@ -491,7 +491,7 @@ impl<'a> Task<'a> {
                     .push(("Content-Length".to_string(), cl.to_string()));
             }
         }
-        let has_length = content_length_header.is_some_and(|v| !v.is_empty());
+        let has_length = matches!(&content_length_header, Some(v) if !v.is_empty());
         if self.version == "1.0" {
             if connection == "keep-alive" && has_length {
                 self.response_headers
@@ -606,8 +606,9 @@ impl<'a> Task<'a> {
             framed.extend_from_slice(b"\r\n");
             return Cow::Owned(framed);
         }
-        let Some(cl) = self.content_length else {
-            return Cow::Borrowed(data);
+        let cl = match self.content_length {
+            Some(cl) => cl,
+            None => return Cow::Borrowed(data),
         };
         let room = cl.saturating_sub(self.content_bytes_written);
         let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
@@ -639,8 +640,9 @@ impl<'a> Task<'a> {
     /// `ErrorTask.execute`: the error's status, headers and body, then close.
     fn execute_error(&mut self) -> Result<(), TaskError> {
         let ident = self.channel.server().adj.ident.clone();
-        let Some(error) = self.request.error.clone() else {
-            return Ok(());
+        let error = match self.request.error.clone() {
+            Some(error) => error,
+            None => return Ok(()),
         };
         let (status, headers, body) = error.to_response(ident.as_deref());
         self.status = status;

@@ -29,7 +29,7 @@ use crate::app::{
 use crate::buffers::ReadOnlyFileBasedBuffer;
 use crate::parser::HttpRequestParser;
 use crate::profiling::{self, Stage};
-use crate::utilities::{http_date_now, LOGGER, QUEUE_LOGGER};
+use crate::utilities::{error_chain, http_date_now, LOGGER, QUEUE_LOGGER};
 
 /// Work the dispatcher runs on a worker thread: in the server, a channel with requests.
 ///
@@ -139,6 +139,7 @@ impl ThreadedTaskDispatcher {
                     "Exception when servicing task: {}",
                     panic_message(&*panic)
                 ));
+                drop_panic(panic);
             }
         }
     }
@@ -268,8 +269,19 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// carries on with its bookkeeping.
 fn guard<T>(f: impl FnOnce() -> T) -> Result<T, TaskError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        TaskError::App(format!("application panicked: {}", panic_message(&*panic)).into())
+        let text = format!("application panicked: {}", panic_message(&*panic));
+        drop_panic(panic);
+        TaskError::App(text.into())
     })
+}
+
+/// Drop a caught panic's payload. It may be a value of the application's own (`panic_any`)
+/// whose `Drop` panics in turn; that second payload is leaked rather than dropped, so the
+/// unwind ends here.
+fn drop_panic(panic: Box<dyn std::any::Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(panic))) {
+        std::mem::forget(again);
+    }
 }
 
 /// What a task knows of its server (waitress: `channel.server`).
@@ -319,6 +331,32 @@ pub enum TaskError {
     ClientDisconnected,
     /// The application failed (an error or a panic, turned into an error).
     App(AppError),
+}
+
+impl TaskError {
+    /// The application's error as text (its `source()` chain included, in `error_chain`'s
+    /// form), the error itself dropped. Formatting and dropping run the application's code
+    /// (its `Display`, `source` and `Drop`), so they happen here under [`guard`] rather than
+    /// in the channel, which logs the error and answers with it: a panic there would skip
+    /// the channel's bookkeeping.
+    fn settle(self) -> TaskError {
+        let error = match self {
+            TaskError::App(error) => error,
+            other => return other,
+        };
+        let text = guard(|| error_chain(error.as_ref()));
+        let dropped = guard(move || drop(error));
+        match (text, dropped) {
+            (Ok(text), Ok(())) => TaskError::App(text.into()),
+            (Ok(text), Err(TaskError::App(panicked))) => {
+                TaskError::App(format!("{text}\nand dropping it: {panicked}").into())
+            }
+            (Err(TaskError::App(panicked)), _) => {
+                TaskError::App(format!("the error's text: {panicked}").into())
+            }
+            (Err(other), _) | (_, Err(other)) => other,
+        }
+    }
 }
 
 impl From<ClientDisconnected> for TaskError {
@@ -419,12 +457,15 @@ impl<'a> Task<'a> {
     }
 
     /// Serve the request: start, execute, finish.
+    /// An application's error comes back as its text (see `TaskError::settle`).
     pub fn service(&mut self) -> Result<(), TaskError> {
-        match self.kind {
-            Kind::Wsgi => self.execute_wsgi()?,
-            Kind::Error => self.execute_error()?,
-        }
-        self.finish()
+        let executed = match self.kind {
+            Kind::Wsgi => self.execute_wsgi(),
+            Kind::Error => self.execute_error(),
+        };
+        executed
+            .and_then(|()| self.finish())
+            .map_err(TaskError::settle)
     }
 
     /// Statuses 1xx, 204 and 304 carry no body: no `Content-Length`, no chunked framing.

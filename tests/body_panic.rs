@@ -4,7 +4,8 @@
 //! `next()`, or in its `Drop` (WSGI's `close()`). A panic before any byte of the response was
 //! written is answered with a 500, as for an application that panics; once the head went out
 //! the connection is closed, as waitress does when `execute` raises after the headers. Either
-//! way the channel is freed and the worker carries on.
+//! way the channel is freed and the worker carries on. The same holds for an error the body
+//! yields whose `Display` or `Drop` panics: the server formats it for the log and the 500.
 //!
 //! The fault test counts the process's descriptors, so every test of this binary holds
 //! `SERIAL` while it runs: nothing else opens sockets meanwhile.
@@ -60,13 +61,19 @@ enum Fault {
     InDrop,
     /// Yields nothing; its `Drop` panics.
     InDropEmpty,
+    /// Yields an error whose `Display` panics (the server formats it for the log and the 500).
+    ErrorDisplay,
+    /// Yields an error whose `Drop` panics.
+    ErrorDrop,
 }
 
-const FAULTS: [Fault; 4] = [
+const FAULTS: [Fault; 6] = [
     Fault::AfterOneChunk,
     Fault::FirstNext,
     Fault::InDrop,
     Fault::InDropEmpty,
+    Fault::ErrorDisplay,
+    Fault::ErrorDrop,
 ];
 
 impl Fault {
@@ -76,6 +83,8 @@ impl Fault {
             Fault::FirstNext => "/first_next",
             Fault::InDrop => "/in_drop",
             Fault::InDropEmpty => "/in_drop_empty",
+            Fault::ErrorDisplay => "/error_display",
+            Fault::ErrorDrop => "/error_drop",
         }
     }
 
@@ -91,6 +100,31 @@ struct FaultyBody {
     yielded: bool,
 }
 
+/// An application's error that misbehaves when the server formats or drops it.
+#[derive(Debug)]
+struct FaultyError {
+    panic_in_display: bool,
+}
+
+impl std::fmt::Display for FaultyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.panic_in_display {
+            panic!("{DELIBERATE} in the error's Display");
+        }
+        f.write_str("a faulty error")
+    }
+}
+
+impl std::error::Error for FaultyError {}
+
+impl Drop for FaultyError {
+    fn drop(&mut self) {
+        if !self.panic_in_display {
+            panic!("{DELIBERATE} in the error's drop");
+        }
+    }
+}
+
 impl Iterator for FaultyBody {
     type Item = Result<Vec<u8>, AppError>;
 
@@ -98,6 +132,10 @@ impl Iterator for FaultyBody {
         match (self.fault, self.yielded) {
             (Fault::FirstNext, _) => panic!("{DELIBERATE} on the first next()"),
             (Fault::AfterOneChunk, true) => panic!("{DELIBERATE} after one chunk"),
+            (Fault::ErrorDisplay | Fault::ErrorDrop, _) => Some(Err(FaultyError {
+                panic_in_display: matches!(self.fault, Fault::ErrorDisplay),
+            }
+            .into())),
             (Fault::InDropEmpty, _) | (Fault::InDrop, true) => None,
             (Fault::AfterOneChunk | Fault::InDrop, false) => {
                 self.yielded = true;
@@ -300,6 +338,33 @@ fn body_panic_in_drop_before_any_byte_is_a_500() {
     assert_answer(Fault::InDropEmpty, &answer);
     assert!(
         answer.contains("application panicked: body panicked in drop"),
+        "{answer}"
+    );
+    assert_served(port(&server));
+}
+
+#[test]
+fn body_error_whose_display_panics_is_a_500() {
+    let _serial = serial();
+    let server = server(true);
+    let answer = exchange(port(&server), Fault::ErrorDisplay.path());
+    assert_answer(Fault::ErrorDisplay, &answer);
+    assert!(
+        answer.contains("body panicked in the error's Display"),
+        "{answer}"
+    );
+    assert_served(port(&server));
+}
+
+#[test]
+fn body_error_whose_drop_panics_is_a_500() {
+    let _serial = serial();
+    let server = server(true);
+    let answer = exchange(port(&server), Fault::ErrorDrop.path());
+    assert_answer(Fault::ErrorDrop, &answer);
+    assert!(answer.contains("\r\n\r\na faulty error\n"), "{answer}");
+    assert!(
+        answer.contains("body panicked in the error's drop"),
         "{answer}"
     );
     assert_served(port(&server));

@@ -17,14 +17,15 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, VecDeque};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::adjustments::Adjustments;
 use crate::app::{
-    AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, ResponseSink,
-    SharedApp, StartResponse, StartResponseError,
+    AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, FileSource,
+    FileWrapper, ResponseSink, SharedApp, StartResponse, StartResponseError,
 };
 use crate::buffers::ReadOnlyFileBasedBuffer;
 use crate::parser::HttpRequestParser;
@@ -268,11 +269,14 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// with `expose_tracebacks` on. The unwind stops here, so whatever called the application
 /// carries on with its bookkeeping.
 fn guard<T>(f: impl FnOnce() -> T) -> Result<T, TaskError> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        let text = format!("application panicked: {}", panic_message(&*panic));
-        drop_panic(panic);
-        TaskError::App(text.into())
-    })
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| TaskError::App(panicked(panic).into()))
+}
+
+/// What a 500 says of a caught panic; the panic is dropped.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> String {
+    let text = format!("application panicked: {}", panic_message(&*panic));
+    drop_panic(panic);
+    text
 }
 
 /// Drop a caught panic's payload. It may be a value of the application's own (`panic_any`)
@@ -281,6 +285,62 @@ fn guard<T>(f: impl FnOnce() -> T) -> Result<T, TaskError> {
 fn drop_panic(panic: Box<dyn std::any::Any + Send>) {
     if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(panic))) {
         std::mem::forget(again);
+    }
+}
+
+/// The application's file inside a [`FileWrapper`], every call into it guarded. The channel
+/// reads a seekable file when it sends it (on the I/O thread, or on a worker that flushes)
+/// and drops it once sent, so a panic there would unwind through the channel's bookkeeping:
+/// here a panic in a read or a seek becomes an I/O error (the connection is closed, as for
+/// any failed read), and one in the file's `Drop` is logged.
+struct GuardedFile<F> {
+    /// Taken by `Drop`.
+    file: Option<F>,
+}
+
+/// The application's file wrapper with its file behind a [`GuardedFile`].
+fn guard_file(wrapper: FileWrapper) -> FileWrapper {
+    let (source, block_size) = wrapper.into_parts();
+    match source {
+        FileSource::Seekable(file) => {
+            FileWrapper::new(GuardedFile { file: Some(file) }, block_size)
+        }
+        FileSource::Stream(reader) => {
+            FileWrapper::from_reader(GuardedFile { file: Some(reader) }, block_size)
+        }
+    }
+}
+
+impl<F> GuardedFile<F> {
+    /// Run `f` on the file; a panic comes back as an I/O error.
+    fn call<T>(&mut self, f: impl FnOnce(&mut F) -> io::Result<T>) -> io::Result<T> {
+        let file = self.file.as_mut().expect("the file is only taken by Drop");
+        catch_unwind(AssertUnwindSafe(|| f(file)))
+            .unwrap_or_else(|panic| Err(io::Error::new(io::ErrorKind::Other, panicked(panic))))
+    }
+}
+
+impl<F: Read> Read for GuardedFile<F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.call(|file| file.read(buf))
+    }
+}
+
+impl<F: Seek> Seek for GuardedFile<F> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.call(|file| file.seek(to))
+    }
+}
+
+impl<F> Drop for GuardedFile<F> {
+    fn drop(&mut self) {
+        let file = self.file.take();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(file))) {
+            LOGGER.error(&format!(
+                "Exception while closing the application's file: {}",
+                panicked(panic)
+            ));
+        }
     }
 }
 
@@ -735,16 +795,12 @@ impl<'a> Task<'a> {
                 sent.and(closed)?;
             }
             Body::File(wrapper) => {
-                let mut buffer = ReadOnlyFileBasedBuffer::new(wrapper);
-                let streamed = self.send_file(&mut buffer);
-                if let Ok(true) = streamed {
-                    // From here the I/O thread streams the file and drops it once sent; if the
-                    // channel refuses it, the application's file is dropped here, guarded.
-                    guard(|| self.channel.write_soon_file(buffer))??;
+                let mut buffer = ReadOnlyFileBasedBuffer::new(guard_file(wrapper));
+                if self.send_file(&mut buffer)? {
+                    // From here the channel streams the file and drops it once sent.
+                    self.channel.write_soon_file(buffer)?;
                     return Ok(());
                 }
-                let closed = guard(move || drop(buffer));
-                streamed.and(closed)?;
             }
         }
         if let Some(cl) = self.content_length {
@@ -765,8 +821,9 @@ impl<'a> Task<'a> {
     fn send_file(&mut self, buffer: &mut ReadOnlyFileBasedBuffer) -> Result<bool, TaskError> {
         if buffer.is_seekable() {
             let content_length = self.content_length;
-            let size =
-                guard(|| buffer.prepare(content_length))?.map_err(|e| TaskError::App(e.into()))?;
+            let size = buffer
+                .prepare(content_length)
+                .map_err(|e| TaskError::App(e.into()))?;
             if size > 0 {
                 if self.content_length != Some(size) {
                     if self.content_length.is_some() {
@@ -783,7 +840,7 @@ impl<'a> Task<'a> {
                 return Ok(true);
             }
         }
-        while let Some(block) = guard(|| buffer.next_block())? {
+        while let Some(block) = buffer.next_block() {
             self.write(&block.map_err(|e| TaskError::App(e.into()))?)?;
         }
         Ok(false)

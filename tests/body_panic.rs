@@ -65,15 +65,18 @@ enum Fault {
     ErrorDisplay,
     /// Yields an error whose `Drop` panics.
     ErrorDrop,
+    /// A file wrapper over a seekable file whose reads panic.
+    FileRead,
 }
 
-const FAULTS: [Fault; 6] = [
+const FAULTS: [Fault; 7] = [
     Fault::AfterOneChunk,
     Fault::FirstNext,
     Fault::InDrop,
     Fault::InDropEmpty,
     Fault::ErrorDisplay,
     Fault::ErrorDrop,
+    Fault::FileRead,
 ];
 
 impl Fault {
@@ -85,13 +88,14 @@ impl Fault {
             Fault::InDropEmpty => "/in_drop_empty",
             Fault::ErrorDisplay => "/error_display",
             Fault::ErrorDrop => "/error_drop",
+            Fault::FileRead => "/file_read",
         }
     }
 
     /// Whether the head goes out before the panic (then the connection is closed; otherwise
     /// the answer is a 500).
     fn after_head(self) -> bool {
-        matches!(self, Fault::AfterOneChunk | Fault::InDrop)
+        matches!(self, Fault::AfterOneChunk | Fault::InDrop | Fault::FileRead)
     }
 }
 
@@ -136,12 +140,52 @@ impl Iterator for FaultyBody {
                 panic_in_display: matches!(self.fault, Fault::ErrorDisplay),
             }
             .into())),
-            (Fault::InDropEmpty, _) | (Fault::InDrop, true) => None,
+            (Fault::InDropEmpty | Fault::FileRead, _) | (Fault::InDrop, true) => None,
             (Fault::AfterOneChunk | Fault::InDrop, false) => {
                 self.yielded = true;
                 Some(Ok(b"first".to_vec()))
             }
         }
+    }
+}
+
+/// A seekable file of ten bytes whose reads panic, or, with `panic_in_drop`, whose reads give
+/// `0123456789` and whose `Drop` panics.
+struct FaultyFile {
+    position: u64,
+    panic_in_drop: bool,
+}
+
+impl std::io::Read for FaultyFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.panic_in_drop {
+            panic!("{DELIBERATE} in a file's read");
+        }
+        let data = b"0123456789";
+        let start = data.len().min(self.position as usize);
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl Drop for FaultyFile {
+    fn drop(&mut self) {
+        if self.panic_in_drop {
+            panic!("{DELIBERATE} in a file's drop");
+        }
+    }
+}
+
+impl std::io::Seek for FaultyFile {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.position = match to {
+            std::io::SeekFrom::Start(n) => n,
+            std::io::SeekFrom::End(n) => (10 + n) as u64,
+            std::io::SeekFrom::Current(n) => (self.position as i64 + n) as u64,
+        };
+        Ok(self.position)
     }
 }
 
@@ -195,10 +239,24 @@ fn server(expose_tracebacks: bool) -> ServerGuard {
             return Ok(Body::from(if met { "together" } else { "alone" }));
         }
         match FAULTS.iter().find(|f| f.path() == path) {
+            Some(Fault::FileRead) => Ok(Body::File(waitress::FileWrapper::new(
+                FaultyFile {
+                    position: 0,
+                    panic_in_drop: false,
+                },
+                4,
+            ))),
             Some(&fault) => Ok(Body::from_chunks(FaultyBody {
                 fault,
                 yielded: false,
             })),
+            None if path == "/file_drop" => Ok(Body::File(waitress::FileWrapper::new(
+                FaultyFile {
+                    position: 0,
+                    panic_in_drop: true,
+                },
+                4,
+            ))),
             None => Ok(Body::from("ok")),
         }
     };
@@ -261,7 +319,16 @@ fn assert_served(port: u16) {
 
 /// What each fault must produce.
 fn assert_answer(fault: Fault, answer: &str) {
-    if fault.after_head() {
+    if let Fault::FileRead = fault {
+        // The head went out with the file's length; then the connection was closed without
+        // a byte of the file.
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{fault:?}: {answer}"
+        );
+        assert!(answer.contains("\r\nContent-Length: 10\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n"), "{fault:?}: {answer}");
+    } else if fault.after_head() {
         // The head and the first chunk went out; then the connection was closed without the
         // last chunk, so the client sees a truncated response.
         assert!(
@@ -341,6 +408,44 @@ fn body_panic_in_drop_before_any_byte_is_a_500() {
         "{answer}"
     );
     assert_served(port(&server));
+}
+
+#[test]
+fn file_wrapper_read_panic_closes_the_connection() {
+    let _serial = serial();
+    let server = server(false);
+    let answer = exchange(port(&server), Fault::FileRead.path());
+    assert_answer(Fault::FileRead, &answer);
+    assert_served(port(&server));
+}
+
+/// The channel drops a file wrapper once it has sent it: a panic there is logged, and the
+/// response and the connection are whole.
+#[test]
+fn file_wrapper_drop_panic_leaves_the_connection_alive() {
+    let _serial = serial();
+    let server = server(false);
+    let mut stream = TcpStream::connect(("127.0.0.1", port(&server))).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /file_drop HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut received = Vec::new();
+    while !received.ends_with(b"\r\n\r\n0123456789") {
+        let mut buf = [0; 1024];
+        let n = stream.read(&mut buf).expect("the whole response in time");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send a second request");
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).expect("a second response");
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+    assert!(rest.ends_with("\r\n\r\nok"), "{rest}");
 }
 
 #[test]

@@ -285,10 +285,7 @@ fn exchange(port: u16, path: &str) -> String {
     } else {
         ""
     };
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut stream = connect(port);
     write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{connection}\r\n").expect("send");
     let mut received = Vec::new();
     match stream.read_to_end(&mut received) {
@@ -302,12 +299,22 @@ fn exchange(port: u16, path: &str) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
-/// A good request on a fresh connection is answered in full.
-fn assert_served(port: u16) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+/// A connection to the server whose reads give up after a few seconds.
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
+    stream
+}
+
+/// A good request on a fresh connection is answered in full.
+fn assert_served(port: u16) {
+    assert_served_on(connect(port));
+}
+
+/// A good request on `stream` is answered in full, and the connection closed.
+fn assert_served_on(mut stream: TcpStream) {
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .expect("send");
@@ -349,74 +356,89 @@ fn assert_answer(fault: Fault, answer: &str) {
     }
 }
 
+/// One request that meets `fault` on a fresh server: the answer `assert_answer` expects,
+/// holding each of `texts`; then a good request on a new connection is served.
+fn check_fault(fault: Fault, expose_tracebacks: bool, texts: &[&str]) {
+    let _serial = serial();
+    let server = server(expose_tracebacks);
+    let answer = exchange(port(&server), fault.path());
+    assert_answer(fault, &answer);
+    for text in texts {
+        assert!(answer.contains(text), "{fault:?}: no {text:?} in {answer}");
+    }
+    assert_served(port(&server));
+}
+
 #[test]
 fn body_panic_after_one_chunk_closes_the_connection() {
-    let _serial = serial();
-    let server = server(false);
-    let answer = exchange(port(&server), Fault::AfterOneChunk.path());
-    assert_answer(Fault::AfterOneChunk, &answer);
-    assert_served(port(&server));
+    check_fault(Fault::AfterOneChunk, false, &[]);
 }
 
 #[test]
 fn body_panic_on_first_next_is_a_500() {
+    check_fault(
+        Fault::FirstNext,
+        false,
+        &["The server encountered an unexpected internal server error"],
+    );
+}
+
+/// Without `expose_tracebacks` the panic's text stays out of the answer.
+#[test]
+fn body_panic_text_is_not_shown_by_default() {
     let _serial = serial();
     let server = server(false);
     let answer = exchange(port(&server), Fault::FirstNext.path());
-    assert_answer(Fault::FirstNext, &answer);
-    assert!(
-        answer.contains("The server encountered an unexpected internal server error"),
-        "{answer}"
-    );
-    assert!(
-        !answer.contains(DELIBERATE),
-        "no panic text without expose_tracebacks"
-    );
-    assert_served(port(&server));
+    assert!(!answer.contains(DELIBERATE), "{answer}");
 }
 
 #[test]
 fn body_panic_on_first_next_with_expose_tracebacks_shows_the_panic() {
-    let _serial = serial();
-    let server = server(true);
-    let answer = exchange(port(&server), Fault::FirstNext.path());
-    assert_answer(Fault::FirstNext, &answer);
-    assert!(
-        answer.contains("application panicked: body panicked on the first next()"),
-        "{answer}"
+    check_fault(
+        Fault::FirstNext,
+        true,
+        &["application panicked: body panicked on the first next()"],
     );
-    assert_served(port(&server));
 }
 
 #[test]
 fn body_panic_in_drop_after_the_body_closes_the_connection() {
-    let _serial = serial();
-    let server = server(false);
-    let answer = exchange(port(&server), Fault::InDrop.path());
-    assert_answer(Fault::InDrop, &answer);
-    assert_served(port(&server));
+    check_fault(Fault::InDrop, false, &[]);
 }
 
 #[test]
 fn body_panic_in_drop_before_any_byte_is_a_500() {
-    let _serial = serial();
-    let server = server(true);
-    let answer = exchange(port(&server), Fault::InDropEmpty.path());
-    assert_answer(Fault::InDropEmpty, &answer);
-    assert!(
-        answer.contains("application panicked: body panicked in drop"),
-        "{answer}"
+    check_fault(
+        Fault::InDropEmpty,
+        true,
+        &["application panicked: body panicked in drop"],
     );
-    assert_served(port(&server));
 }
 
 #[test]
 fn file_wrapper_read_panic_closes_the_connection() {
-    let _serial = serial();
-    let server = server(false);
-    let answer = exchange(port(&server), Fault::FileRead.path());
-    assert_answer(Fault::FileRead, &answer);
-    assert_served(port(&server));
+    check_fault(Fault::FileRead, false, &[]);
+}
+
+#[test]
+fn body_error_whose_display_panics_is_a_500() {
+    check_fault(
+        Fault::ErrorDisplay,
+        true,
+        &["body panicked in the error's Display"],
+    );
+}
+
+#[test]
+fn body_error_whose_drop_panics_is_a_500() {
+    check_fault(
+        Fault::ErrorDrop,
+        true,
+        &[
+            "\r\n\r\na faulty error\n",
+            "body panicked in the error's drop",
+        ],
+    );
 }
 
 /// The channel drops a file wrapper once it has sent it: a panic there is logged, and the
@@ -425,10 +447,7 @@ fn file_wrapper_read_panic_closes_the_connection() {
 fn file_wrapper_drop_panic_leaves_the_connection_alive() {
     let _serial = serial();
     let server = server(false);
-    let mut stream = TcpStream::connect(("127.0.0.1", port(&server))).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut stream = connect(port(&server));
     stream
         .write_all(b"GET /file_drop HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("send");
@@ -439,40 +458,7 @@ fn file_wrapper_drop_panic_leaves_the_connection_alive() {
         assert!(n > 0, "closed: {}", String::from_utf8_lossy(&received));
         received.extend_from_slice(&buf[..n]);
     }
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("send a second request");
-    let mut rest = String::new();
-    stream.read_to_string(&mut rest).expect("a second response");
-    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
-    assert!(rest.ends_with("\r\n\r\nok"), "{rest}");
-}
-
-#[test]
-fn body_error_whose_display_panics_is_a_500() {
-    let _serial = serial();
-    let server = server(true);
-    let answer = exchange(port(&server), Fault::ErrorDisplay.path());
-    assert_answer(Fault::ErrorDisplay, &answer);
-    assert!(
-        answer.contains("body panicked in the error's Display"),
-        "{answer}"
-    );
-    assert_served(port(&server));
-}
-
-#[test]
-fn body_error_whose_drop_panics_is_a_500() {
-    let _serial = serial();
-    let server = server(true);
-    let answer = exchange(port(&server), Fault::ErrorDrop.path());
-    assert_answer(Fault::ErrorDrop, &answer);
-    assert!(answer.contains("\r\n\r\na faulty error\n"), "{answer}");
-    assert!(
-        answer.contains("body panicked in the error's drop"),
-        "{answer}"
-    );
-    assert_served(port(&server));
+    assert_served_on(stream);
 }
 
 /// How many descriptors the process has open.

@@ -35,6 +35,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
+use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{ClientDisconnected, DisconnectCheck};
 use crate::buffers::{OverflowableBuffer, ReadOnlyFileBasedBuffer};
@@ -519,8 +520,10 @@ impl HttpChannel {
                 }
             }
             Ok(n) => {
-                self.received(&buffer[..n]);
-                if n == buffer.len() {
+                // A completed request ends the event's reads, as waitress's one read per event
+                // does; only the middle of a long request (a body streaming in) reads on.
+                let completed = self.received(&buffer[..n]);
+                if n == buffer.len() && !completed {
                     ReadOutcome::Full
                 } else {
                     ReadOutcome::Drained
@@ -581,17 +584,21 @@ impl HttpChannel {
     /// Bytes arrived (waitress: `received`): feed them to the parser, queue each complete
     /// request, send `100 Continue` when the client waits for it and no response is due
     /// before it.
-    pub fn received(&self, mut data: &[u8]) {
+    ///
+    /// Returns whether a request was completed by these bytes (Rust-only, for the read loop of
+    /// `handle_read_event`).
+    pub fn received(&self, mut data: &[u8]) -> bool {
         if data.is_empty() {
-            return;
+            return false;
         }
         let mut st = self.lock();
         st.last_activity = Instant::now();
         // The worker may have decided to close (an error response) after `readable` said yes:
         // these bytes are not for us.
         if st.will_close || st.close_when_flushed {
-            return;
+            return false;
         }
+        let mut any_completed = false;
         let mut needs_task = false;
         let mut continue_queued = false;
         let now = st.last_activity;
@@ -615,6 +622,7 @@ impl HttpChannel {
                 continue_queued = true;
             }
             if completed {
+                any_completed = true;
                 st.sent_continue = false;
                 if let Some(request) = st.request.take() {
                     if !request.empty {
@@ -638,6 +646,7 @@ impl HttpChannel {
         if needs_task {
             self.add_self_as_task();
         }
+        any_completed
     }
 
     fn add_self_as_task(&self) {
@@ -881,7 +890,12 @@ impl HttpChannel {
                 None => return,
             }
         };
+        let access = access_log::begin(&self.adj);
         let close = self.run_task(&mut request);
+        if let Some(access) = access {
+            let connected = self.lock().connected;
+            access.finish(&self.adj, &request, &self.addr, close, connected);
+        }
         let mut st = self.lock();
         let mut dropped = VecDeque::new();
         let mut next = false;
@@ -1040,6 +1054,7 @@ impl HttpChannel {
         match result {
             Ok(()) => close,
             Err(TaskError::ClientDisconnected) => {
+                access_log::note_disconnected();
                 LOGGER.info(&format!("Client disconnected while serving {path}"));
                 true
             }
@@ -1143,8 +1158,8 @@ impl Dispatcher for ChannelDispatcher {
             .unwrap_or_else(|| self.channel.writable())
     }
 
-    /// Rust-only: while each `recv` fills the whole buffer and the channel still wants input,
-    /// read again (up to `READS_PER_EVENT` times) instead of going back to `poll` for every
+    /// Rust-only: while each `recv` fills the whole buffer, completes no request, and the
+    /// channel still wants input, read again (up to `READS_PER_EVENT` times) instead of going back to `poll` for every
     /// `recv_bytes`. waitress reads once per event; each call here still asks for `recv_bytes`,
     /// and the channel's `readable()` is asked before every further read, so pipelined
     /// requests are taken in exactly as one read per round takes them. A 1 GiB upload spent a

@@ -287,6 +287,7 @@ impl WsgiServer {
         wasyncore::close_all(&self.map);
         self.dispatcher.shutdown(true, Duration::from_secs(5));
         self.drain.closed();
+        crate::access_log::flush(Duration::from_secs(5));
     }
 
     /// When a graceful shutdown has been asked for (on the I/O thread, from `run`): close the

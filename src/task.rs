@@ -22,6 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{
     AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, FileSource,
@@ -676,6 +677,7 @@ impl<'a> Task<'a> {
         }
         if self.wrote_header {
             let body = self.body_bytes(data);
+            access_log::note_body(self.chunked_response, data, &body);
             if !body.is_empty() {
                 self.channel.write_soon(&body)?;
             }
@@ -683,7 +685,10 @@ impl<'a> Task<'a> {
         }
         // The head goes out together with the first body bytes: one buffer, one send.
         let mut head = self.build_response_header();
-        head.extend_from_slice(&self.body_bytes(data));
+        access_log::note_status(&self.status);
+        let body = self.body_bytes(data);
+        access_log::note_body(self.chunked_response, data, &body);
+        head.extend_from_slice(&body);
         self.channel.write_soon(&head)?;
         self.wrote_header = true;
         Ok(())
@@ -756,16 +761,19 @@ impl<'a> Task<'a> {
     /// `WSGITask.execute`: call the application and send what it returns.
     ///
     /// Every call into the application's code (the call itself, each `next()` of a lazy body,
-    /// each read of a file wrapper, and the `Drop` of the body and of the environ, which may
-    /// hold the application's own `wsgi.input`) runs under [`guard`], so a panic anywhere
-    /// comes back as an error like any other: a 500 if nothing was sent yet, otherwise the
-    /// connection is closed (waitress: an exception raised from `execute`). An unwind never
-    /// leaves the task, so the channel's bookkeeping always runs.
+    /// and the `Drop` of the body and of the environ, which may hold the application's own
+    /// `wsgi.input`) runs under [`guard`], and a file wrapper's file sits behind a
+    /// [`GuardedFile`], so a panic anywhere comes back as an error like any other: a 500 if
+    /// nothing was sent yet, otherwise the connection is closed (waitress: an exception raised
+    /// from `execute`). The application's error is settled into text here too (see
+    /// `TaskError::settle`). An unwind never leaves the task, so the channel's bookkeeping
+    /// always runs.
     fn execute_wsgi(&mut self) -> Result<(), TaskError> {
         let mut environ = self.get_environment()?;
         let application = Arc::clone(&self.channel.server().application);
         let started = profiling::start();
         let called = guard(|| application.respond(&mut environ, &mut StartResponse::new(self)));
+        access_log::note_environ(&environ);
         let result = match called {
             Ok(Ok(body)) => self.send_body(body),
             Ok(Err(error)) => Err(TaskError::from(error)),
@@ -798,7 +806,8 @@ impl<'a> Task<'a> {
                 let mut buffer = ReadOnlyFileBasedBuffer::new(guard_file(wrapper));
                 if self.send_file(&mut buffer)? {
                     // From here the channel streams the file and drops it once sent.
-                    self.channel.write_soon_file(buffer)?;
+                    let sent = self.channel.write_soon_file(buffer)?;
+                    access_log::note_body_bytes(sent);
                     return Ok(());
                 }
             }

@@ -121,7 +121,7 @@ impl From<AdjustmentsError> for ServerError {
 /// }
 ///
 /// let server = waitress::create_server(hello, [("listen", "127.0.0.1:0")]).unwrap();
-/// let port: u16 = server.effective_port().parse().unwrap();
+/// let port = server.effective_port().tcp().unwrap();
 /// assert!(port > 0);
 /// let stop = server.shutdown_handle();
 /// stop.shutdown();

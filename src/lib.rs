@@ -75,6 +75,10 @@
 //! | `utilities.py` | [`utilities`] | logging, HTTP dates, error responses |
 //! | `runner.py` | [`runner`] | `waitress-serve` |
 //! | `compat.py` | [`compat`] | the platform layer: every system call std lacks |
+//!
+//! Two modules have no waitress file, serving a server in production: [`access_log`] (one line
+//! per response to `waitress.access`, the `access_log` setting) and [`socket_activation`] (the
+//! sockets systemd passes, served instead of binding).
 
 #![warn(missing_docs)]
 // Doctests are examples people copy: they must compile without a warning.
@@ -87,8 +91,6 @@ pub mod adjustments;
 pub mod app;
 pub mod apps;
 pub mod buffers;
-// TEMPORARY (portability work in progress): task.rs still uses std items newer than the
-// MSRV; it is converted once its current edits have merged.
 pub mod channel;
 #[allow(unsafe_code)]
 pub mod compat;
@@ -100,7 +102,6 @@ pub mod rfc7230;
 pub mod runner;
 pub mod server;
 pub mod socket_activation;
-#[allow(clippy::incompatible_msrv)]
 pub mod task;
 pub mod trigger;
 pub mod utilities;

@@ -74,7 +74,7 @@ Standard options:
     --unix-socket=PATH
         Listen on a Unix domain socket at PATH instead of TCP. A stale socket
         file left at PATH is replaced; the file is removed when the server
-        stops.
+        stops. Not available on Windows.
 
     --unix-socket-perms=PERMS
         Octal permissions of the Unix socket file. Default: 600.

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{ClientDisconnected, DisconnectCheck};
 use crate::buffers::{OverflowableBuffer, ReadOnlyFileBasedBuffer};
@@ -753,7 +754,11 @@ impl Service for HttpChannel {
                 None => return,
             }
         };
+        let access = access_log::begin(&self.adj);
         let close = self.run_task(&mut request);
+        if let Some(access) = access {
+            access.finish(&self.adj, &request, &self.addr, close, self.connected());
+        }
         if close {
             let mut requests = lock(&self.requests);
             self.close_when_flushed.store(true, Ordering::Release);

@@ -80,6 +80,7 @@
 // System calls and their `unsafe` live in `compat` alone (waitress: compat.py).
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod adjustments;
 pub mod app;
 pub mod apps;

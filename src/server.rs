@@ -270,6 +270,7 @@ impl WsgiServer {
         self.trigger.close();
         wasyncore::close_all(&self.map);
         self.dispatcher.shutdown(true, Duration::from_secs(5));
+        crate::access_log::flush(Duration::from_secs(5));
     }
 
     /// Every (host, port) listened on.

@@ -11,6 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{
     validate_header, validate_status, AppError, Body, ClientDisconnected, DisconnectCheck, Environ,
@@ -516,6 +517,7 @@ impl<'a> Task<'a> {
         }
         if self.wrote_header {
             let body = self.body_bytes(data);
+            access_log::note_body(self.chunked_response, data, &body);
             if !body.is_empty() {
                 self.channel.write_soon(&body)?;
             }
@@ -523,7 +525,10 @@ impl<'a> Task<'a> {
         }
         // The head goes out together with the first body bytes: one buffer, one send.
         let mut head = self.build_response_header();
-        head.extend_from_slice(&self.body_bytes(data));
+        access_log::note_status(&self.status);
+        let body = self.body_bytes(data);
+        access_log::note_body(self.chunked_response, data, &body);
+        head.extend_from_slice(&body);
         self.channel.write_soon(&head)?;
         self.wrote_header = true;
         Ok(())
@@ -591,6 +596,7 @@ impl<'a> Task<'a> {
         let called = catch_unwind(AssertUnwindSafe(|| {
             application.call(&mut environ, &mut StartResponse::new(self))
         }));
+        access_log::note_environ(&environ);
         let body = match called {
             Ok(result) => result,
             Err(panic) => Err(format!("application panicked: {}", panic_message(&*panic)).into()),
@@ -634,7 +640,8 @@ impl<'a> Task<'a> {
                             self.content_length = Some(size);
                         }
                         self.write(b"")?;
-                        self.channel.write_soon_file(buffer)?;
+                        let sent = self.channel.write_soon_file(buffer)?;
+                        access_log::note_body_bytes(sent);
                         return Ok(());
                     }
                 }

@@ -95,6 +95,7 @@ pub mod receiver;
 pub mod rfc7230;
 pub mod runner;
 pub mod server;
+pub mod socket_activation;
 pub mod task;
 pub mod trigger;
 pub mod utilities;

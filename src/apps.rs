@@ -87,8 +87,13 @@ pub fn html_escape(text: &str) -> String {
 }
 
 /// The request as JSON (method, path, query, length, scheme, addresses, headers), a blank
-/// line, then the request body: waitress's `tests/fixtureapps/echo.py`.
+/// line, then the request body: waitress's `tests/fixtureapps/echo.py`. With
+/// `?stream_bytes=N` in the query it answers N bytes of a fixed pattern instead (not in the
+/// fixture; see [`pattern_byte`]).
 pub fn echo(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+    if let Some(size) = stream_size(environ) {
+        return stream_pattern(size, start_response);
+    }
     let body = read_body(environ)?;
     let get = |key: &str| environ.get(key).unwrap_or("").to_string();
     let mut fields: Vec<(String, String)> = vec![
@@ -128,6 +133,41 @@ pub fn echo(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> Ap
         ],
     )?;
     Ok(Body::from(response))
+}
+
+/// The size asked for by `echo?stream_bytes=N`, if any: the echo application then answers
+/// with N bytes of [`pattern_byte`]s instead of the echo, streamed in 64 KiB chunks, so a test
+/// (tests/nginx.rs: a 200 MiB download through a proxy) can fetch a large body it can check
+/// without the server holding it in memory.
+fn stream_size(environ: &Environ) -> Option<u64> {
+    environ
+        .get("QUERY_STRING")?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("stream_bytes="))
+        .and_then(|n| n.parse().ok())
+}
+
+/// Byte `i` of the `stream_bytes` body: a cycle of 251 values (a prime, so the pattern does
+/// not line up with any power-of-two buffer size and a shifted or repeated block shows).
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// Answer with `size` pattern bytes and their `Content-Length`, produced lazily.
+fn stream_pattern(size: u64, start_response: &mut StartResponse<'_>) -> AppResult {
+    const CHUNK: u64 = 64 * 1024;
+    start_response.start(
+        "200 OK",
+        [
+            ("Content-Length", size.to_string()),
+            ("Content-Type", "application/octet-stream".to_string()),
+        ],
+    )?;
+    let chunks = (0..size.div_ceil(CHUNK)).map(move |n| {
+        let start = n * CHUNK;
+        Ok((start..size.min(start + CHUNK)).map(pattern_byte).collect())
+    });
+    Ok(Body::from_chunks(chunks))
 }
 
 /// A JSON string as Python's `json.dumps` writes it (ASCII only, `\uXXXX` escapes).
@@ -193,6 +233,25 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("\r\n\r\nabc"));
+    }
+
+    #[test]
+    fn echo_streams_the_pattern_when_asked() {
+        let mut environ = Environ::new();
+        environ.set("QUERY_STRING", "a=1&stream_bytes=200000");
+        let mut recorded = RecordedResponse::default();
+        let body = echo(&mut environ, &mut StartResponse::new(&mut recorded)).unwrap();
+        assert!(matches!(body, Body::Chunks(_)), "streamed lazily");
+        let bytes = body.into_bytes().unwrap();
+        assert_eq!(bytes.len(), 200_000);
+        assert!(bytes
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern_byte(i as u64)));
+        assert_eq!(bytes[250..253], [250, 0, 1]);
+        assert!(recorded
+            .headers
+            .contains(&("Content-Length".into(), "200000".into())));
     }
 
     #[test]

@@ -88,6 +88,8 @@ impl Drop for Running {
 struct Deployment {
     _nginx: Running,
     _port: Running,
+    /// The port's standard error, line by line (its access log among them).
+    log: mpsc::Receiver<String>,
     http_port: u16,
     https_port: u16,
     _scratch: Scratch,
@@ -109,9 +111,9 @@ fn nginx_program() -> PathBuf {
     on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
 }
 
-/// Start `waitress-serve echo` for nginx and return it once it says it is serving, with its
-/// TCP port (0 for a Unix socket).
-fn start_port(upstream: Upstream, socket: &Path) -> (Running, u16) {
+/// Start `waitress-serve --access-log echo` for nginx and return it once it says it is
+/// serving, with its TCP port (0 for a Unix socket) and its standard error's further lines.
+fn start_port(upstream: Upstream, socket: &Path) -> (Running, u16, mpsc::Receiver<String>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_waitress-serve"));
     match upstream {
         Upstream::Tcp => command.args([
@@ -128,6 +130,7 @@ fn start_port(upstream: Upstream, socket: &Path) -> (Running, u16) {
         .args([
             "--trusted-proxy-headers=x-forwarded-for x-forwarded-host x-forwarded-proto",
             "--url-prefix=/app",
+            "--access-log",
             "echo",
         ])
         .stdin(Stdio::null())
@@ -139,7 +142,7 @@ fn start_port(upstream: Upstream, socket: &Path) -> (Running, u16) {
     let running = Running(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        // Read to the end so the port never blocks on a full pipe; the first line matters.
+        // Read to the end so the port never blocks on a full pipe.
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             let _ = tx.send(line);
@@ -160,7 +163,7 @@ fn start_port(upstream: Upstream, socket: &Path) -> (Running, u16) {
             .expect("a port"),
         Upstream::Unix => 0,
     };
-    (running, port)
+    (running, port, rx)
 }
 
 /// A self-signed certificate for the HTTPS listener.
@@ -241,7 +244,7 @@ fn deploy(upstream: Upstream, name: &str) -> Deployment {
     let scratch = Scratch::new(name);
     let dir = scratch.0.clone();
     make_certificate(&dir);
-    let (port_process, port) = start_port(upstream, &dir.join("waitress.sock"));
+    let (port_process, port, log) = start_port(upstream, &dir.join("waitress.sock"));
     let (http_port, https_port) = (free_port(), free_port());
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -266,6 +269,7 @@ fn deploy(upstream: Upstream, name: &str) -> Deployment {
     Deployment {
         _nginx: nginx,
         _port: port_process,
+        log,
         http_port,
         https_port,
         _scratch: scratch,
@@ -449,6 +453,32 @@ fn assert_bad_request_does_not_desync(deployment: &Deployment) {
     }
 }
 
+/// The port's access log names the client behind nginx, not nginx; the 400s it wrote itself
+/// are there too.
+fn assert_access_log(deployment: &Deployment) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut who = None;
+    let mut refused = 0;
+    while who.is_none() || refused < 6 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = deployment
+            .log
+            .recv_timeout(left)
+            .expect("the access log lines of the checks above");
+        if line.contains("\"GET /app/who/am/i?x=1 HTTP/1.1\" 200 ") {
+            who = Some(line);
+        } else if line.contains(" /app/bad HTTP/1.1\" 400 ") {
+            refused += 1;
+        }
+    }
+    let who = who.expect("the first request's line");
+    eprintln!("access log behind nginx: {who}");
+    assert!(
+        who.starts_with("INFO:waitress.access:127.0.0.1 - - ["),
+        "the client's address, not nginx's: {who}"
+    );
+}
+
 fn behind_nginx(upstream: Upstream, name: &str) {
     let started = Instant::now();
     let deployment = deploy(upstream, name);
@@ -457,6 +487,7 @@ fn behind_nginx(upstream: Upstream, name: &str) {
     assert_download(&deployment);
     assert_keepalive(&deployment);
     assert_bad_request_does_not_desync(&deployment);
+    assert_access_log(&deployment);
     eprintln!(
         "behind nginx over {upstream:?}: all checks in {:?}",
         started.elapsed()

@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::rc::Rc;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::adjustments::{Adjustments, DEFAULT_ACCESS_LOG_FORMAT};
@@ -146,10 +147,13 @@ impl FromStr for AccessLogFormat {
                 Some('X') => Field::ConnectionStatus,
                 Some('{') => {
                     let rest = chars.as_str();
-                    let Some(end) = rest.find('}') else {
-                        return Err(AccessLogFormatError(format!(
-                            "unclosed %{{ in access log format {format:?}"
-                        )));
+                    let end = match rest.find('}') {
+                        Some(end) => end,
+                        None => {
+                            return Err(AccessLogFormatError(format!(
+                                "unclosed %{{ in access log format {format:?}"
+                            )))
+                        }
                     };
                     let name = &rest[..end];
                     chars = rest[end + 1..].chars();
@@ -553,25 +557,34 @@ type WorkerLines = Arc<Mutex<PendingLines>>;
 static WORKERS: Mutex<Vec<WorkerLines>> = Mutex::new(Vec::new());
 
 /// The writer's flush requests, each answered once every line formatted before it is
-/// written; none if the thread could not be started (lines are then written by the worker).
-static WRITER: OnceLock<Option<SyncSender<SyncSender<()>>>> = OnceLock::new();
+/// written; none before the thread is started, or if it could not be (lines are then written
+/// by the worker). Locked only to start the writer and to flush, never per line.
+static WRITER: Mutex<Option<SyncSender<SyncSender<()>>>> = Mutex::new(None);
+
+/// Starts the writer thread, once per process.
+static START_WRITER: Once = Once::new();
+
+/// Whether the writer thread runs (read per line: an atomic load, no lock).
+static WRITER_RUNS: AtomicBool = AtomicBool::new(false);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while a line was being appended leaves a String that is still valid text.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn writer() -> Option<&'static SyncSender<SyncSender<()>>> {
-    WRITER
-        .get_or_init(|| {
-            let (sender, receiver) = mpsc::sync_channel(16);
-            std::thread::Builder::new()
-                .name("waitress-access-log".to_string())
-                .spawn(move || write_lines(receiver))
-                .ok()
-                .map(|_| sender)
-        })
-        .as_ref()
+/// Start the writer thread if it is not running yet; whether it runs.
+fn start_writer() -> bool {
+    START_WRITER.call_once(|| {
+        let (sender, receiver) = mpsc::sync_channel(16);
+        let spawned = std::thread::Builder::new()
+            .name("waitress-access-log".to_string())
+            .spawn(move || write_lines(receiver));
+        if spawned.is_ok() {
+            *lock(&WRITER) = Some(sender);
+            WRITER_RUNS.store(true, Ordering::Release);
+        }
+    });
+    WRITER_RUNS.load(Ordering::Acquire)
 }
 
 /// Format a line with `write` into this worker's pending lines.
@@ -579,7 +592,7 @@ fn append(write: impl FnOnce(&mut String)) {
     thread_local! {
         static MINE: RefCell<Option<WorkerLines>> = const { RefCell::new(None) };
     }
-    if writer().is_none() {
+    if !start_writer() {
         let mut line = String::new();
         write(&mut line);
         ACCESS_LOGGER.info(&line);
@@ -645,8 +658,9 @@ fn write_pending() {
 /// calls it when it closes, so a program that exits after `run` loses no line.
 pub fn flush(timeout: Duration) {
     // Flushing must not start the thread: only a running writer can have lines waiting.
-    let Some(sender) = WRITER.get().and_then(Option::as_ref) else {
-        return;
+    let sender = match lock(&WRITER).clone() {
+        Some(sender) => sender,
+        None => return,
     };
     let (done, wait) = mpsc::sync_channel(1);
     if sender.send(done).is_ok() {

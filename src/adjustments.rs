@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+#[cfg(unix)]
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
@@ -18,7 +19,8 @@ use crate::utilities::{LogLevels, LOGGER};
 pub enum PreboundSocket {
     /// A bound TCP socket (IPv4 or IPv6).
     Tcp(TcpListener),
-    /// A bound Unix-domain socket.
+    /// A bound Unix-domain socket (Unix only: std has none on Windows).
+    #[cfg(unix)]
     Unix(UnixListener),
 }
 
@@ -283,8 +285,9 @@ int_setting!(u16, i32, u64, usize);
 fn asint<T: IntSetting>(s: &str) -> Result<T, String> {
     let t = s.trim();
     let t = t.strip_prefix('+').unwrap_or(t);
-    let Ok(n) = t.parse::<i128>() else {
-        return Err(format!("'{s}' is not a whole number"));
+    let n = match t.parse::<i128>() {
+        Ok(n) => n,
+        Err(_) => return Err(format!("'{s}' is not a whole number")),
     };
     T::try_from(n).map_err(|_| format!("{n} is out of range ({} to {})", T::LOWEST, T::HIGHEST))
 }
@@ -471,6 +474,13 @@ impl Adjustments {
                 adj.apply(name, value)?;
             }
         }
+        if cfg!(windows) && adj.unix_socket.is_some() {
+            // waitress's help says "Not available on Windows", and there it quietly serves
+            // TCP on the default address instead; the port says so.
+            return Err(conflict(
+                "{unix_socket}: Unix domain sockets are not available on Windows",
+            ));
+        }
         adj.host_or_port_set = host_or_port;
         if host_or_port {
             listen = vec![format!("{}:{}", adj.host, adj.port)];
@@ -611,14 +621,17 @@ impl Adjustments {
                 positional.extend(args.by_ref().cloned());
                 break;
             }
-            let Some(option) = arg.strip_prefix("--") else {
-                if arg.starts_with('-') && arg.len() > 1 {
-                    return Err(ArgsError(format!("option {} not recognized", &arg[..2])));
+            let option = match arg.strip_prefix("--") {
+                Some(option) => option,
+                None => {
+                    if arg.starts_with('-') && arg.len() > 1 {
+                        return Err(ArgsError(format!("option {} not recognized", &arg[..2])));
+                    }
+                    // getopt stops at the first argument that is not an option.
+                    positional.push(arg.clone());
+                    positional.extend(args.by_ref().cloned());
+                    break;
                 }
-                // getopt stops at the first argument that is not an option.
-                positional.push(arg.clone());
-                positional.extend(args.by_ref().cloned());
-                break;
             };
             let (name, inline_value) = match option.split_once('=') {
                 Some((name, value)) => (name, Some(value.to_string())),
@@ -810,7 +823,8 @@ impl std::error::Error for ArgsError {}
 /// other kinds cannot be expressed by [`PreboundSocket`], so that check has nothing to do.
 pub fn check_sockets(sockets: &[PreboundSocket]) -> Result<(), AdjustmentsError> {
     let tcp = sockets.iter().any(|s| matches!(s, PreboundSocket::Tcp(_)));
-    let unix = sockets.iter().any(|s| matches!(s, PreboundSocket::Unix(_)));
+    // Any other kind is a Unix socket (a kind that exists on Unix only).
+    let unix = sockets.iter().any(|s| !matches!(s, PreboundSocket::Tcp(_)));
     if tcp && unix {
         return Err(conflict("Internet and UNIX sockets may not be mixed."));
     }
@@ -835,6 +849,11 @@ pub fn resolve_listen(
     for entry in entries {
         let invalid = || AdjustmentsError::InvalidListen(entry.clone());
         let (host, port) = split_host_port(entry, default_port);
+        if cfg!(windows) && port.trim().parse::<i64>().is_err() {
+            return Err(conflict(
+                "Windows does not support service names instead of port numbers",
+            ));
+        }
         let port = parse_port(&port).ok_or_else(invalid)?;
         let candidates: Vec<SocketAddr> = if host == "*" || host.is_empty() {
             vec![
@@ -892,12 +911,17 @@ fn enabled_families(
 /// Whether this host can make IPv6 sockets (waitress: `compat.HAS_IPV6`, which Python
 /// decides when it is built; here it is asked of the running kernel, once).
 pub fn host_has_ipv6() -> bool {
-    static HAS_IPV6: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS_IPV6.get_or_init(|| {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // `Once` orders the store before every load that follows `call_once`.
+    static ASKED: std::sync::Once = std::sync::Once::new();
+    static HAS_IPV6: AtomicBool = AtomicBool::new(false);
+    ASKED.call_once(|| {
         // Binding a UDP socket to an ephemeral port of `::` needs no listener and no
         // configured address: it fails only when the kernel has no IPv6 at all.
-        std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).is_ok()
-    })
+        let bound = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).is_ok();
+        HAS_IPV6.store(bound, Ordering::Relaxed);
+    });
+    HAS_IPV6.load(Ordering::Relaxed)
 }
 
 /// Split `host:port`; an entry without a port (`127.0.0.1`, `[::1]`) gets `default_port`, and
@@ -916,10 +940,14 @@ fn split_host_port(entry: &str, default_port: u16) -> (String, String) {
     (host.to_string(), port)
 }
 
-/// A port number, or a service name looked up in `/etc/services` as getaddrinfo would.
+/// A port number, or a service name looked up in `/etc/services` as getaddrinfo would (on
+/// Unix: `resolve_listen` refuses service names on Windows, as waitress does).
 fn parse_port(port: &str) -> Option<u16> {
     if let Ok(number) = port.parse() {
         return Some(number);
+    }
+    if cfg!(windows) {
+        return None;
     }
     let services = std::fs::read_to_string("/etc/services").ok()?;
     services.lines().find_map(|line| {
@@ -1124,12 +1152,27 @@ mod tests {
     #[test]
     fn test_bad_port() {
         let err = make(&[("listen", "127.0.0.1:test")]).unwrap_err();
+        if cfg!(windows) {
+            // Not a number, so a service name: refused on Windows before any lookup.
+            assert!(err
+                .to_string()
+                .starts_with("Windows does not support service names"));
+            return;
+        }
         assert!(matches!(err, AdjustmentsError::InvalidListen(_)));
         assert!(err.to_string().starts_with("Invalid host/port specified."));
     }
 
     #[test]
     fn test_service_port() {
+        if cfg!(windows) {
+            let err = make(&[("listen", "127.0.0.1:http")]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "Windows does not support service names instead of port numbers"
+            );
+            return;
+        }
         if parse_port("http").is_none() || parse_port("https").is_none() {
             // Without an /etc/services entry a service name is no port: refused.
             let err = make(&[("listen", "127.0.0.1:http")]).unwrap_err();
@@ -1223,6 +1266,22 @@ mod tests {
             err.to_string(),
             "unix_socket may not be set if listen is set"
         );
+    }
+
+    #[test]
+    fn unix_socket_is_refused_on_windows_only() {
+        let result = make(&[("unix_socket", "./tmp/test")]);
+        if cfg!(windows) {
+            assert_eq!(
+                result.unwrap_err().command_line_message(),
+                "--unix-socket: Unix domain sockets are not available on Windows"
+            );
+        } else {
+            assert_eq!(
+                result.unwrap().unix_socket,
+                Some(PathBuf::from("./tmp/test"))
+            );
+        }
     }
 
     #[test]
@@ -1479,6 +1538,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn test_dont_mix_internet_and_unix_sockets() {
         let dir = std::env::temp_dir().join(format!("waitress-adj-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -25,9 +25,13 @@ pub type AppResult = Result<Body, AppError>;
 ///
 /// waitress: the `application(environ, start_response)` callable of PEP 3333.
 ///
-/// The server calls [`App::call`] once per request on a worker thread; many worker threads may
-/// call the same application at once, hence `Send + Sync`. A panic inside `call` (or inside the
-/// body iterator) is caught and answered like an error: the worker thread survives.
+/// The server calls [`App::respond`] once per request on a worker thread (waitress calls
+/// `application(environ, start_response)`); many worker threads may call the same application
+/// at once, hence `Send + Sync`. A panic inside `respond` (or inside the body iterator or its
+/// `Drop`) is caught and answered like an error: the worker thread survives.
+///
+/// The method is not named `call`: on a closure, `app.call(…)` would collide with the unstable
+/// `Fn::call` and warn (`unstable_name_collisions`).
 ///
 /// ```
 /// use waitress::{App, Body, Environ, StartResponse, AppResult};
@@ -47,14 +51,14 @@ pub type AppResult = Result<Body, AppError>;
 pub trait App: Send + Sync + 'static {
     /// Handle one request: call `start_response` once (again only with an error, see
     /// [`StartResponse::start_with_error`]) and return the body.
-    fn call(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult;
+    fn respond(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult;
 }
 
 impl<F> App for F
 where
     F: Fn(&mut Environ, &mut StartResponse<'_>) -> AppResult + Send + Sync + 'static,
 {
-    fn call(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+    fn respond(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
         self(environ, start_response)
     }
 }
@@ -439,29 +443,38 @@ fn parse_content_length(value: &str) -> Option<u64> {
 
 /// What stands behind a [`StartResponse`] handle: the server's task, or a
 /// [`RecordedResponse`] in a test. Implement it to drive an application without a server.
+///
+/// A sink only keeps what it is given: the rules of `start_response` (a second call only with
+/// an error, every check made before anything is recorded) live in [`StartResponse`], once for
+/// every sink.
 pub trait ResponseSink {
-    /// `start_response(status, headers)`, validated; a second call is refused.
-    fn start_response(
+    /// Whether a `start_response` call has been accepted (waitress: `Task.complete`).
+    fn started(&self) -> bool;
+
+    /// Whether the status line and headers have gone out (waitress: `Task.wrote_header`);
+    /// from then on `start_response` with an error hands the error back.
+    fn headers_sent(&self) -> bool;
+
+    /// Keep an accepted `start_response` call: the status and headers replace whatever an
+    /// earlier call recorded; `content_length` is the value of its last `Content-Length`
+    /// header, when it has one.
+    fn record_start(
         &mut self,
         status: &str,
         headers: Vec<(String, String)>,
-    ) -> Result<(), StartResponseError>;
+        content_length: Option<u64>,
+    );
 
-    /// `start_response(status, headers, exc_info)`: allowed again after a first call; when the
-    /// headers are already on the wire, the error comes straight back (waitress re-raises it).
-    fn start_response_with_error(
-        &mut self,
-        status: &str,
-        headers: Vec<(String, String)>,
-        error: AppError,
-    ) -> Result<(), AppError>;
-
-    /// The legacy `write` callable returned by `start_response`: send body bytes now.
+    /// The legacy `write` callable returned by `start_response`: send body bytes now. Called
+    /// only once `start_response` has been accepted.
     fn write(&mut self, data: &[u8]) -> Result<(), AppError>;
 }
 
 /// The `start_response` handle given to an application, which also carries the legacy `write`
 /// callable (in WSGI, `start_response` returns `write`).
+///
+/// waitress: the `start_response` closure of `WSGITask.execute`, for the server and for
+/// [`RecordedResponse`] alike.
 pub struct StartResponse<'a> {
     sink: &'a mut dyn ResponseSink,
 }
@@ -481,18 +494,22 @@ impl<'a> StartResponse<'a> {
     /// `start_response(status, headers)`.
     ///
     /// Fails with [`StartResponseError`] for a CR/LF in the status or a header, a hop-by-hop
-    /// header, a bad `Content-Length`, or a second call.
+    /// header, a bad `Content-Length`, or a second call. A refused call records nothing, so
+    /// the application may call again with a valid response.
     pub fn start<I, K, V>(&mut self, status: &str, headers: I) -> Result<(), StartResponseError>
     where
         I: IntoIterator<Item = (K, V)>,
         K: Into<String>,
         V: Into<String>,
     {
-        self.sink.start_response(status, collect_headers(headers))
+        if self.sink.started() {
+            return Err(StartResponseError::CalledTwice);
+        }
+        self.accept(status, collect_headers(headers))
     }
 
     /// `start_response(status, headers, exc_info)`: replace the response after an error. Before
-    /// the headers are sent this resets them; afterwards the error comes back to be returned
+    /// the headers are sent this replaces them; afterwards the error comes back to be returned
     /// from the application, as waitress re-raises `exc_info`.
     pub fn start_with_error<I, K, V>(
         &mut self,
@@ -505,13 +522,37 @@ impl<'a> StartResponse<'a> {
         K: Into<String>,
         V: Into<String>,
     {
-        self.sink
-            .start_response_with_error(status, collect_headers(headers), error)
+        if self.sink.headers_sent() {
+            return Err(error);
+        }
+        self.accept(status, collect_headers(headers))
+            .map_err(AppError::from)
     }
 
     /// The legacy `write(data)` callable: send body bytes before returning the body.
     pub fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
+        if !self.sink.started() {
+            return Err(StartResponseError::NotStarted.into());
+        }
         self.sink.write(data)
+    }
+
+    /// waitress's checks, in its order, all of them before anything is recorded (waitress
+    /// marks the response started first, so a refused header leaves it half-started).
+    fn accept(
+        &mut self,
+        status: &str,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), StartResponseError> {
+        validate_status(status)?;
+        let mut content_length = None;
+        for (name, value) in &headers {
+            if let Some(length) = validate_header(name, value)? {
+                content_length = Some(length);
+            }
+        }
+        self.sink.record_start(status, headers, content_length);
+        Ok(())
     }
 }
 
@@ -538,7 +579,7 @@ where
 ///     Ok(Body::from("hi"))
 /// };
 /// let mut recorded = RecordedResponse::default();
-/// let body = app.call(&mut Environ::new(), &mut StartResponse::new(&mut recorded)).unwrap();
+/// let body = app.respond(&mut Environ::new(), &mut StartResponse::new(&mut recorded)).unwrap();
 /// assert_eq!(recorded.status.as_deref(), Some("200 OK"));
 /// assert_eq!(body.into_bytes().unwrap(), b"hi");
 /// ```
@@ -550,43 +591,32 @@ pub struct RecordedResponse {
     pub headers: Vec<(String, String)>,
     /// Bytes passed to `write`.
     pub written: Vec<u8>,
+    /// `write` has been called: a server would have sent the head.
+    wrote: bool,
 }
 
 impl ResponseSink for RecordedResponse {
-    fn start_response(
-        &mut self,
-        status: &str,
-        headers: Vec<(String, String)>,
-    ) -> Result<(), StartResponseError> {
-        if self.status.is_some() {
-            return Err(StartResponseError::CalledTwice);
-        }
-        validate_status(status)?;
-        for (name, value) in &headers {
-            validate_header(name, value)?;
-        }
-        self.status = Some(status.to_string());
-        self.headers = headers;
-        Ok(())
+    fn started(&self) -> bool {
+        self.status.is_some()
     }
 
-    fn start_response_with_error(
+    fn headers_sent(&self) -> bool {
+        self.wrote
+    }
+
+    fn record_start(
         &mut self,
         status: &str,
         headers: Vec<(String, String)>,
-        error: AppError,
-    ) -> Result<(), AppError> {
-        if !self.written.is_empty() {
-            return Err(error);
-        }
-        self.status = None;
-        self.start_response(status, headers).map_err(AppError::from)
+        _content_length: Option<u64>,
+    ) {
+        self.status = Some(status.to_string());
+        self.headers = headers;
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
-        if self.status.is_none() {
-            return Err(StartResponseError::NotStarted.into());
-        }
+        // The server sends the head with the first write, even an empty one.
+        self.wrote = true;
         self.written.extend_from_slice(data);
         Ok(())
     }
@@ -876,6 +906,39 @@ mod tests {
         assert!(sr.write(b"x").is_err());
         sr.start("200 OK", [("A", "b")]).unwrap();
         sr.write(b"x").unwrap();
+        let err = sr
+            .start_with_error("500 Oops", [("C", "d")], "boom".into())
+            .unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+    }
+
+    #[test]
+    fn recorded_response_refused_start_records_nothing() {
+        let mut rec = RecordedResponse::default();
+        let mut sr = StartResponse::new(&mut rec);
+        assert_eq!(
+            sr.start("200 OK", [("A", "b"), ("Connection", "close")]),
+            Err(StartResponseError::HopByHop("Connection".into()))
+        );
+        assert!(sr.write(b"x").is_err(), "a refused start starts nothing");
+        sr.start("200 OK", [("A", "b")]).unwrap();
+        let err = sr
+            .start_with_error("500 Oops", [("C\r", "d")], "boom".into())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "carriage return/line feed character present in header name"
+        );
+        assert_eq!(rec.status.as_deref(), Some("200 OK"));
+        assert_eq!(rec.headers, vec![("A".to_string(), "b".to_string())]);
+    }
+
+    #[test]
+    fn recorded_response_empty_write_sends_the_head() {
+        let mut rec = RecordedResponse::default();
+        let mut sr = StartResponse::new(&mut rec);
+        sr.start("200 OK", [("A", "b")]).unwrap();
+        sr.write(b"").unwrap();
         let err = sr
             .start_with_error("500 Oops", [("C", "d")], "boom".into())
             .unwrap_err();

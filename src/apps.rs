@@ -166,9 +166,9 @@ fn stream_pattern(size: u64, start_response: &mut StartResponse<'_>) -> AppResul
     // One chunk's worth of the cycle, plus a cycle to start anywhere in it: each chunk is a
     // copy of a slice, not a byte-by-byte computation.
     let cycle: Vec<u8> = (0..CHUNK + 251).map(pattern_byte).collect();
-    let chunks = (0..size.div_ceil(CHUNK)).map(move |n| {
+    let chunks = (0..size / CHUNK + u64::from(size % CHUNK != 0)).map(move |n| {
         let start = n * CHUNK;
-        let len = (size.min(start + CHUNK) - start) as usize;
+        let len = (size.min(start.saturating_add(CHUNK)) - start) as usize;
         let from = (start % 251) as usize;
         Ok(cycle[from..from + len].to_vec())
     });

@@ -20,7 +20,8 @@ const COMPACT_AT: usize = 64 * 1024;
 /// which uses Python's private `TemporaryFile`). On Linux it is created without a name at all
 /// (`O_TMPFILE`); elsewhere, or where the file system lacks that, under an unpredictable name
 /// with mode 0600 and removed at once. Either way nothing is left on disk, even if the process
-/// dies, and no other user ever gets to read a request body.
+/// dies, and no other user ever gets to read a request body. Windows cannot remove an open
+/// file: there it is opened exclusively (no sharing) and deleted by the system when closed.
 pub fn anonymous_tempfile() -> io::Result<File> {
     let dir = std::env::temp_dir();
     #[cfg(target_os = "linux")]
@@ -37,19 +38,24 @@ pub fn anonymous_tempfile() -> io::Result<File> {
             result => return result,
         }
     }
-    named_tempfile_unlinked(&dir)
+    #[cfg(unix)]
+    return named_tempfile_unlinked(&dir);
+    #[cfg(windows)]
+    return tempfile_deleted_on_close(&dir);
 }
 
 /// Whether opening with `O_TMPFILE` failed because the kernel or the file system lacks it
 /// (then a named file is used instead) rather than because the directory is unusable.
 #[cfg(target_os = "linux")]
 fn o_tmpfile_unsupported(e: &io::Error) -> bool {
-    e.raw_os_error()
-        .is_some_and(|code| crate::compat::tmpfile::O_TMPFILE_UNSUPPORTED.contains(&code))
+    e.raw_os_error().map_or(false, |code| {
+        crate::compat::tmpfile::O_TMPFILE_UNSUPPORTED.contains(&code)
+    })
 }
 
 /// A file in `dir` under a name nobody can guess, created exclusively with mode 0600 (so no
 /// other user can open it, even in the instant before it is removed) and removed at once.
+#[cfg(unix)]
 fn named_tempfile_unlinked(dir: &std::path::Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     loop {
@@ -71,12 +77,42 @@ fn named_tempfile_unlinked(dir: &std::path::Path) -> io::Result<File> {
     }
 }
 
+/// A file in `dir` under a name nobody can guess, created exclusively, shared with nobody
+/// (no other handle can open it, not even this process's) and deleted by Windows when its
+/// handle closes, whether the process ends normally or not.
+#[cfg(windows)]
+fn tempfile_deleted_on_close(dir: &std::path::Path) -> io::Result<File> {
+    use crate::compat::tmpfile::{FILE_ATTRIBUTE_TEMPORARY, FILE_FLAG_DELETE_ON_CLOSE};
+    use std::os::windows::fs::OpenOptionsExt;
+    loop {
+        let path = dir.join(format!("waitress-{}.buf", unpredictable_name()));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .share_mode(0)
+            .attributes(FILE_ATTRIBUTE_TEMPORARY)
+            .custom_flags(FILE_FLAG_DELETE_ON_CLOSE)
+            .open(&path)
+        {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            result => return result,
+        }
+    }
+}
+
 /// 32 hex digits no other process can predict. std has no random number generator, but each
 /// `RandomState` carries keys seeded from the operating system's randomness; hashing the time,
 /// the process id, a counter and a stack address with two of them gives 128 unguessable bits.
 fn unpredictable_name() -> String {
     use std::collections::hash_map::RandomState;
-    use std::hash::BuildHasher;
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // `BuildHasher::hash_one` arrived in Rust 1.71; this is what it does.
+    fn hash_one(keys: RandomState, value: impl Hash) -> u64 {
+        let mut hasher = keys.build_hasher();
+        value.hash(&mut hasher);
+        hasher.finish()
+    }
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -86,8 +122,8 @@ fn unpredictable_name() -> String {
     let address = &on_stack as *const u8 as usize;
     let seed = (nanos, std::process::id(), count, address);
     // Two states, two independent keys: 128 bits.
-    let high = RandomState::new().hash_one(seed);
-    let low = RandomState::new().hash_one(seed);
+    let high = hash_one(RandomState::new(), seed);
+    let low = hash_one(RandomState::new(), seed);
     format!("{high:016x}{low:016x}")
 }
 
@@ -467,7 +503,6 @@ mod tests {
     // test_append: also TestReadOnlyFileBasedBuffer's, which checks `append` raises; the read-only buffer has no `append`
     // test_newfile: also FileBasedBuffer's (raises NotImplementedError) and BytesIOBasedBuffer's (a BytesIO); only the temporary file exists here
     use super::*;
-    use proptest::prelude::*;
 
     fn filled(overflow: usize, data: &[u8]) -> OverflowableBuffer {
         let mut buf = OverflowableBuffer::new(overflow);
@@ -792,6 +827,7 @@ mod tests {
     }
 
     /// The file behind an overflowed buffer.
+    #[cfg(unix)]
     fn overflow_file(buf: &OverflowableBuffer) -> &File {
         match &buf.storage {
             Storage::File { file, .. } => file,
@@ -800,6 +836,7 @@ mod tests {
     }
 
     /// Mode 0600 and no name left on disk: no other process can open the file.
+    #[cfg(unix)]
     fn assert_private(file: &File) {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let meta = file.metadata().unwrap();
@@ -808,6 +845,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn tempfiles_leave_nothing_behind() {
         // Checked on the buffer's own file, not by listing the temporary directory (where
         // tests running in parallel create files of their own).
@@ -822,6 +860,27 @@ mod tests {
     }
 
     #[test]
+    #[cfg(windows)]
+    fn windows_tempfile_is_private_and_gone_once_closed() {
+        let dir = std::env::temp_dir().join(format!("waitress-buf-{}", unpredictable_name()));
+        std::fs::create_dir(&dir).unwrap();
+        let mut file = tempfile_deleted_on_close(&dir).unwrap();
+        file.write_all(b"secret").unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(names.len(), 1, "named while open");
+        let path = names[0].as_ref().unwrap().path();
+        assert!(File::open(&path).is_err(), "shared with nobody");
+        drop(file);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "deleted on close"
+        );
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    #[cfg(unix)]
     fn named_fallback_tempfile_is_private_from_the_start() {
         let file = named_tempfile_unlinked(&std::env::temp_dir()).unwrap();
         assert_private(&file);
@@ -969,65 +1028,5 @@ mod tests {
             [8192, 1808]
         );
         assert_eq!(blocks.concat(), data);
-    }
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Append(Vec<u8>),
-        Get(usize, bool),
-        Peek(usize),
-        Skip(usize),
-        Prune,
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Op::Append),
-            (0usize..50, any::<bool>()).prop_map(|(n, s)| Op::Get(n, s)),
-            (0usize..50).prop_map(Op::Peek),
-            (0usize..50).prop_map(Op::Skip),
-            Just(Op::Prune),
-        ]
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
-        /// (d) The buffer behaves like a plain vector, across the memory/file switch.
-        #[test]
-        fn overflowable_buffer_matches_a_vec(overflow in 1usize..64, ops in proptest::collection::vec(op(), 1..40)) {
-            let mut buf = OverflowableBuffer::new(overflow);
-            let mut model: Vec<u8> = Vec::new();
-            for op in ops {
-                match op {
-                    Op::Append(data) => {
-                        buf.append(&data).unwrap();
-                        model.extend_from_slice(&data);
-                    }
-                    Op::Get(n, skip) => {
-                        let got = buf.get(Some(n), skip).unwrap();
-                        let k = n.min(model.len());
-                        prop_assert_eq!(&got[..], &model[..k]);
-                        if skip {
-                            model.drain(..k);
-                        }
-                    }
-                    Op::Peek(n) => {
-                        let k = n.min(model.len());
-                        prop_assert_eq!(buf.peek(n).unwrap(), &model[..k]);
-                    }
-                    Op::Skip(n) => {
-                        let result = buf.skip(n, false);
-                        if n <= model.len() {
-                            prop_assert!(result.is_ok());
-                            model.drain(..n);
-                        } else {
-                            prop_assert!(result.is_err());
-                        }
-                    }
-                    Op::Prune => buf.prune().unwrap(),
-                }
-                prop_assert_eq!(buf.len(), model.len());
-            }
-        }
     }
 }

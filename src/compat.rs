@@ -1,34 +1,46 @@
 //! Port of waitress/compat.py.
 //!
-//! waitress keeps its platform facts in one file; so does the port. Every `extern "C"`
+//! waitress keeps its platform facts in one file; so does the port. Every `extern`
 //! declaration, platform constant and `unsafe` call of the crate lives here, each behind a
 //! small safe function, so the rest of the crate is safe Rust over `std` types (the crate root
 //! denies `unsafe_code` everywhere else). The event loop (`poll`), the server (sockets whose
-//! options must be set before `bind`, the `listen` backlog) and the runner (SIGINT/SIGTERM)
-//! call in here.
+//! options must be set before `bind`, the `listen` backlog) and the runner (SIGINT/SIGTERM, or
+//! Ctrl-C and console close on Windows) call in here.
 //!
 //! The constants are given for each supported system with the header they come from; any
 //! other target fails to build rather than run with guessed numbers. The file reads top to
 //! bottom: which targets, the constants per system, the C declarations, then one section per
-//! use (errors, poll, sockets, signals, resource limits). The Windows side (`ws2_32`) will sit
-//! next to the Unix one: a `#[cfg(windows)]` constant block and a `#[cfg(windows)]` version of
-//! each safe function, with the same signatures.
+//! use (errors, poll, sockets, signals, resource limits). Unix (the C library) and Windows
+//! (`ws2_32` and `kernel32`, waitress's `WIN`) each have their own constants and declarations;
+//! the safe functions have the same signatures on both, over [`RawSocket`] and [`AsSocket`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::raw::{c_int, c_short, c_void};
-use std::os::unix::io::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+#[cfg(unix)]
+use std::os::unix::io::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicI32, Ordering};
+#[cfg(windows)]
+use std::os::windows::io::{AsRawSocket, AsSocket as AsWinSocket, FromRawSocket, OwnedSocket};
 use std::time::Duration;
 
 // ---- which targets ----
 
-#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    windows
+)))]
 compile_error!(
-    "waitress-rs knows the system constants of Linux, macOS and FreeBSD only; add this \
-     target's constants to src/compat.rs (Windows support is planned)"
+    "waitress-rs knows the system constants of Linux, macOS, FreeBSD and Windows only; add \
+     this target's constants to src/compat.rs"
 );
+
+// A Winsock `SOCKET` is pointer-sized; `WSAPOLLFD` below is laid out for 64-bit Windows.
+#[cfg(all(windows, not(target_pointer_width = "64")))]
+compile_error!("src/compat.rs has the constants and structs of 64-bit Windows only");
 
 // Linux on MIPS and SPARC numbers its socket options, errors and resource limits differently
 // (asm/socket.h, asm/errno.h and asm/resource.h of those architectures); refuse rather than
@@ -51,45 +63,101 @@ compile_error!(
 /// Whether this is Windows (waitress: `WIN`).
 pub const WIN: bool = cfg!(windows);
 
+// ---- the handle of a socket ----
+
+/// What the event loop keys its sockets by: a file descriptor on Unix, a Winsock `SOCKET` on
+/// Windows.
+#[cfg(unix)]
+pub type RawSocket = std::os::unix::io::RawFd;
+/// What the event loop keys its sockets by: a file descriptor on Unix, a Winsock `SOCKET` on
+/// Windows.
+#[cfg(windows)]
+pub type RawSocket = std::os::windows::io::RawSocket;
+
+/// A socket borrowed for a system call (std's `AsFd` on Unix, `AsSocket` on Windows).
+#[cfg(unix)]
+pub use std::os::unix::io::AsFd as AsSocket;
+/// A socket borrowed for a system call (std's `AsFd` on Unix, `AsSocket` on Windows).
+#[cfg(windows)]
+pub use std::os::windows::io::AsSocket;
+
+/// A socket that closes on drop (`OwnedFd` on Unix, `OwnedSocket` on Windows); std's
+/// `TcpListener` and `TcpStream` convert from it.
+#[cfg(unix)]
+pub type OwnedSocketHandle = OwnedFd;
+/// A socket that closes on drop (`OwnedFd` on Unix, `OwnedSocket` on Windows); std's
+/// `TcpListener` and `TcpStream` convert from it.
+#[cfg(windows)]
+pub type OwnedSocketHandle = OwnedSocket;
+
+/// The raw handle of `socket`, as the socket map keys it.
+#[cfg(unix)]
+pub fn raw_socket(socket: &impl AsFd) -> RawSocket {
+    socket.as_fd().as_raw_fd()
+}
+/// The raw handle of `socket`, as the socket map keys it.
+#[cfg(windows)]
+pub fn raw_socket(socket: &impl AsWinSocket) -> RawSocket {
+    socket.as_socket().as_raw_socket()
+}
+
+// ---- constants shared by every supported system ----
+
+/// `AF_INET`, 2 in Linux `bits/socket.h`, macOS and FreeBSD `sys/socket.h`, Windows
+/// `ws2def.h`.
+pub const AF_INET: c_int = 2;
+/// `SOCK_STREAM`, 1 in Linux `bits/socket_type.h`, macOS and FreeBSD `sys/socket.h`, Windows
+/// `winsock2.h`.
+pub const SOCK_STREAM: c_int = 1;
+/// `IPPROTO_TCP` (waitress's `SOL_TCP`), 6 in `netinet/in.h` and Windows `ws2def.h`.
+pub const IPPROTO_TCP: c_int = 6;
+/// `IPPROTO_IPV6`, 41 in `netinet/in.h` and Windows `ws2def.h` (waitress's compat.py spells
+/// it out for Windows).
+pub const IPPROTO_IPV6: c_int = 41;
+/// `TCP_NODELAY`, 1 in `netinet/tcp.h` and Windows `ws2def.h`.
+pub const TCP_NODELAY: c_int = 1;
+
 // ---- constants shared by every supported Unix ----
 
 /// `poll(2)` events, from `<poll.h>` (Linux `asm-generic/poll.h`, macOS and FreeBSD
 /// `sys/poll.h`): the same values on all three.
+#[cfg(unix)]
 pub const POLLIN: c_short = 0x001;
 /// Urgent input.
+#[cfg(unix)]
 pub const POLLPRI: c_short = 0x002;
 /// Room to write.
+#[cfg(unix)]
 pub const POLLOUT: c_short = 0x004;
 /// An error on the descriptor.
+#[cfg(unix)]
 pub const POLLERR: c_short = 0x008;
 /// The peer hung up.
+#[cfg(unix)]
 pub const POLLHUP: c_short = 0x010;
 /// Not an open descriptor.
+#[cfg(unix)]
 pub const POLLNVAL: c_short = 0x020;
 
 /// `select()`'s descriptor limit: 1024 in Linux `bits/typesizes.h` (`__FD_SETSIZE`), macOS
-/// `sys/_types/_fd_setsize.h` and FreeBSD `sys/select.h`.
-pub const FD_SETSIZE: RawFd = 1024;
+/// `sys/_types/_fd_setsize.h` and FreeBSD `sys/select.h`. (Windows' `select` limits the
+/// number of sockets, not their values; the port polls there with `WSAPoll`, see
+/// `wasyncore::can_watch`.)
+#[cfg(unix)]
+pub const FD_SETSIZE: RawSocket = 1024;
 
 /// `EINTR`, 4 in Linux `asm-generic/errno-base.h` and in macOS and FreeBSD `sys/errno.h`.
+#[cfg(unix)]
 pub const EINTR: c_int = 4;
 /// `EBADF`, 9 in the same headers.
+#[cfg(unix)]
 pub const EBADF: c_int = 9;
 
-/// `AF_INET`, 2 in Linux `bits/socket.h` and in macOS and FreeBSD `sys/socket.h`.
-pub const AF_INET: c_int = 2;
-/// `SOCK_STREAM`, 1 in Linux `bits/socket_type.h` and in macOS and FreeBSD `sys/socket.h`.
-pub const SOCK_STREAM: c_int = 1;
-/// `IPPROTO_TCP` (waitress's `SOL_TCP`), 6 in `netinet/in.h` on all three.
-pub const IPPROTO_TCP: c_int = 6;
-/// `IPPROTO_IPV6`, 41 in `netinet/in.h` on all three.
-pub const IPPROTO_IPV6: c_int = 41;
-/// `TCP_NODELAY`, 1 in `netinet/tcp.h` on all three.
-pub const TCP_NODELAY: c_int = 1;
-
 /// `SIGINT`, 2 in Linux `bits/signum-generic.h` and in macOS and FreeBSD `sys/signal.h`.
+#[cfg(unix)]
 pub const SIGINT: c_int = 2;
 /// `SIGTERM`, 15 in the same headers.
+#[cfg(unix)]
 pub const SIGTERM: c_int = 15;
 
 // ---- constants per system ----
@@ -174,14 +242,83 @@ mod os {
     pub const FD_CLOEXEC: c_int = 1;
 }
 
+/// Windows (64-bit), from the Windows SDK's `winsock2.h`, `ws2def.h`, `ws2ipdef.h` and
+/// `winerror.h` (MinGW-w64's copies have the same values).
+#[cfg(windows)]
+mod os {
+    use std::os::raw::{c_int, c_short, c_ulong};
+
+    /// `WSAPoll`'s count: `ULONG`.
+    pub type NfdsT = c_ulong;
+    /// `ADDRESS_FAMILY`: `USHORT` in `ws2def.h`; no `sin_len` field.
+    pub type SaFamily = u16;
+    /// The `int` that `bind` and `setsockopt` take for a length.
+    pub type SockLen = c_int;
+
+    /// `WSAPoll` events (`winsock2.h`): `POLLIN` is `POLLRDNORM | POLLRDBAND`.
+    pub const POLLIN: c_short = 0x0100 | 0x0200;
+    /// Urgent input. Never asked for: Winsock's `WSAPoll` fails with `WSAEINVAL` when it is.
+    pub const POLLPRI: c_short = 0x0400;
+    /// Room to write (`POLLWRNORM`).
+    pub const POLLOUT: c_short = 0x0010;
+    /// An error on the socket.
+    pub const POLLERR: c_short = 0x0001;
+    /// The peer hung up.
+    pub const POLLHUP: c_short = 0x0002;
+    /// Not a socket.
+    pub const POLLNVAL: c_short = 0x0004;
+
+    /// `WSAEINTR`, `winerror.h`: an interrupted blocking call.
+    pub const EINTR: c_int = 10004;
+    /// `WSAEBADF`, `winerror.h`.
+    pub const EBADF: c_int = 10009;
+    /// `WSAESHUTDOWN`, `winerror.h`.
+    pub const ESHUTDOWN: c_int = 10058;
+    /// `AF_INET6`, `ws2def.h`.
+    pub const AF_INET6: c_int = 23;
+    /// `SOL_SOCKET`, `winsock2.h`.
+    pub const SOL_SOCKET: c_int = 0xffff;
+    /// `SO_REUSEADDR`, `winsock2.h` (waitress's `set_reuse_addr` sets it on Windows too).
+    pub const SO_REUSEADDR: c_int = 0x0004;
+    /// `IPV6_V6ONLY`, `ws2ipdef.h` (27, as waitress's compat.py has it).
+    pub const IPV6_V6ONLY: c_int = 27;
+
+    /// `INVALID_SOCKET`, `winsock2.h`: `(SOCKET)(~0)`.
+    pub const INVALID_SOCKET: usize = !0;
+    /// `WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT` (`winsock2.h`): the flags std's own
+    /// sockets are made with; the second keeps child processes from inheriting the socket.
+    pub const WSA_FLAGS: u32 = 0x01 | 0x80;
+    /// Winsock 2.2, the version `WSAStartup` asks for.
+    pub const WINSOCK_VERSION: u16 = 0x0202;
+
+    /// `SetConsoleCtrlHandler` events (`wincon.h`) that ask the process to stop: Ctrl-C,
+    /// Ctrl-Break and closing the console window.
+    pub const CTRL_C_EVENT: u32 = 0;
+    pub const CTRL_BREAK_EVENT: u32 = 1;
+    pub const CTRL_CLOSE_EVENT: u32 = 2;
+}
+
+#[cfg(unix)]
 use os::{NfdsT, RlimT, SaFamily, RLIMIT_NOFILE};
+#[cfg(unix)]
 pub use os::{AF_INET6, ESHUTDOWN, IPV6_V6ONLY, SOL_SOCKET, SO_REUSEADDR};
 
 /// `socklen_t`: `unsigned int` (Linux `bits/types.h`), `__uint32_t` (macOS, FreeBSD).
+#[cfg(unix)]
 type SockLen = u32;
 
-// ---- the C functions (all in the C library std already links) ----
+#[cfg(windows)]
+use os::{NfdsT, SaFamily, SockLen};
+#[cfg(windows)]
+pub use os::{
+    AF_INET6, EBADF, EINTR, ESHUTDOWN, IPV6_V6ONLY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT,
+    POLLPRI, SOL_SOCKET, SO_REUSEADDR,
+};
 
+// ---- the C functions ----
+
+// Unix: all in the C library std already links.
+#[cfg(unix)]
 extern "C" {
     fn poll(fds: *mut PollFd, nfds: NfdsT, timeout: c_int) -> c_int;
     fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
@@ -208,54 +345,108 @@ extern "C" {
     fn errno_location() -> *mut c_int;
 }
 
+// Windows: Winsock (`ws2_32`, which std links already). A `SOCKET` is a `usize`.
+#[cfg(windows)]
+#[link(name = "ws2_32")]
+extern "system" {
+    fn WSAStartup(version: u16, data: *mut WsaData) -> c_int;
+    fn WSAGetLastError() -> c_int;
+    #[cfg(test)]
+    fn WSASetLastError(code: c_int);
+    fn WSAPoll(fds: *mut PollFd, nfds: NfdsT, timeout: c_int) -> c_int;
+    fn WSASocketW(
+        af: c_int,
+        ty: c_int,
+        protocol: c_int,
+        info: *mut c_void,
+        group: u32,
+        flags: u32,
+    ) -> usize;
+    fn setsockopt(s: usize, level: c_int, name: c_int, value: *const c_void, len: SockLen)
+        -> c_int;
+    fn bind(s: usize, addr: *const c_void, len: SockLen) -> c_int;
+    fn listen(s: usize, backlog: c_int) -> c_int;
+    fn send(s: usize, buf: *const c_void, len: c_int, flags: c_int) -> c_int;
+}
+
+// Windows: the console (`kernel32`, which std links already).
+#[cfg(windows)]
+#[link(name = "kernel32")]
+extern "system" {
+    fn SetConsoleCtrlHandler(handler: Option<extern "system" fn(u32) -> i32>, add: i32) -> i32;
+}
+
 // ---- errors ----
 
-/// Run a system call until it is not interrupted by a signal, turning its `-1` into the
-/// `io::Error` of `errno`. Every call of this file that can fail goes through here.
+/// The error of the failed call just made: `errno` on Unix, `WSAGetLastError()` on Windows.
+fn last_error() -> io::Error {
+    #[cfg(unix)]
+    return io::Error::last_os_error();
+    // SAFETY: WSAGetLastError takes nothing and reads this thread's last error.
+    #[cfg(windows)]
+    return io::Error::from_raw_os_error(unsafe { WSAGetLastError() });
+}
+
+/// Run a system call until it is not interrupted by a signal, turning its `-1` (Winsock's
+/// `SOCKET_ERROR`, also -1) into the `io::Error` of `errno` (`WSAGetLastError()`). Every call of this
+/// file that can fail goes through here.
 pub(crate) fn retry(mut call: impl FnMut() -> c_int) -> io::Result<c_int> {
     loop {
         let ret = call();
         if ret != -1 {
             return Ok(ret);
         }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
+        let error = last_error();
+        // By code: std 1.63 has no `ErrorKind::Interrupted` for Winsock's WSAEINTR.
+        if error.raw_os_error() != Some(EINTR) {
             return Err(error);
         }
     }
 }
 
 /// Set this thread's `errno`, so tests can make a call fail with a chosen error.
-#[cfg(test)]
+#[cfg(all(test, unix))]
 pub(crate) fn set_errno(code: c_int) {
     // SAFETY: the errno location of the current thread is always a valid int pointer.
     unsafe { *errno_location() = code };
 }
 
+/// Set this thread's Winsock error, so tests can make a call fail with a chosen error.
+#[cfg(all(test, windows))]
+pub(crate) fn set_errno(code: c_int) {
+    // SAFETY: WSASetLastError only stores the code for this thread.
+    unsafe { WSASetLastError(code) };
+}
+
 // ---- poll ----
 
-/// `struct pollfd` of `<poll.h>`, the same layout on every supported system.
+/// `struct pollfd` of `<poll.h>` (the same layout on every supported Unix), Winsock's
+/// `WSAPOLLFD` on Windows (a `SOCKET` in place of the `int`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollFd {
     /// The descriptor.
-    pub fd: RawFd,
+    pub fd: RawSocket,
     /// What to wait for.
     pub events: c_short,
     /// What happened (filled in by the kernel).
     pub revents: c_short,
 }
 
-/// `poll(2)` over `fds` for at most `timeout` (rounded down to milliseconds, capped at
-/// `i32::MAX`); returns how many descriptors have events. Interrupted calls are retried with
-/// the same timeout.
+/// `poll(2)` (`WSAPoll` on Windows, waitress's `select` there) over `fds` for at most
+/// `timeout` (rounded down to milliseconds, capped at `i32::MAX`); returns how many
+/// descriptors have events. Interrupted calls are retried with the same timeout.
 pub fn poll_fds(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
     let millis = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
     let nfds = NfdsT::try_from(fds.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"))?;
+    #[cfg(unix)]
     // SAFETY: `fds` is an exclusively borrowed slice of `repr(C)` pollfd structs and `nfds` is
     // its exact length, so the kernel reads and writes only inside it.
     let ready = retry(|| unsafe { poll(fds.as_mut_ptr(), nfds, millis) })?;
+    #[cfg(windows)]
+    // SAFETY: as for poll(2): a slice of `repr(C)` WSAPOLLFD structs and its exact length.
+    let ready = retry(|| unsafe { WSAPoll(fds.as_mut_ptr(), nfds, millis) })?;
     Ok(usize::try_from(ready).unwrap_or(0))
 }
 
@@ -263,6 +454,7 @@ pub fn poll_fds(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
 
 /// A new TCP socket, IPv6 or IPv4, not inherited by child processes (`SOCK_CLOEXEC` where
 /// `socket()` takes it, `FD_CLOEXEC` right after on macOS), closed on drop.
+#[cfg(unix)]
 pub fn tcp_socket(ipv6: bool) -> io::Result<OwnedFd> {
     let domain = if ipv6 { AF_INET6 } else { AF_INET };
     #[cfg(any(target_os = "linux", target_os = "freebsd"))]
@@ -281,14 +473,63 @@ pub fn tcp_socket(ipv6: bool) -> io::Result<OwnedFd> {
     Ok(owned)
 }
 
+/// `WSADATA` (`winsock2.h`), which `WSAStartup` fills in; nothing here reads it, so it is
+/// room enough for the 64-bit layout (408 bytes), suitably aligned.
+#[cfg(windows)]
+#[repr(C, align(8))]
+struct WsaData([u8; 512]);
+
+/// A new TCP socket, IPv6 or IPv4, not inherited by child processes, closed on drop. Winsock
+/// must be started before the first socket call of a process; std does that for its own
+/// sockets, this does it for ours (it is counted, so once more is harmless).
+#[cfg(windows)]
+pub fn tcp_socket(ipv6: bool) -> io::Result<OwnedSocket> {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let mut data = WsaData([0; 512]);
+        // SAFETY: `data` is a live buffer larger than WSADATA, which the call fills in. A
+        // failure shows again as the error of WSASocketW below.
+        unsafe { WSAStartup(os::WINSOCK_VERSION, &mut data) };
+    });
+    let domain = if ipv6 { AF_INET6 } else { AF_INET };
+    // SAFETY: no protocol info (a null pointer is allowed), no group, plain flags.
+    let socket = unsafe {
+        WSASocketW(
+            domain,
+            SOCK_STREAM,
+            0,
+            std::ptr::null_mut(),
+            0,
+            os::WSA_FLAGS,
+        )
+    };
+    if socket == os::INVALID_SOCKET {
+        return Err(last_error());
+    }
+    let raw = RawSocket::try_from(socket).expect("a SOCKET fits a RawSocket");
+    // SAFETY: `raw` was just returned by WSASocketW: an open socket that nothing else owns.
+    Ok(unsafe { OwnedSocket::from_raw_socket(raw) })
+}
+
+/// The `SOCKET` (or descriptor) of `socket` as the C declarations above take it.
+#[cfg(unix)]
+fn c_socket(socket: &impl AsSocket) -> c_int {
+    raw_socket(socket)
+}
+/// The `SOCKET` (or descriptor) of `socket` as the C declarations above take it.
+#[cfg(windows)]
+fn c_socket(socket: &impl AsSocket) -> usize {
+    usize::try_from(raw_socket(socket)).expect("64-bit Windows: a SOCKET is a usize")
+}
+
 /// `setsockopt` with an int value (`SO_REUSEADDR`, `IPV6_V6ONLY`, `TCP_NODELAY`, …).
 pub fn set_int_option(
-    socket: &impl AsFd,
+    socket: &impl AsSocket,
     level: c_int,
     name: c_int,
     value: c_int,
 ) -> io::Result<()> {
-    let fd = socket.as_fd().as_raw_fd();
+    let fd = c_socket(socket);
     let len = SockLen::try_from(std::mem::size_of::<c_int>()).expect("an int fits socklen_t");
     // SAFETY: the value pointer refers to a live c_int for the duration of the call and `len`
     // is exactly its size; `fd` is borrowed open for the call.
@@ -296,7 +537,8 @@ pub fn set_int_option(
     Ok(())
 }
 
-/// `struct sockaddr_in` (`netinet/in.h`); the BSDs start it with a length byte.
+/// `struct sockaddr_in` (`netinet/in.h`, Windows `ws2def.h`); the BSDs start it with a length
+/// byte.
 #[repr(C)]
 struct SockaddrIn {
     #[cfg(any(target_os = "macos", target_os = "freebsd"))]
@@ -307,7 +549,7 @@ struct SockaddrIn {
     sin_zero: [u8; 8],
 }
 
-/// `struct sockaddr_in6` (`netinet/in.h`, `netinet6/in6.h`).
+/// `struct sockaddr_in6` (`netinet/in.h`, `netinet6/in6.h`, Windows `ws2ipdef.h`).
 #[repr(C)]
 struct SockaddrIn6 {
     #[cfg(any(target_os = "macos", target_os = "freebsd"))]
@@ -365,8 +607,8 @@ impl RawSockaddr {
 }
 
 /// `bind(2)` a socket to an IPv4 or IPv6 address.
-pub fn bind_to(socket: &impl AsFd, addr: &SocketAddr) -> io::Result<()> {
-    let fd = socket.as_fd().as_raw_fd();
+pub fn bind_to(socket: &impl AsSocket, addr: &SocketAddr) -> io::Result<()> {
+    let fd = c_socket(socket);
     let raw = RawSockaddr::new(addr);
     let (ptr, len) = raw.as_ptr_len();
     // SAFETY: `ptr` points into `raw`, a sockaddr in the layout of this system that lives
@@ -376,8 +618,8 @@ pub fn bind_to(socket: &impl AsFd, addr: &SocketAddr) -> io::Result<()> {
 }
 
 /// `listen(2)` with `backlog` (on a listening socket it sets the backlog again).
-pub fn listen_on(socket: &impl AsFd, backlog: c_int) -> io::Result<()> {
-    let fd = socket.as_fd().as_raw_fd();
+pub fn listen_on(socket: &impl AsSocket, backlog: c_int) -> io::Result<()> {
+    let fd = c_socket(socket);
     // SAFETY: listen(2) takes no pointers; `fd` is borrowed open for the call.
     retry(|| unsafe { listen(fd, backlog) })?;
     Ok(())
@@ -386,16 +628,19 @@ pub fn listen_on(socket: &impl AsFd, backlog: c_int) -> io::Result<()> {
 // ---- signals ----
 
 /// The descriptor the signal handler writes to; -1 until [`write_byte_on_signals`].
-static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+#[cfg(unix)]
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 /// The handler: one byte to the pipe, nothing else (write(2) is async-signal-safe). `errno` is
 /// put back afterwards, so the interrupted code never sees the handler's error.
+#[cfg(unix)]
 extern "C" fn write_signal_byte(_signum: c_int) {
-    write_byte_keeping_errno(SIGNAL_PIPE.load(Ordering::Relaxed));
+    write_byte_keeping_errno(SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed));
 }
 
 /// The body of the handler: write one byte to `fd` (if it is one), leaving `errno` as it was.
-fn write_byte_keeping_errno(fd: RawFd) {
+#[cfg(unix)]
+fn write_byte_keeping_errno(fd: RawSocket) {
     if fd < 0 {
         return;
     }
@@ -413,9 +658,10 @@ fn write_byte_keeping_errno(fd: RawFd) {
 /// the caller reads from the other end on an ordinary thread. The pipe stays open for the
 /// life of the process: a handler may run at any moment. A second call replaces the pipe; the
 /// first one stays open too (closing it under a running handler would race).
+#[cfg(unix)]
 pub fn write_byte_on_signals(signals: &[c_int], pipe: UnixStream) -> io::Result<()> {
     pipe.set_nonblocking(true)?;
-    SIGNAL_PIPE.store(pipe.into_raw_fd(), Ordering::SeqCst);
+    SIGNAL_PIPE.store(pipe.into_raw_fd(), std::sync::atomic::Ordering::SeqCst);
     for &signum in signals {
         // SAFETY: `write_signal_byte` is an `extern "C" fn(c_int)` that only performs an
         // async-signal-safe write(2) and restores errno; installing it touches no memory of
@@ -429,15 +675,65 @@ pub fn write_byte_on_signals(signals: &[c_int], pipe: UnixStream) -> io::Result<
     Ok(())
 }
 
+/// The socket the console handler writes to; `INVALID_SOCKET` until
+/// [`write_byte_on_console_events`].
+#[cfg(windows)]
+static CONSOLE_PIPE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(os::INVALID_SOCKET);
+
+/// The console control handler. Windows runs it on a thread of its own (not in a signal
+/// context): one byte to the socket, then "handled" for the events that ask to stop, so the
+/// process is not ended at once. For the other events (log-off, shutdown: a service's
+/// business) the next handler, the default one, decides.
+#[cfg(windows)]
+extern "system" fn write_console_byte(event: u32) -> i32 {
+    if !matches!(
+        event,
+        os::CTRL_C_EVENT | os::CTRL_BREAK_EVENT | os::CTRL_CLOSE_EVENT
+    ) {
+        return 0;
+    }
+    let socket = CONSOLE_PIPE.load(std::sync::atomic::Ordering::SeqCst);
+    if socket != os::INVALID_SOCKET {
+        let byte = 1u8;
+        // SAFETY: the pointer is to a live local byte and the length is 1; the socket stays
+        // open for the life of the process. A full buffer only makes the send fail.
+        unsafe { send(socket, (&byte as *const u8).cast(), 1, 0) };
+    }
+    1
+}
+
+/// From now on Ctrl-C, Ctrl-Break and closing the console window (what stops a console
+/// program on Windows, where SIGINT and SIGTERM do not exist) write one byte to `pipe` (one
+/// end of a connected socket pair, made non-blocking here), which the caller reads from the
+/// other end. As on Unix, the socket stays open for the life of the process. When the
+/// console window closes, Windows ends the process once the handler returns (at the latest
+/// a few seconds later), whatever the server is doing.
+#[cfg(windows)]
+pub fn write_byte_on_console_events(pipe: std::net::TcpStream) -> io::Result<()> {
+    use std::os::windows::io::IntoRawSocket;
+    pipe.set_nonblocking(true)?;
+    let socket = usize::try_from(pipe.into_raw_socket()).expect("a SOCKET is a usize");
+    CONSOLE_PIPE.store(socket, std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: `write_console_byte` is an `extern "system" fn(u32) -> i32` that only sends one
+    // byte on a socket that is never closed; adding it touches no memory of ours.
+    if unsafe { SetConsoleCtrlHandler(Some(write_console_byte), 1) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 // ---- resource limits ----
 
 /// `struct rlimit` of `sys/resource.h`.
+#[cfg(unix)]
 #[repr(C)]
 struct Rlimit {
     rlim_cur: RlimT,
     rlim_max: RlimT,
 }
 
+#[cfg(unix)]
 fn nofile_limit() -> io::Result<Rlimit> {
     let mut limit = Rlimit {
         rlim_cur: 0,
@@ -450,8 +746,10 @@ fn nofile_limit() -> io::Result<Rlimit> {
 
 /// Raise this process's soft limit of open descriptors (`RLIMIT_NOFILE`) to `wanted`, or to
 /// the hard limit if that is lower; never lowers it. Returns the soft limit now in force.
+/// (Windows has no such limit on sockets.)
 // `rlim_t` is `u64` on some systems only: the conversions are not useless everywhere.
 #[allow(clippy::useless_conversion)]
+#[cfg(unix)]
 pub fn raise_open_files_limit(wanted: u64) -> io::Result<u64> {
     let mut limit = nofile_limit()?;
     let as_u64 = |value: RlimT| u64::try_from(value).unwrap_or(u64::MAX);
@@ -472,26 +770,36 @@ mod tests {
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
 
+    /// Two connected TCP sockets over loopback (what exists on every supported system).
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        (a, b)
+    }
+
     #[test]
     fn struct_sizes_match_the_c_headers() {
-        assert_eq!(std::mem::size_of::<PollFd>(), 8);
+        // pollfd holds an int; WSAPOLLFD a 64-bit SOCKET, padded.
+        let pollfd = if cfg!(windows) { 16 } else { 8 };
+        assert_eq!(std::mem::size_of::<PollFd>(), pollfd);
         assert_eq!(std::mem::size_of::<SockaddrIn>(), 16);
         assert_eq!(std::mem::size_of::<SockaddrIn6>(), 28);
     }
 
     #[test]
     fn poll_reports_a_readable_socket() {
-        let (mut a, b) = UnixStream::pair().unwrap();
+        let (mut a, b) = tcp_pair();
         std::io::Write::write_all(&mut a, b"x").unwrap();
         let mut fds = [PollFd {
-            fd: b.as_raw_fd(),
+            fd: raw_socket(&b),
             events: POLLIN,
             revents: 0,
         }];
         assert_eq!(poll_fds(&mut fds, Duration::from_secs(5)).unwrap(), 1);
-        assert_eq!(fds[0].revents & POLLIN, POLLIN);
+        assert_ne!(fds[0].revents & POLLIN, 0);
         let mut quiet = [PollFd {
-            fd: a.as_raw_fd(),
+            fd: raw_socket(&a),
             events: POLLIN,
             revents: 0,
         }];
@@ -532,19 +840,21 @@ mod tests {
 
     #[test]
     fn system_errors_become_io_errors() {
-        let (a, _b) = UnixStream::pair().unwrap();
-        // A Unix socket has no TCP options: the kernel refuses, and the error carries errno.
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // A UDP socket has no TCP options: the system refuses, and the error carries its code.
         let err = set_int_option(&a, IPPROTO_TCP, TCP_NODELAY, 1).unwrap_err();
         assert!(err.raw_os_error().is_some(), "{err}");
+        // It is bound already: binding it again fails the same way.
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert!(bind_to(&a, &addr).unwrap_err().raw_os_error().is_some());
     }
 
     #[test]
+    #[cfg(unix)]
     fn the_signal_handler_keeps_errno() {
         let (mut reader, writer) = UnixStream::pair().unwrap();
         // The write fails (a bad descriptor), then succeeds: errno is 1234 after both.
-        for fd in [RawFd::MAX, writer.as_raw_fd()] {
+        for fd in [RawSocket::MAX, writer.as_raw_fd()] {
             // SAFETY: the errno location of this thread is a valid int pointer.
             unsafe { *errno_location() = 1234 };
             write_byte_keeping_errno(fd);
@@ -558,6 +868,20 @@ mod tests {
     }
 
     #[test]
+    #[cfg(windows)]
+    fn the_console_handler_writes_a_byte_for_the_stop_events_only() {
+        let (mut reader, writer) = tcp_pair();
+        write_byte_on_console_events(writer).unwrap();
+        assert_eq!(write_console_byte(os::CTRL_C_EVENT), 1, "handled");
+        let mut byte = [0u8; 1];
+        reader.read_exact(&mut byte).unwrap();
+        assert_eq!(byte, [1]);
+        // CTRL_LOGOFF_EVENT (5) is left to the default handler.
+        assert_eq!(write_console_byte(5), 0);
+    }
+
+    #[test]
+    #[cfg(unix)]
     #[allow(clippy::useless_conversion)] // as in raise_open_files_limit
     fn raising_the_open_files_limit_never_lowers_it() {
         let before = nofile_limit().unwrap();
@@ -602,11 +926,22 @@ pub mod tmpfile {
     const EOPNOTSUPP: i32 = 95;
 }
 
+/// What `buffers::anonymous_tempfile` needs on Windows, from `winnt.h` and `winbase.h`: the
+/// file is deleted when its last handle closes, and kept in memory where the cache allows.
+#[cfg(windows)]
+pub mod tmpfile {
+    /// `FILE_FLAG_DELETE_ON_CLOSE`, `winbase.h`.
+    pub const FILE_FLAG_DELETE_ON_CLOSE: u32 = 0x0400_0000;
+    /// `FILE_ATTRIBUTE_TEMPORARY`, `winnt.h`.
+    pub const FILE_ATTRIBUTE_TEMPORARY: u32 = 0x0000_0100;
+}
+
 // ---- socket activation ----
 
 /// What `socket_activation` needs to take over the listening sockets a service manager passed
 /// in (systemd's `sd_listen_fds` protocol): check that each descriptor is a stream socket in
 /// the listening state, learn its family, mark it close-on-exec, and own it.
+#[cfg(unix)]
 pub mod activation {
     use super::retry;
     use std::io;
@@ -706,7 +1041,8 @@ pub mod activation {
     /// checked that `LISTEN_PID` names this process, and the descriptors can be owned once.
     pub fn take_listen_fds(first: RawFd, count: usize) -> io::Result<Vec<Inherited>> {
         if TAKEN.swap(true, Ordering::AcqRel) {
-            return Err(io::Error::other(
+            return Err(io::Error::new(
+                io::ErrorKind::Other,
                 "the sockets passed by the service manager were already taken",
             ));
         }

@@ -77,6 +77,8 @@
 //! | `compat.py` | [`compat`] | the platform layer: every system call std lacks |
 
 #![warn(missing_docs)]
+// Doctests are examples people copy: they must compile without a warning.
+#![doc(test(attr(deny(warnings))))]
 // System calls and their `unsafe` live in `compat` alone (waitress: compat.py).
 #![deny(unsafe_code)]
 
@@ -85,6 +87,9 @@ pub mod adjustments;
 pub mod app;
 pub mod apps;
 pub mod buffers;
+// TEMPORARY (portability work in progress): channel.rs and task.rs still use std items newer
+// than the MSRV; they are converted once their current edits have merged.
+#[allow(clippy::incompatible_msrv)]
 pub mod channel;
 #[allow(unsafe_code)]
 pub mod compat;
@@ -96,6 +101,7 @@ pub mod rfc7230;
 pub mod runner;
 pub mod server;
 pub mod socket_activation;
+#[allow(clippy::incompatible_msrv)]
 pub mod task;
 pub mod trigger;
 pub mod utilities;
@@ -294,7 +300,7 @@ mod tests {
             move |app, kw| {
                 let mut recorded = RecordedResponse::default();
                 let body = app
-                    .call(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
+                    .respond(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
                     .expect("the app answers")
                     .into_bytes()
                     .expect("a body in memory");

@@ -101,14 +101,14 @@ impl ProxyHeaders {
 }
 
 impl App for ProxyHeaders {
-    fn call(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+    fn respond(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
         let settings = &self.settings;
         let mut untrusted: BTreeSet<&'static str> = PROXY_HEADERS.into_iter().collect();
         let remote_peer = environ.get("REMOTE_ADDR").unwrap_or("").to_string();
         let trusted = settings
             .trusted_proxy
             .as_deref()
-            .is_some_and(|p| p == "*" || p == remote_peer);
+            .map_or(false, |p| p == "*" || p == remote_peer);
         if trusted {
             match parse_proxy_headers(
                 environ,
@@ -132,7 +132,7 @@ impl App for ProxyHeaders {
         if settings.clear_untrusted {
             clear_untrusted_headers(environ, &untrusted, settings.log_untrusted);
         }
-        self.app.call(environ, start_response)
+        self.app.respond(environ, start_response)
     }
 }
 
@@ -158,8 +158,9 @@ fn trusted_list(
     header: &str,
     count: usize,
 ) -> Result<Option<Vec<String>>, MalformedProxyHeader> {
-    let Some(raw) = environ.get(key).map(str::to_string) else {
-        return Ok(None);
+    let raw = match environ.get(key) {
+        Some(raw) => raw.to_string(),
+        None => return Ok(None),
     };
     let parts: Vec<&str> = raw.split(',').collect();
     let mut values = Vec::with_capacity(parts.len());
@@ -203,8 +204,9 @@ fn parse_forwarded_element(element: &str) -> Result<ForwardedElement, String> {
         if pair.is_empty() {
             continue;
         }
-        let Some((token, value)) = pair.split_once('=') else {
-            return Err("Invalid forwarded-pair missing \"=\"".to_string());
+        let (token, value) = match pair.split_once('=') {
+            Some(split) => split,
+            None => return Err("Invalid forwarded-pair missing \"=\"".to_string()),
         };
         if token.trim() != token {
             return Err("Token may not be surrounded by whitespace".to_string());
@@ -497,7 +499,7 @@ mod tests {
         }
         let mut recorded = RecordedResponse::default();
         let body = app
-            .call(&mut environ, &mut StartResponse::new(&mut recorded))
+            .respond(&mut environ, &mut StartResponse::new(&mut recorded))
             .unwrap()
             .into_bytes()
             .unwrap();

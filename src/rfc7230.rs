@@ -219,8 +219,9 @@ pub fn unescape_quoted_pairs(bytes: &[u8]) -> Vec<u8> {
 pub fn is_chunk_ext(bytes: &[u8]) -> bool {
     let mut rest = bytes;
     while !rest.is_empty() {
-        let Some(after_semicolon) = rest.strip_prefix(b";") else {
-            return false;
+        let after_semicolon = match rest.strip_prefix(b";") {
+            Some(after) => after,
+            None => return false,
         };
         let name_len = after_semicolon
             .iter()

@@ -290,7 +290,8 @@ fn serve(app: SharedApp, adj: Adjustments) -> i32 {
         }
     };
     server.print_listen("Serving on http://{}:{}");
-    if let Err(e) = signals::stop_on_signals(server.shutdown_handle()) {
+    let grace = std::time::Duration::from_secs(server.adj().shutdown_timeout);
+    if let Err(e) = signals::stop_on_signals(server.shutdown_handle(), grace) {
         LOGGER.warning(&format!(
             "SIGINT/SIGTERM will not stop the server cleanly: {e}"
         ));
@@ -411,28 +412,33 @@ impl AppRegistry {
 pub const DEFAULT_APP: &str = "demo";
 
 /// SIGINT and SIGTERM stop the server: the handler (in `compat`) only writes one byte to a
-/// pipe; a watcher thread reads it and calls the shutdown handle.
+/// pipe; a watcher thread reads it and calls the shutdown handle. With `--shutdown-timeout`
+/// the first signal starts a graceful shutdown and a second one stops at once.
 mod signals {
     use std::io::{self, Read};
     use std::os::unix::net::UnixStream;
+    use std::time::Duration;
 
     use crate::compat::{self, SIGINT, SIGTERM};
     use crate::server::ShutdownHandle;
 
     /// Start the watcher thread, then install the handlers.
-    pub fn stop_on_signals(handle: ShutdownHandle) -> io::Result<()> {
+    pub fn stop_on_signals(handle: ShutdownHandle, grace: Duration) -> io::Result<()> {
         let (mut reader, writer) = UnixStream::pair()?;
         std::thread::Builder::new()
             .name("waitress-signals".to_string())
             .spawn(move || {
                 let mut byte = [0u8; 1];
+                let mut signals = 0;
                 loop {
                     match reader.read(&mut byte) {
+                        Ok(1) if signals == 0 => handle.begin_graceful_shutdown(grace),
                         Ok(1) => handle.shutdown(),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        _ => {}
+                        // The pipe is gone: the process is ending.
+                        _ => break,
                     }
-                    break;
+                    signals += 1;
                 }
             })?;
         compat::write_byte_on_signals(&[SIGINT, SIGTERM], writer)
@@ -515,7 +521,7 @@ mod tests {
         let demo = AppRegistry::with_builtins().build(DEFAULT_APP).unwrap();
         let page = |app: &SharedApp| {
             let mut recorded = RecordedResponse::default();
-            app.call(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
+            app.respond(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
                 .unwrap()
                 .into_bytes()
                 .unwrap()
@@ -601,7 +607,7 @@ mod tests {
         let app = registry.build("mine").unwrap();
         let mut recorded = RecordedResponse::default();
         let body = app
-            .call(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
+            .respond(&mut Environ::new(), &mut StartResponse::new(&mut recorded))
             .unwrap();
         assert_eq!(body.into_bytes().unwrap(), b"mine");
         assert_eq!(

@@ -28,8 +28,10 @@
 //! | `WSGIServer` (alias)                     | none |
 //!
 //! Rust-only: [`ServerError`] (waitress raises `OSError`/`ValueError`), [`ShutdownHandle`]
-//! (waitress stops on `SystemExit`/`KeyboardInterrupt` raised inside the loop), and `Drop`
-//! (a dropped server closes itself).
+//! (waitress stops on `SystemExit`/`KeyboardInterrupt` raised inside the loop), `Drop`
+//! (a dropped server closes itself), and the graceful shutdown (`shutdown_timeout`:
+//! `ShutdownHandle::shutdown_gracefully`, with `Drain` and `WsgiServer::start_draining` and
+//! `drained` in the loop).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -41,7 +43,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::adjustments::{Adjustments, AdjustmentsError, PreboundSocket};
@@ -195,6 +197,7 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
         adj,
         effective_listen,
         stop: Arc::new(AtomicBool::new(false)),
+        drain: Arc::new(Drain::default()),
         closed: Cell::new(false),
     })
 }
@@ -210,6 +213,8 @@ pub struct WsgiServer {
     adj: Arc<Adjustments>,
     effective_listen: Vec<(String, String)>,
     stop: Arc<AtomicBool>,
+    /// A graceful shutdown asked for by a [`ShutdownHandle`], and its outcome.
+    drain: Arc<Drain>,
     /// `close` has run: a second call (from `drop` after `run`) does nothing.
     closed: Cell<bool>,
 }
@@ -241,9 +246,20 @@ impl WsgiServer {
     /// Then everything is closed: listeners (a Unix socket file this server created is
     /// removed), connections, and the worker pool.
     pub fn run(&self) -> io::Result<()> {
-        let timeout = Duration::from_secs(self.adj.asyncore_loop_timeout);
+        let loop_timeout = Duration::from_secs(self.adj.asyncore_loop_timeout);
         let mut result = Ok(());
+        let mut drain_deadline = None;
         while !self.stop.load(Ordering::Acquire) && !self.map.borrow().is_empty() {
+            let mut timeout = loop_timeout;
+            if drain_deadline.is_none() {
+                drain_deadline = self.start_draining();
+            }
+            if let Some(deadline) = drain_deadline {
+                if self.drained(deadline) {
+                    break;
+                }
+                timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+            }
             let round = if self.adj.asyncore_use_poll {
                 wasyncore::poll2(timeout, &self.map)
             } else {
@@ -271,6 +287,51 @@ impl WsgiServer {
         wasyncore::close_all(&self.map);
         self.dispatcher.shutdown(true, Duration::from_secs(5));
         crate::access_log::flush(Duration::from_secs(5));
+        self.drain.closed();
+    }
+
+    /// When a graceful shutdown has been asked for (on the I/O thread, from `run`): close the
+    /// listeners at once, and have every channel read nothing more, finish the requests it
+    /// has read and then close (idle ones close at once). Returns the deadline for that.
+    fn start_draining(&self) -> Option<Instant> {
+        let timeout = self.drain.asked()?;
+        for listener in &self.listeners {
+            listener.handle_close();
+        }
+        let mut in_flight = 0;
+        for listener in &self.listeners {
+            for channel in listener.server.active_channels.borrow().values() {
+                in_flight += channel.drain();
+            }
+        }
+        LOGGER.info(&format!(
+            "Shutting down: {}",
+            plural(in_flight, "request", "in flight")
+        ));
+        Some(Instant::now() + timeout)
+    }
+
+    /// Whether a graceful shutdown is over: every connection closed, or the deadline passed
+    /// (what is left is then closed by `close`).
+    fn drained(&self, deadline: Instant) -> bool {
+        let open: usize = self
+            .listeners
+            .iter()
+            .map(|l| l.server.active_channels.borrow().len())
+            .sum();
+        if open == 0 {
+            LOGGER.info("Shutting down: finished");
+            self.drain.finished_in_time();
+            return true;
+        }
+        if Instant::now() >= deadline {
+            LOGGER.warning(&format!(
+                "Shutting down: timed out, {}",
+                plural(open, "connection", "closed")
+            ));
+            return true;
+        }
+        false
     }
 
     /// Every (host, port) listened on.
@@ -299,6 +360,7 @@ impl WsgiServer {
         ShutdownHandle {
             stop: Arc::clone(&self.stop),
             trigger: self.trigger.handle(),
+            drain: Arc::clone(&self.drain),
         }
     }
 
@@ -321,6 +383,7 @@ impl Drop for WsgiServer {
 pub struct ShutdownHandle {
     stop: Arc<AtomicBool>,
     trigger: TriggerHandle,
+    drain: Arc<Drain>,
 }
 
 impl ShutdownHandle {
@@ -330,6 +393,94 @@ impl ShutdownHandle {
         self.stop.store(true, Ordering::Release);
         self.trigger.pull_trigger();
     }
+
+    /// Shut the server down gracefully and wait until it has closed (not in waitress, whose
+    /// issue #198 asks for it): it stops accepting and closes its listeners at once, reads no
+    /// new request, lets every request it has read finish and its response be sent, and
+    /// closes idle connections; after `timeout` it closes what is left. A zero `timeout`
+    /// stops at once, as [`shutdown`](Self::shutdown) does. Returns whether every request
+    /// finished in time.
+    ///
+    /// Call it from another thread than the one running the server. If that server never
+    /// runs (nor is dropped), this gives up waiting `timeout` plus ten seconds from now.
+    pub fn shutdown_gracefully(&self, timeout: Duration) -> bool {
+        self.begin_graceful_shutdown(timeout);
+        self.drain.wait_closed(timeout + Duration::from_secs(10))
+    }
+
+    /// Start what [`shutdown_gracefully`](Self::shutdown_gracefully) does, without waiting
+    /// (a signal watcher uses it, so that a second signal can still stop the server at once).
+    /// A second call keeps the first timeout.
+    pub fn begin_graceful_shutdown(&self, timeout: Duration) {
+        if timeout.is_zero() {
+            self.shutdown();
+            return;
+        }
+        self.drain.ask(timeout);
+        self.trigger.pull_trigger();
+    }
+}
+
+/// A graceful shutdown, shared by the [`ShutdownHandle`]s and the server's loop.
+#[derive(Debug, Default)]
+struct Drain {
+    /// What was asked and how it ended. Taken once per loop round by the I/O thread, and by
+    /// the handles.
+    state: Mutex<DrainState>,
+    /// Waited on by `shutdown_gracefully`; notified by `close` once everything is closed.
+    closed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct DrainState {
+    /// How long requests in flight may take; set by the first ask.
+    timeout: Option<Duration>,
+    /// Every request finished before the deadline.
+    finished_in_time: bool,
+    /// The server has closed.
+    closed: bool,
+}
+
+impl Drain {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DrainState> {
+        // Nothing panics while holding this lock: a poisoned one still holds consistent state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ask(&self, timeout: Duration) {
+        self.lock().timeout.get_or_insert(timeout);
+    }
+
+    /// The timeout, once a graceful shutdown has been asked for.
+    fn asked(&self) -> Option<Duration> {
+        self.lock().timeout
+    }
+
+    fn finished_in_time(&self) {
+        self.lock().finished_in_time = true;
+    }
+
+    fn closed(&self) {
+        self.lock().closed = true;
+        self.closed.notify_all();
+    }
+
+    /// Wait until the server has closed, at most `limit`; returns whether every request
+    /// finished in time.
+    fn wait_closed(&self, limit: Duration) -> bool {
+        let state = self
+            .closed
+            .wait_timeout_while(self.lock(), limit, |s| !s.closed)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        state.closed && state.finished_in_time
+    }
+}
+
+/// "3 requests in flight", "1 connection closed".
+fn plural(count: usize, noun: &str, tail: &str) -> String {
+    let s = if count == 1 { "" } else { "s" };
+    format!("{count} {noun}{s} {tail}")
 }
 
 /// One listening socket in the map (waitress: `BaseWSGIServer` as a dispatcher).

@@ -22,6 +22,7 @@
 use std::fmt;
 
 use crate::adjustments::PreboundSocket;
+#[cfg(unix)]
 use crate::compat::activation::{take_listen_fds, Inherited};
 
 /// The first descriptor the protocol passes (`SD_LISTEN_FDS_START`).
@@ -48,8 +49,9 @@ pub fn passed_count(
     listen_fdnames: Option<&str>,
     my_pid: u32,
 ) -> Result<usize, ActivationError> {
-    let Some(pid) = listen_pid else {
-        return Ok(0);
+    let pid = match listen_pid {
+        Some(pid) => pid,
+        None => return Ok(0),
     };
     let pid: u32 = pid
         .trim()
@@ -58,8 +60,9 @@ pub fn passed_count(
     if pid != my_pid {
         return Ok(0);
     }
-    let Some(fds) = listen_fds else {
-        return Ok(0);
+    let fds = match listen_fds {
+        Some(fds) => fds,
+        None => return Ok(0),
     };
     let count: usize = fds
         .trim()
@@ -95,6 +98,12 @@ pub fn listen_fds() -> Result<Vec<PreboundSocket>, ActivationError> {
     if count == 0 {
         return Ok(Vec::new());
     }
+    take(count)
+}
+
+/// Own the `count` passed descriptors, checked.
+#[cfg(unix)]
+fn take(count: usize) -> Result<Vec<PreboundSocket>, ActivationError> {
     let taken =
         take_listen_fds(LISTEN_FDS_START, count).map_err(|e| ActivationError(e.to_string()))?;
     Ok(taken
@@ -104,6 +113,14 @@ pub fn listen_fds() -> Result<Vec<PreboundSocket>, ActivationError> {
             Inherited::Unix(listener) => PreboundSocket::Unix(listener),
         })
         .collect())
+}
+
+/// Windows has no descriptors to inherit this way (systemd is a Linux service manager).
+#[cfg(not(unix))]
+fn take(_count: usize) -> Result<Vec<PreboundSocket>, ActivationError> {
+    Err(ActivationError(
+        "LISTEN_FDS passes inherited descriptors, which this system does not have".to_string(),
+    ))
 }
 
 #[cfg(test)]

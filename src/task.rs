@@ -4,6 +4,16 @@
 //! from a `Mutex`/`Condvar` queue; a `Task` serves one request on a worker: it builds the
 //! environ, calls the application, and turns the status, headers and body into bytes queued
 //! on the channel (the socket itself belongs to the I/O thread and the channel's flush logic).
+//!
+//! | waitress (task.py) | here |
+//! |---|---|
+//! | `ThreadedTaskDispatcher` (`handler_thread`, `set_thread_count`, `add_task`, `shutdown`) | [`ThreadedTaskDispatcher`], same methods; `start_new_thread` is the spawn inside `set_thread_count` |
+//! | `Task` (`service`, `has_body`, `set_close_on_finish`, `build_response_header`, `remove_content_length_header`, `finish`, `write`) | [`Task`], same methods; `start` has no counterpart (the `Date` header comes from a per-second cache) |
+//! | `ErrorTask.execute` | [`Task::error`] and `Task::execute_error` |
+//! | `WSGITask.execute`, `get_environment` | [`Task::wsgi`], `Task::execute_wsgi`, [`Task::get_environment`]; the `start_response` closure is [`StartResponse`] in the app module |
+//!
+//! Beyond waitress, every call into the application's code is guarded where it happens (see
+//! `execute_wsgi`), and no body goes out for HEAD, 1xx, 204 or 304 (see `sends_body`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, VecDeque};
@@ -14,8 +24,8 @@ use std::time::{Duration, Instant};
 use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{
-    validate_header, validate_status, AppError, Body, ClientDisconnected, DisconnectCheck, Environ,
-    ResponseSink, SharedApp, StartResponse, StartResponseError,
+    AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, ResponseSink,
+    SharedApp, StartResponse, StartResponseError,
 };
 use crate::buffers::ReadOnlyFileBasedBuffer;
 use crate::parser::HttpRequestParser;
@@ -44,6 +54,11 @@ struct DispatcherState {
     stop_count: usize,
     /// Threads not waiting for work (waitress: `active_count`).
     active_count: usize,
+    /// Workers notified and not yet back to the queue. At most one wake-up is in flight at a
+    /// time: the woken worker passes it on if work is still queued. Waking every idle worker
+    /// for a burst of small tasks costs a system call each way per task; on a busy server
+    /// the workers already awake drain the queue faster than new ones can be scheduled.
+    waking: usize,
 }
 
 /// A pool of worker threads serving a queue of [`Service`]s.
@@ -75,6 +90,7 @@ impl ThreadedTaskDispatcher {
                 queue: VecDeque::new(),
                 stop_count: 0,
                 active_count: 0,
+                waking: 0,
             }),
             queue_cv: Condvar::new(),
             thread_exit_cv: Condvar::new(),
@@ -96,6 +112,7 @@ impl ThreadedTaskDispatcher {
                     state.active_count -= 1;
                     state = self.queue_cv.wait(state).unwrap_or_else(|e| e.into_inner());
                     state.active_count += 1;
+                    state.waking = state.waking.saturating_sub(1);
                 }
                 if state.stop_count > 0 {
                     state.active_count -= 1;
@@ -104,17 +121,24 @@ impl ThreadedTaskDispatcher {
                     self.thread_exit_cv.notify_all();
                     return;
                 }
-                match state.queue.pop_front() {
+                let item = match state.queue.pop_front() {
                     Some(item) => item,
                     None => continue,
+                };
+                // Pass the wake-up on when work is left behind for a sleeping worker.
+                let wake_another = !state.queue.is_empty() && self.should_wake(&mut state);
+                drop(state);
+                if wake_another {
+                    self.queue_cv.notify_one();
                 }
+                item
             };
             profiling::finish(Stage::QueueWait, queued_at);
             // A panic in a task must not take the worker with it.
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| task.service())) {
                 LOGGER.error(&format!(
                     "Exception when servicing task: {}",
-                    panic_message(&panic)
+                    panic_message(&*panic)
                 ));
             }
         }
@@ -159,22 +183,39 @@ impl ThreadedTaskDispatcher {
     /// `waitress.queue` logger when there are more tasks than idle threads.
     pub fn add_task(&self, task: Arc<dyn Service>) {
         task.defer();
-        let depth = {
+        let (depth, wake) = {
             let mut state = self.lock();
             state.queue.push_back((task, profiling::start()));
-            let idle = state
-                .threads
-                .len()
-                .saturating_sub(state.stop_count + state.active_count);
-            state.queue.len().saturating_sub(idle)
+            let depth = state.queue.len().saturating_sub(Self::idle(&state));
+            (depth, self.should_wake(&mut state))
         };
         // Woken after the lock is released, so the worker does not wake into a held lock; the
         // task is already queued, so the wake-up cannot be missed.
-        self.queue_cv.notify_one();
+        if wake {
+            self.queue_cv.notify_one();
+        }
         // Logged after the lock is released too: a woken worker must not wait on our write.
         if depth > 0 {
             QUEUE_LOGGER.warning(&format!("Task queue depth is {depth}"));
         }
+    }
+
+    /// Workers waiting on the condvar, the ones already notified included.
+    fn idle(state: &DispatcherState) -> usize {
+        state
+            .threads
+            .len()
+            .saturating_sub(state.stop_count + state.active_count)
+    }
+
+    /// Whether to notify a worker now: one sleeps, and no other wake-up is in flight (the
+    /// worker it reaches passes it on if work is still queued). Records the wake-up.
+    fn should_wake(&self, state: &mut DispatcherState) -> bool {
+        let wake = state.waking == 0 && Self::idle(state) > 0;
+        if wake {
+            state.waking += 1;
+        }
+        wake
     }
 
     /// Stop every thread, cancelling queued work when `cancel_pending`; waits up to `timeout`
@@ -221,6 +262,15 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     } else {
         "panic".to_string()
     }
+}
+
+/// Run application code, turning a panic into the application's error: the text a 500 shows
+/// with `expose_tracebacks` on. The unwind stops here, so whatever called the application
+/// carries on with its bookkeeping.
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T, TaskError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        TaskError::App(format!("application panicked: {}", panic_message(&*panic)).into())
+    })
 }
 
 /// What a task knows of its server (waitress: `channel.server`).
@@ -378,11 +428,20 @@ impl<'a> Task<'a> {
         self.finish()
     }
 
-    /// Statuses 1xx, 204 and 304 carry no body.
+    /// Statuses 1xx, 204 and 304 carry no body: no `Content-Length`, no chunked framing.
     fn has_body(&self) -> bool {
         !(self.status.starts_with('1')
             || self.status.starts_with("204")
             || self.status.starts_with("304"))
+    }
+
+    /// Whether body bytes go on the wire. Never for a status without a body, nor for a
+    /// response to HEAD (RFC 9110 §9.3.2), whatever the application returns: a client reads no
+    /// body there, so stray bytes would be taken for the next response. waitress leaves HEAD
+    /// to the application; the port keeps the head of a HEAD response as the application
+    /// gave it (its `Content-Length` included) and drops the body.
+    fn sends_body(&self) -> bool {
+        self.has_body() && self.request.command != "HEAD"
     }
 
     /// Close after this response, announcing it with `Connection: close` unless the headers
@@ -446,7 +505,7 @@ impl<'a> Task<'a> {
                 self.set_close_on_finish();
             }
             if !has_length {
-                if has_body {
+                if self.sends_body() {
                     self.response_headers
                         .push(("Transfer-Encoding".to_string(), "chunked".to_string()));
                     self.chunked_response = true;
@@ -541,15 +600,8 @@ impl<'a> Task<'a> {
         if data.is_empty() {
             return Cow::Borrowed(data);
         }
-        if !self.has_body() {
-            self.content_bytes_written += data.len() as u64;
-            if !self.logged_write_no_body {
-                LOGGER.warning(&format!(
-                    "application-written content was ignored due to HTTP response that may not contain a message-body: ({})",
-                    self.status
-                ));
-                self.logged_write_no_body = true;
-            }
+        if !self.sends_body() {
+            self.discard(data.len() as u64);
             return Cow::Borrowed(&[]);
         }
         if self.chunked_response {
@@ -574,6 +626,21 @@ impl<'a> Task<'a> {
         Cow::Borrowed(&data[..take])
     }
 
+    /// Body bytes that do not go on the wire count as written, as in waitress, so that the
+    /// `Content-Length` check does not close the connection for them. A status that may not
+    /// carry a body is logged once (waitress's warning); HEAD is not, since an application
+    /// that answers HEAD like GET is doing nothing wrong.
+    fn discard(&mut self, len: u64) {
+        self.content_bytes_written += len;
+        if !self.has_body() && !self.logged_write_no_body {
+            LOGGER.warning(&format!(
+                "application-written content was ignored due to HTTP response that may not contain a message-body: ({})",
+                self.status
+            ));
+            self.logged_write_no_body = true;
+        }
+    }
+
     /// `ErrorTask.execute`: the error's status, headers and body, then close.
     fn execute_error(&mut self) -> Result<(), TaskError> {
         let ident = self.channel.server().adj.ident.clone();
@@ -589,28 +656,32 @@ impl<'a> Task<'a> {
     }
 
     /// `WSGITask.execute`: call the application and send what it returns.
+    ///
+    /// Every call into the application's code (the call itself, each `next()` of a lazy body,
+    /// each read of a file wrapper, and the `Drop` of the body and of the environ, which may
+    /// hold the application's own `wsgi.input`) runs under [`guard`], so a panic anywhere
+    /// comes back as an error like any other: a 500 if nothing was sent yet, otherwise the
+    /// connection is closed (waitress: an exception raised from `execute`). An unwind never
+    /// leaves the task, so the channel's bookkeeping always runs.
     fn execute_wsgi(&mut self) -> Result<(), TaskError> {
         let mut environ = self.get_environment()?;
         let application = Arc::clone(&self.channel.server().application);
         let started = profiling::start();
-        let called = catch_unwind(AssertUnwindSafe(|| {
-            application.call(&mut environ, &mut StartResponse::new(self))
-        }));
+        let called = guard(|| application.respond(&mut environ, &mut StartResponse::new(self)));
         access_log::note_environ(&environ);
-        let body = match called {
-            Ok(result) => result,
-            Err(panic) => Err(format!("application panicked: {}", panic_message(&*panic)).into()),
+        let result = match called {
+            Ok(Ok(body)) => self.send_body(body),
+            Ok(Err(error)) => Err(TaskError::from(error)),
+            Err(panicked) => Err(panicked),
         };
-        let result = body
-            .map_err(TaskError::from)
-            .and_then(|body| self.send_body(body));
+        let dropped = guard(move || drop(environ));
         profiling::finish(Stage::Application, started);
-        result
+        result.and(dropped)
     }
 
     /// Send the application's body (the loop over `app_iter` in `WSGITask.execute`). The body
-    /// is dropped, which is WSGI's `close()`, when this returns, except a file handed to the
-    /// I/O thread, which closes it when sent.
+    /// is dropped, which is WSGI's `close()`, before this returns (whether sending succeeded
+    /// or not), except a file handed to the I/O thread, which closes it when sent.
     fn send_body(&mut self, body: Body) -> Result<(), TaskError> {
         match body {
             Body::Bytes(bytes) => {
@@ -620,35 +691,24 @@ impl<'a> Task<'a> {
                 }
                 self.write(&bytes)?;
             }
-            Body::Chunks(chunks) => {
-                for chunk in chunks {
-                    let chunk = chunk.map_err(TaskError::from)?;
-                    self.write(&chunk)?;
-                }
+            Body::Chunks(mut chunks) => {
+                let sent = self.send_chunks(&mut chunks);
+                // `close()` runs even when sending failed; the first error wins.
+                let closed = guard(move || drop(chunks));
+                sent.and(closed)?;
             }
             Body::File(wrapper) => {
                 let mut buffer = ReadOnlyFileBasedBuffer::new(wrapper);
-                if buffer.is_seekable() {
-                    let size = buffer
-                        .prepare(self.content_length)
-                        .map_err(|e| TaskError::App(e.into()))?;
-                    if size > 0 {
-                        if self.content_length != Some(size) {
-                            if self.content_length.is_some() {
-                                self.remove_content_length_header();
-                            }
-                            self.content_length = Some(size);
-                        }
-                        self.write(b"")?;
-                        let sent = self.channel.write_soon_file(buffer)?;
-                        access_log::note_body_bytes(sent);
-                        return Ok(());
-                    }
+                let streamed = self.send_file(&mut buffer);
+                if let Ok(true) = streamed {
+                    // From here the I/O thread streams the file and drops it once sent; if the
+                    // channel refuses it, the application's file is dropped here, guarded.
+                    let sent = guard(|| self.channel.write_soon_file(buffer))??;
+                    access_log::note_body_bytes(sent);
+                    return Ok(());
                 }
-                while let Some(block) = buffer.next_block() {
-                    let block = block.map_err(|e| TaskError::App(e.into()))?;
-                    self.write(&block)?;
-                }
+                let closed = guard(move || drop(buffer));
+                streamed.and(closed)?;
             }
         }
         if let Some(cl) = self.content_length {
@@ -658,6 +718,49 @@ impl<'a> Task<'a> {
                     "application returned too few bytes ({}) for specified Content-Length ({}) via app_iter",
                     self.content_bytes_written, cl
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Serve a file wrapper. A seekable file with bytes to send is left for the I/O thread to
+    /// stream whole (returns `true`, the head already queued), or, when no body goes out, is
+    /// closed unread; anything else is read here, block by block, like a lazy body.
+    fn send_file(&mut self, buffer: &mut ReadOnlyFileBasedBuffer) -> Result<bool, TaskError> {
+        if buffer.is_seekable() {
+            let content_length = self.content_length;
+            let size =
+                guard(|| buffer.prepare(content_length))?.map_err(|e| TaskError::App(e.into()))?;
+            if size > 0 {
+                if self.content_length != Some(size) {
+                    if self.content_length.is_some() {
+                        self.remove_content_length_header();
+                    }
+                    self.content_length = Some(size);
+                }
+                self.write(b"")?;
+                if !self.sends_body() {
+                    // The head alone: the file is closed unread.
+                    self.discard(size);
+                    return Ok(false);
+                }
+                return Ok(true);
+            }
+        }
+        while let Some(block) = guard(|| buffer.next_block())? {
+            self.write(&block.map_err(|e| TaskError::App(e.into()))?)?;
+        }
+        Ok(false)
+    }
+
+    /// Write each chunk of a lazy body as it comes; an `Err` chunk or a panic in `next()` ends
+    /// the body with that error. Empty chunks are skipped, so the head goes out with the first
+    /// chunk that has bytes (PEP 3333; until then a failure can still become a 500).
+    fn send_chunks(&mut self, chunks: &mut ChunkIter) -> Result<(), TaskError> {
+        while let Some(chunk) = guard(|| chunks.next())? {
+            let chunk = chunk?;
+            if !chunk.is_empty() {
+                self.write(&chunk)?;
             }
         }
         Ok(())
@@ -748,29 +851,28 @@ fn push_latin1(out: &mut Vec<u8>, text: &str) {
 }
 
 impl ResponseSink for Task<'_> {
-    fn start_response(
-        &mut self,
-        status: &str,
-        headers: Vec<(String, String)>,
-    ) -> Result<(), StartResponseError> {
-        if self.complete {
-            return Err(StartResponseError::CalledTwice);
-        }
-        self.accept_response(status, headers)
+    fn started(&self) -> bool {
+        self.complete
     }
 
-    fn start_response_with_error(
+    fn headers_sent(&self) -> bool {
+        self.wrote_header
+    }
+
+    /// As waitress, a `Content-Length` given earlier stays in force when a replacement (with
+    /// an error) names none.
+    fn record_start(
         &mut self,
         status: &str,
         headers: Vec<(String, String)>,
-        error: AppError,
-    ) -> Result<(), AppError> {
-        if self.wrote_header {
-            return Err(error);
+        content_length: Option<u64>,
+    ) {
+        self.complete = true;
+        self.status = status.to_string();
+        self.response_headers = headers;
+        if content_length.is_some() {
+            self.content_length = content_length;
         }
-        self.response_headers.clear();
-        self.accept_response(status, headers)
-            .map_err(AppError::from)
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
@@ -781,39 +883,19 @@ impl ResponseSink for Task<'_> {
     }
 }
 
-impl Task<'_> {
-    /// The checks and bookkeeping of waitress's `start_response`.
-    fn accept_response(
-        &mut self,
-        status: &str,
-        headers: Vec<(String, String)>,
-    ) -> Result<(), StartResponseError> {
-        self.complete = true;
-        validate_status(status)?;
-        self.status = status.to_string();
-        for (name, value) in &headers {
-            if let Some(length) = validate_header(name, value)? {
-                self.content_length = Some(length);
-            }
-        }
-        self.response_headers.extend(headers);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    //! Ports of tests/test_task.py with a recording `DummyChannel`. Skipped:
-    //! `test_get_environment_already_cached` (the environ is built once per task here, by
-    //! construction), `test_service_server_raises_socket_error` (write_soon cannot raise a
-    //! socket error: socket errors stay on the channel), `test_execute_bad_header_key`/
-    //! `_value` and `test_execute_bad_status_value` (Python type checks; names and values are
-    //! `String`s here), `test_start` (no start time is kept: the Date header comes from the
-    //! per-second cache) and `test_execute_app_returns_closeable` (closing is `Drop`, which
-    //! Rust guarantees).
+    // Ports of waitress's tests/test_task.py, under their names, over a recording
+    // `DummyChannel`. TestWSGITask's tests call `execute_wsgi` where waitress calls `execute`,
+    // and `service` where it calls `service`. The waitress tests that do not carry over:
+    // test_build_response_header_bad_http_version: the version is "1.0" or "1.1" by construction (a `&'static str` chosen in `Task::new`, see test_ctor_version_not_in_known), so there is no third to refuse
+    // test_start: no start time is kept; the Date header comes from the per-second cache
+    // test_service_server_raises_socket_error: write_soon cannot raise a socket error here (socket errors stay with the channel; a gone client is `ClientDisconnected`, see client_disconnected_is_reported)
+    // test_execute_bad_header_key, test_execute_bad_header_value, test_execute_bad_status_value: Python type checks; names, values and the status are `String`s here
+    // test_get_environment_already_cached: the environ is built once per task, by construction
     use super::*;
     use crate::app::{AppResult, Body, FileWrapper};
-    use crate::utilities::Error;
+    use crate::utilities::{capture_logs, Error, ErrorKind};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     struct DummyChannel {
@@ -856,6 +938,12 @@ mod tests {
         }
     }
 
+    impl DummyChannel {
+        fn written(&self) -> Vec<u8> {
+            self.written.lock().unwrap().clone()
+        }
+    }
+
     fn channel_with(app: SharedApp, change: impl FnOnce(&mut Adjustments)) -> DummyChannel {
         let mut adj = Adjustments::default();
         change(&mut adj);
@@ -882,11 +970,13 @@ mod tests {
         channel_with(Arc::new(app), |_| {})
     }
 
+    /// waitress's `DummyParser`: a GET of `/` in the given version.
     fn request(version: &str) -> HttpRequestParser {
         let mut r = HttpRequestParser::new(Arc::new(Adjustments::default()));
         r.version = version.to_string();
         r.command = "GET".to_string();
         r.path = "/".to_string();
+        r.request_uri = "/".to_string();
         r.url_scheme = "http".to_string();
         r
     }
@@ -896,46 +986,72 @@ mod tests {
         Ok(Body::empty())
     }
 
-    /// The written bytes split at CRLF, blank lines dropped (waitress: `filter_lines`).
-    fn lines(channel: &DummyChannel) -> Vec<String> {
-        let written = channel.written.lock().unwrap();
-        String::from_utf8_lossy(&written)
+    /// Bytes split at CRLF, blank lines dropped (waitress: `filter_lines`).
+    fn filter_lines(bytes: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(bytes)
             .split("\r\n")
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect()
     }
 
+    fn lines(channel: &DummyChannel) -> Vec<String> {
+        filter_lines(&channel.written())
+    }
+
     fn head(channel: &DummyChannel) -> String {
-        let written = channel.written.lock().unwrap();
-        let text = String::from_utf8_lossy(&written).to_string();
+        let text = String::from_utf8_lossy(&channel.written()).to_string();
         text.split("\r\n\r\n").next().unwrap().to_string()
     }
 
-    /// Build only the response head for a task in a given state.
-    fn build(version: &str, setup: impl FnOnce(&mut Task<'_>)) -> (String, bool) {
+    /// What `build_response_header` made of a task in a given state.
+    struct Built {
+        lines: Vec<String>,
+        close_on_finish: bool,
+        response_headers: Vec<(String, String)>,
+    }
+
+    impl Built {
+        fn has_header(&self, name: &str, value: &str) -> bool {
+            self.response_headers
+                .iter()
+                .any(|(n, v)| n == name && v == value)
+        }
+    }
+
+    /// Build only the response head of a task (waitress's DummyParser: version 1.0, no
+    /// headers) after `setup`.
+    fn build(version: &str, setup: impl FnOnce(&mut Task<'_>)) -> Built {
         let ch = channel(ok_app);
         let mut req = request(version);
         let mut task = Task::wsgi(&ch, &mut req);
         task.complete = true;
         setup(&mut task);
-        let head = String::from_utf8(task.build_response_header()).unwrap();
-        (head, task.close_on_finish)
+        let head = task.build_response_header();
+        Built {
+            lines: filter_lines(&head),
+            close_on_finish: task.close_on_finish,
+            response_headers: task.response_headers.clone(),
+        }
+    }
+
+    fn set_connection(task: &mut Task<'_>, value: &str) {
+        task.request
+            .headers
+            .insert("CONNECTION".into(), value.into());
     }
 
     // TestThreadedTaskDispatcher
 
-    struct CountingTask {
-        serviced: Arc<AtomicUsize>,
-        cancelled: Arc<AtomicUsize>,
-        panic: bool,
+    /// waitress's `DummyTask`, with counters instead of flags.
+    #[derive(Default)]
+    struct DummyTask {
+        serviced: AtomicUsize,
+        cancelled: AtomicUsize,
     }
 
-    impl Service for CountingTask {
+    impl Service for DummyTask {
         fn service(&self) {
-            if self.panic {
-                panic!("task raised");
-            }
             self.serviced.fetch_add(1, Ordering::SeqCst);
         }
         fn cancel(&self) {
@@ -943,76 +1059,157 @@ mod tests {
         }
     }
 
-    fn wait_until(mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !done() {
-            assert!(Instant::now() < deadline, "condition not reached in time");
-            std::thread::yield_now();
-        }
+    /// The dispatcher believes it has these threads, though none was started (waitress's tests
+    /// fill `inst.threads` the same way).
+    fn dispatcher_with_threads(threads: &[usize]) -> Arc<ThreadedTaskDispatcher> {
+        let dispatcher = ThreadedTaskDispatcher::new();
+        dispatcher.lock().threads.extend(threads.iter().copied());
+        dispatcher
+    }
+
+    fn thread_numbers(dispatcher: &ThreadedTaskDispatcher) -> Vec<usize> {
+        dispatcher.lock().threads.iter().copied().collect()
     }
 
     #[test]
     fn test_handler_thread_task_raises() {
-        let dispatcher = ThreadedTaskDispatcher::new();
-        dispatcher.set_thread_count(1);
-        let serviced = Arc::new(AtomicUsize::new(0));
-        let cancelled = Arc::new(AtomicUsize::new(0));
-        let task = |panic| {
-            Arc::new(CountingTask {
-                serviced: Arc::clone(&serviced),
-                cancelled: Arc::clone(&cancelled),
-                panic,
-            })
-        };
-        dispatcher.add_task(task(true));
-        dispatcher.add_task(task(false));
-        wait_until(|| serviced.load(Ordering::SeqCst) == 1);
-        assert!(dispatcher.shutdown(true, Duration::from_secs(5)));
-    }
-
-    #[test]
-    fn test_set_thread_count_increase_and_decrease() {
-        let dispatcher = ThreadedTaskDispatcher::new();
-        dispatcher.set_thread_count(3);
-        assert_eq!(dispatcher.lock().threads.len(), 3);
-        dispatcher.set_thread_count(3);
-        assert_eq!(dispatcher.lock().threads.len(), 3);
-        dispatcher.set_thread_count(1);
-        wait_until(|| dispatcher.lock().threads.len() == 1);
-        dispatcher.set_thread_count(2);
+        struct BadDummyTask(Arc<ThreadedTaskDispatcher>);
+        impl Service for BadDummyTask {
+            fn service(&self) {
+                // Ask the running thread to stop once this task is done, then fail.
+                self.0.lock().stop_count += 1;
+                panic!("task raised");
+            }
+            fn cancel(&self) {}
+        }
+        let inst = dispatcher_with_threads(&[0]);
+        let task = Arc::new(BadDummyTask(Arc::clone(&inst)));
+        {
+            let mut state = inst.lock();
+            state.queue.push_back((task, None));
+            state.active_count += 1;
+        }
+        // The loop of worker 0, run on this thread: it serves the task, survives its panic,
+        // then sees the stop request and returns.
+        let ((), logged) = capture_logs(|| Arc::clone(&inst).handler_thread(0));
+        let state = inst.lock();
+        assert_eq!(state.stop_count, 0);
+        assert_eq!(state.active_count, 0);
+        assert!(state.threads.is_empty());
         assert_eq!(
-            dispatcher
-                .lock()
-                .threads
-                .iter()
-                .copied()
-                .collect::<Vec<_>>()
-                .len(),
-            2
+            logged,
+            vec!["ERROR:waitress:Exception when servicing task: task raised"]
         );
-        assert!(dispatcher.shutdown(true, Duration::from_secs(5)));
-        assert!(dispatcher.lock().threads.is_empty());
     }
 
     #[test]
-    fn test_shutdown_cancels_pending_tasks() {
-        let dispatcher = ThreadedTaskDispatcher::new();
-        let serviced = Arc::new(AtomicUsize::new(0));
-        let cancelled = Arc::new(AtomicUsize::new(0));
-        dispatcher.add_task(Arc::new(CountingTask {
-            serviced: Arc::clone(&serviced),
-            cancelled: Arc::clone(&cancelled),
-            panic: false,
-        }));
-        assert!(dispatcher.shutdown(true, Duration::from_secs(1)));
-        assert_eq!(cancelled.load(Ordering::SeqCst), 1);
-        assert_eq!(serviced.load(Ordering::SeqCst), 0);
+    fn test_set_thread_count_increase() {
+        let inst = ThreadedTaskDispatcher::new();
+        inst.set_thread_count(1);
+        assert_eq!(thread_numbers(&inst), vec![0]);
+        assert!(inst.shutdown(true, Duration::from_secs(5)));
+        assert!(inst.lock().threads.is_empty(), "the thread was real");
+    }
+
+    #[test]
+    fn test_set_thread_count_increase_with_existing() {
+        let inst = dispatcher_with_threads(&[0]);
+        inst.set_thread_count(2);
+        // One thread started, numbered 1 (each start takes a number).
+        assert_eq!(thread_numbers(&inst), vec![0, 1]);
+        // Forget the pretend thread 0 and stop the real thread 1.
+        inst.lock().threads.remove(&0);
+        assert!(inst.shutdown(true, Duration::from_secs(5)));
+        assert!(inst.lock().threads.is_empty());
+    }
+
+    #[test]
+    fn test_set_thread_count_decrease() {
+        let inst = dispatcher_with_threads(&[0, 1]);
+        inst.set_thread_count(1);
+        assert_eq!(inst.lock().stop_count, 1);
+    }
+
+    #[test]
+    fn test_set_thread_count_same() {
+        let inst = dispatcher_with_threads(&[0]);
+        inst.set_thread_count(1);
+        assert_eq!(thread_numbers(&inst), vec![0], "no thread started");
+        assert_eq!(inst.lock().stop_count, 0);
+    }
+
+    #[test]
+    fn test_add_task_with_idle_threads() {
+        // Thread 0 exists and is not active: it is idle.
+        let inst = dispatcher_with_threads(&[0]);
+        let ((), logged) = capture_logs(|| inst.add_task(Arc::new(DummyTask::default())));
+        assert_eq!(inst.lock().queue.len(), 1);
+        assert_eq!(logged, Vec::<String>::new());
+    }
+
+    #[test]
+    fn test_add_task_with_all_busy_threads() {
+        let inst = ThreadedTaskDispatcher::new();
+        let task = Arc::new(DummyTask::default());
+        let ((), logged) = capture_logs(|| inst.add_task(task.clone()));
+        assert_eq!(logged, vec!["WARNING:waitress.queue:Task queue depth is 1"]);
+        let ((), logged) = capture_logs(|| inst.add_task(task));
+        assert_eq!(logged, vec!["WARNING:waitress.queue:Task queue depth is 2"]);
+    }
+
+    #[test]
+    fn test_shutdown_one_thread() {
+        // A pretend thread that never exits: shutdown gives up on it after the timeout.
+        let inst = dispatcher_with_threads(&[0]);
+        let task = Arc::new(DummyTask::default());
+        inst.lock().queue.push_back((task.clone(), None));
+        let (cancelled, logged) = capture_logs(|| inst.shutdown(true, Duration::from_millis(10)));
+        assert!(cancelled);
+        assert_eq!(
+            logged,
+            vec![
+                "WARNING:waitress:1 thread(s) still running",
+                "WARNING:waitress:Canceling 1 pending task(s)",
+            ]
+        );
+        assert_eq!(task.cancelled.load(Ordering::SeqCst), 1);
+        assert_eq!(task.serviced.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn test_shutdown_no_threads() {
+        let inst = ThreadedTaskDispatcher::new();
+        assert!(inst.shutdown(true, Duration::from_millis(10)));
     }
 
     #[test]
     fn test_shutdown_no_cancel_pending() {
-        let dispatcher = ThreadedTaskDispatcher::new();
-        assert!(!dispatcher.shutdown(false, Duration::from_millis(10)));
+        let inst = ThreadedTaskDispatcher::new();
+        assert!(!inst.shutdown(false, Duration::from_millis(10)));
+    }
+
+    /// Beyond waitress's tests: real workers serve queued work, and a panicking task leaves
+    /// its worker serving.
+    #[test]
+    fn workers_serve_tasks_after_a_panicking_one() {
+        struct Panicking;
+        impl Service for Panicking {
+            fn service(&self) {
+                panic!("task raised");
+            }
+            fn cancel(&self) {}
+        }
+        let inst = ThreadedTaskDispatcher::new();
+        inst.set_thread_count(1);
+        let task = Arc::new(DummyTask::default());
+        inst.add_task(Arc::new(Panicking));
+        inst.add_task(task.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while task.serviced.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the task was not served in time");
+            std::thread::yield_now();
+        }
+        assert!(inst.shutdown(true, Duration::from_secs(5)));
     }
 
     // TestTask
@@ -1025,156 +1222,234 @@ mod tests {
     }
 
     #[test]
-    fn test_build_response_header_bad_http_version() {
-        let (head, close) = build("8.4", |_| {});
-        assert!(head.starts_with("HTTP/1.0 200 OK"));
-        assert!(close);
-    }
-
-    #[test]
     fn test_build_response_header_v10_keepalive_no_content_length() {
-        let (head, close) = build("1.0", |t| {
-            t.request
-                .headers
-                .insert("CONNECTION".into(), "keep-alive".into());
-        });
-        let lines: Vec<&str> = head.split("\r\n").filter(|l| !l.is_empty()).collect();
-        assert_eq!(lines.len(), 4, "{head}");
+        let built = build("1.0", |t| set_connection(t, "keep-alive"));
+        let lines = &built.lines;
+        assert_eq!(lines.len(), 4, "{lines:?}");
         assert_eq!(lines[0], "HTTP/1.0 200 OK");
         assert_eq!(lines[1], "Connection: close");
         assert!(lines[2].starts_with("Date:"));
         assert_eq!(lines[3], "Server: waitress");
-        assert!(close);
+        assert!(built.close_on_finish);
+        assert!(built.has_header("Connection", "close"));
     }
 
     #[test]
     fn test_build_response_header_v10_keepalive_with_content_length() {
-        let (head, close) = build("1.0", |t| {
-            t.request
-                .headers
-                .insert("CONNECTION".into(), "keep-alive".into());
+        let built = build("1.0", |t| {
+            set_connection(t, "keep-alive");
             t.response_headers = vec![("Content-Length".into(), "10".into())];
             t.content_length = Some(0);
         });
-        let lines: Vec<&str> = head.split("\r\n").collect();
+        let lines = &built.lines;
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(lines[0], "HTTP/1.0 200 OK");
         assert_eq!(lines[1], "Connection: Keep-Alive");
         assert_eq!(lines[2], "Content-Length: 10");
-        assert!(!close);
+        assert!(lines[3].starts_with("Date:"));
+        assert_eq!(lines[4], "Server: waitress");
+        assert!(!built.close_on_finish);
+    }
+
+    /// The five lines of an HTTP/1.1 200 without a length: closed and chunked.
+    fn assert_v11_chunked_and_closed(built: &Built) {
+        let lines = &built.lines;
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(lines[0], "HTTP/1.1 200 OK");
+        assert_eq!(lines[1], "Connection: close");
+        assert!(lines[2].starts_with("Date:"));
+        assert_eq!(lines[3], "Server: waitress");
+        assert_eq!(lines[4], "Transfer-Encoding: chunked");
+        assert!(built.has_header("Connection", "close"));
+        assert!(built.close_on_finish);
     }
 
     #[test]
     fn test_build_response_header_v11_connection_closed_by_client() {
-        let (head, close) = build("1.1", |t| {
-            t.request
-                .headers
-                .insert("CONNECTION".into(), "close".into());
-        });
-        let lines: Vec<&str> = head.split("\r\n").collect();
-        assert_eq!(lines[0], "HTTP/1.1 200 OK");
-        assert_eq!(lines[1], "Connection: close");
-        assert_eq!(lines[4], "Transfer-Encoding: chunked");
-        assert!(close);
+        assert_v11_chunked_and_closed(&build("1.1", |t| set_connection(t, "close")));
     }
 
     #[test]
     fn test_build_response_header_v11_connection_keepalive_by_client() {
-        let (head, close) = build("1.1", |t| {
-            t.request
-                .headers
-                .insert("CONNECTION".into(), "keep-alive".into());
-        });
-        assert!(head.contains("Connection: close"));
-        assert!(head.contains("Transfer-Encoding: chunked"));
-        assert!(close);
+        assert_v11_chunked_and_closed(&build("1.1", |t| set_connection(t, "keep-alive")));
     }
 
     #[test]
     fn test_build_response_header_v11_200_no_content_length() {
-        let (head, close) = build("1.1", |_| {});
-        assert!(head.contains("Transfer-Encoding: chunked"));
-        assert!(close);
+        assert_v11_chunked_and_closed(&build("1.1", |_| {}));
+    }
+
+    /// RFC 9112: no `Content-Length` or `Transfer-Encoding` for a status without a body; with
+    /// no length the connection closes.
+    fn assert_v11_no_body_status(status: &str) {
+        let built = build("1.1", |t| t.status = status.to_string());
+        let lines = &built.lines;
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[0], format!("HTTP/1.1 {status}"));
+        assert_eq!(lines[1], "Connection: close");
+        assert!(lines[2].starts_with("Date:"));
+        assert_eq!(lines[3], "Server: waitress");
+        assert!(built.close_on_finish);
+        assert!(built.has_header("Connection", "close"));
     }
 
     #[test]
-    fn test_build_response_header_v11_no_body_statuses() {
-        for status in ["204 No Content", "100 Continue", "304 Not Modified"] {
-            let (head, close) = build("1.1", |t| t.status = status.to_string());
-            assert!(head.starts_with(&format!("HTTP/1.1 {status}")));
-            assert!(!head.contains("Transfer-Encoding"), "{status}");
-            assert!(!head.contains("Content-Length"), "{status}");
-            assert!(head.contains("Connection: close"));
-            assert!(close);
-        }
+    fn test_build_response_header_v11_204_no_content_length_or_transfer_encoding() {
+        assert_v11_no_body_status("204 No Content");
+    }
+
+    #[test]
+    fn test_build_response_header_v11_1xx_no_content_length_or_transfer_encoding() {
+        assert_v11_no_body_status("100 Continue");
+    }
+
+    #[test]
+    fn test_build_response_header_v11_304_no_content_length_or_transfer_encoding() {
+        assert_v11_no_body_status("304 Not Modified");
     }
 
     #[test]
     fn test_build_response_header_via_added() {
-        let (head, _) = build("1.0", |t| {
+        let built = build("1.0", |t| {
             t.response_headers = vec![("Server".into(), "abc".into())];
         });
-        assert!(head.contains("Server: abc"));
-        assert!(head.contains("Via: waitress"));
+        let lines = &built.lines;
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(lines[0], "HTTP/1.0 200 OK");
+        assert_eq!(lines[1], "Connection: close");
+        assert!(lines[2].starts_with("Date:"));
+        assert_eq!(lines[3], "Server: abc");
+        assert_eq!(lines[4], "Via: waitress");
     }
 
     #[test]
     fn test_build_response_header_date_exists() {
-        let (head, _) = build("1.0", |t| {
+        let built = build("1.0", |t| {
             t.response_headers = vec![("Date".into(), "date".into())];
         });
-        assert!(head.contains("Date: date"));
-        assert_eq!(head.matches("Date:").count(), 1);
+        let lines = &built.lines;
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[0], "HTTP/1.0 200 OK");
+        assert_eq!(lines[1], "Connection: close");
+        assert_eq!(lines[2], "Date: date");
+        assert_eq!(lines[3], "Server: waitress");
     }
 
     #[test]
     fn test_build_response_header_preexisting_content_length() {
-        let (head, _) = build("1.1", |t| {
-            t.content_length = Some(100);
-        });
-        assert!(head.contains("Content-Length: 100"));
-        assert!(!head.contains("Transfer-Encoding"));
+        let built = build("1.1", |t| t.content_length = Some(100));
+        let lines = &built.lines;
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[0], "HTTP/1.1 200 OK");
+        assert_eq!(lines[1], "Content-Length: 100");
+        assert!(lines[2].starts_with("Date:"));
+        assert_eq!(lines[3], "Server: waitress");
+    }
+
+    fn content_length_removed(headers: &[(&str, &str)]) -> Vec<(String, String)> {
+        let ch = channel(ok_app);
+        let mut req = request("1.0");
+        let mut task = Task::wsgi(&ch, &mut req);
+        task.response_headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        task.remove_content_length_header();
+        task.response_headers
     }
 
     #[test]
     fn test_remove_content_length_header() {
-        let ch = channel(ok_app);
-        let mut req = request("1.0");
-        let mut task = Task::wsgi(&ch, &mut req);
-        task.response_headers = vec![
-            ("Content-Length".into(), "70".into()),
-            ("Content-Type".into(), "text/html".into()),
-        ];
-        task.remove_content_length_header();
+        assert_eq!(content_length_removed(&[("Content-Length", "70")]), vec![]);
+    }
+
+    #[test]
+    fn test_remove_content_length_header_with_other() {
         assert_eq!(
-            task.response_headers,
+            content_length_removed(&[("Content-Length", "70"), ("Content-Type", "text/html")]),
             vec![("Content-Type".to_string(), "text/html".to_string())]
         );
     }
 
+    /// A task of waitress's `TestTask` (a GET in HTTP/1.0) on `ch`, set up by `setup`, then
+    /// `act`; returns what `act` returned.
+    fn with_task<T>(
+        ch: &DummyChannel,
+        setup: impl FnOnce(&mut Task<'_>),
+        act: impl FnOnce(&mut Task<'_>) -> T,
+    ) -> T {
+        let mut req = request("1.0");
+        let mut task = Task::wsgi(ch, &mut req);
+        setup(&mut task);
+        act(&mut task)
+    }
+
     #[test]
-    fn test_finish_didnt_write_header_and_chunked() {
+    fn test_finish_didnt_write_header() {
         let ch = channel(ok_app);
-        let mut req = request("1.1");
-        let mut task = Task::wsgi(&ch, &mut req);
-        task.complete = true;
-        task.finish().unwrap();
-        assert!(task.wrote_header);
-        assert!(task.chunked_response);
-        let written = ch.written.lock().unwrap().clone();
-        assert!(written.ends_with(b"\r\n\r\n0\r\n\r\n"));
+        with_task(&ch, |t| t.complete = true, |t| t.finish().unwrap());
+        assert!(!ch.written().is_empty());
+    }
+
+    #[test]
+    fn test_finish_wrote_header() {
+        let ch = channel(ok_app);
+        with_task(&ch, |t| t.wrote_header = true, |t| t.finish().unwrap());
+        assert_eq!(ch.written(), b"");
+    }
+
+    #[test]
+    fn test_finish_chunked_response() {
+        let ch = channel(ok_app);
+        with_task(
+            &ch,
+            |t| {
+                t.wrote_header = true;
+                t.chunked_response = true;
+            },
+            |t| t.finish().unwrap(),
+        );
+        assert_eq!(ch.written(), b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn test_write_wrote_header() {
+        let ch = channel(ok_app);
+        with_task(
+            &ch,
+            |t| {
+                t.wrote_header = true;
+                t.complete = true;
+                t.content_length = Some(3);
+            },
+            |t| t.write(b"abc").unwrap(),
+        );
+        assert_eq!(ch.written(), b"abc");
+    }
+
+    #[test]
+    fn test_write_header_not_written() {
+        let ch = channel(ok_app);
+        let wrote_header = with_task(
+            &ch,
+            |t| t.complete = true,
+            |t| {
+                t.write(b"abc").unwrap();
+                t.wrote_header
+            },
+        );
+        assert!(!ch.written().is_empty());
+        assert!(wrote_header);
     }
 
     #[test]
     fn test_write_start_response_uncalled() {
         let ch = channel(ok_app);
-        let mut req = request("1.1");
-        let mut task = Task::wsgi(&ch, &mut req);
-        match task.write(b"abc") {
-            Err(TaskError::App(e)) => {
-                assert_eq!(
-                    e.to_string(),
-                    "start_response was not called before body written"
-                )
-            }
+        match with_task(&ch, |_| {}, |t| t.write(b"")) {
+            Err(TaskError::App(e)) => assert_eq!(
+                e.to_string(),
+                "start_response was not called before body written"
+            ),
             _ => panic!("write before start_response must fail"),
         }
     }
@@ -1182,42 +1457,120 @@ mod tests {
     #[test]
     fn test_write_chunked_response() {
         let ch = channel(ok_app);
-        let mut req = request("1.1");
-        let mut task = Task::wsgi(&ch, &mut req);
-        task.complete = true;
-        task.write(b"abc").unwrap();
-        let written = ch.written.lock().unwrap().clone();
-        assert!(written.ends_with(b"\r\n\r\n3\r\nabc\r\n"));
+        with_task(
+            &ch,
+            |t| {
+                t.wrote_header = true;
+                t.chunked_response = true;
+                t.complete = true;
+            },
+            |t| t.write(b"abc").unwrap(),
+        );
+        assert_eq!(ch.written(), b"3\r\nabc\r\n");
     }
 
     #[test]
     fn test_write_preexisting_content_length() {
         let ch = channel(ok_app);
-        let mut req = request("1.1");
-        let mut task = Task::wsgi(&ch, &mut req);
-        task.complete = true;
-        task.content_length = Some(1);
-        task.write(b"abc").unwrap();
-        let written = ch.written.lock().unwrap().clone();
-        assert!(written.ends_with(b"\r\n\r\na"));
-        assert!(task.logged_write_excess);
+        let (excess, logged) = capture_logs(|| {
+            with_task(
+                &ch,
+                |t| {
+                    t.wrote_header = true;
+                    t.complete = true;
+                    t.content_length = Some(1);
+                },
+                |t| {
+                    t.write(b"abc").unwrap();
+                    t.logged_write_excess
+                },
+            )
+        });
+        assert_eq!(ch.written(), b"a");
+        assert!(excess);
+        assert_eq!(logged.len(), 1, "{logged:?}");
     }
 
     // TestWSGITask
 
-    fn serve(ch: &DummyChannel, version: &str) -> (Result<(), TaskError>, bool) {
-        let mut req = request(version);
-        let mut task = Task::wsgi(ch, &mut req);
-        let result = task.service();
-        (result, task.close_on_finish)
+    /// What a task looked like after it ran.
+    struct Ran {
+        result: Result<(), TaskError>,
+        close_on_finish: bool,
+        complete: bool,
+        status: String,
+        content_length: Option<u64>,
+        response_headers: Vec<(String, String)>,
+        logged: Vec<String>,
+    }
+
+    /// Run waitress's `inst.execute()` (or `inst.service()` when `service`) on a GET in
+    /// HTTP/1.0 after `setup`, capturing the log.
+    fn run(ch: &DummyChannel, service: bool, setup: impl FnOnce(&mut Task<'_>)) -> Ran {
+        let mut req = request("1.0");
+        let (ran, logged) = capture_logs(|| {
+            let mut task = Task::wsgi(ch, &mut req);
+            setup(&mut task);
+            let result = if service {
+                task.service()
+            } else {
+                task.execute_wsgi()
+            };
+            (
+                result,
+                task.close_on_finish,
+                task.complete,
+                task.status.clone(),
+                task.content_length,
+                task.response_headers.clone(),
+            )
+        });
+        let (result, close_on_finish, complete, status, content_length, response_headers) = ran;
+        Ran {
+            result,
+            close_on_finish,
+            complete,
+            status,
+            content_length,
+            response_headers,
+            logged,
+        }
+    }
+
+    /// `execute` on a fresh task.
+    fn execute(ch: &DummyChannel) -> Ran {
+        run(ch, false, |_| {})
+    }
+
+    /// `service` on a fresh task of the given request version; the result and whether the
+    /// connection closes.
+    fn serve(ch: &DummyChannel, version: &'static str) -> (Result<(), TaskError>, bool) {
+        let ran = run(ch, true, |t| t.version = version);
+        (ran.result, ran.close_on_finish)
+    }
+
+    fn app_error(ran: Ran) -> String {
+        match ran.result {
+            Err(TaskError::App(e)) => e.to_string(),
+            Err(TaskError::ClientDisconnected) => panic!("expected an application error"),
+            Ok(()) => panic!("expected an application error, the task succeeded"),
+        }
     }
 
     #[test]
     fn test_service() {
-        let ch = channel(ok_app);
-        let (result, _) = serve(&ch, "1.1");
-        assert!(result.is_ok());
-        assert!(lines(&ch)[0].starts_with("HTTP/1.1 200 OK"));
+        let executed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&executed);
+        let ch = channel(move |_e, sr| {
+            flag.store(true, Ordering::SeqCst);
+            sr.start("200 OK", Vec::<(String, String)>::new())?;
+            Ok(Body::from_chunks(Vec::new()))
+        });
+        let ran = run(&ch, true, |_| {});
+        ran.result.unwrap();
+        assert!(ran.close_on_finish);
+        assert!(!ch.written().is_empty());
+        assert!(executed.load(Ordering::SeqCst));
     }
 
     #[test]
@@ -1227,100 +1580,145 @@ mod tests {
             sr.start("200 OK", Vec::<(String, String)>::new())?;
             Ok(Body::empty())
         });
-        match serve(&ch, "1.1").0 {
-            Err(TaskError::App(e)) => assert_eq!(
-                e.to_string(),
-                "start_response called a second time without providing exc_info."
-            ),
-            _ => panic!("expected an application error"),
-        }
+        assert_eq!(
+            app_error(execute(&ch)),
+            "start_response called a second time without providing exc_info."
+        );
+    }
+
+    #[test]
+    fn test_execute_app_calls_start_response_w_exc_info_complete() {
+        let ch = channel(|_e, sr| {
+            sr.start_with_error("200 OK", Vec::<(String, String)>::new(), "boom".into())?;
+            Ok(Body::from("a"))
+        });
+        let ran = run(&ch, false, |t| t.complete = true);
+        ran.result.unwrap();
+        assert!(ran.complete);
+        assert_eq!(ran.status, "200 OK");
+        assert!(!ch.written().is_empty());
     }
 
     #[test]
     fn test_execute_app_calls_start_response_w_excinf_headers_unwritten() {
         let ch = channel(|_e, sr| {
-            sr.start("200 OK", [("Content-Length", "0")])?;
-            sr.start_with_error("500 Oops", [("Content-Length", "0")], "boom".into())?;
-            Ok(Body::empty())
+            sr.start_with_error("200 OK", Vec::<(String, String)>::new(), "boom".into())?;
+            Ok(Body::from("a"))
         });
-        assert!(serve(&ch, "1.1").0.is_ok());
-        assert!(lines(&ch)[0].starts_with("HTTP/1.1 500 Oops"));
+        let ran = run(&ch, false, |t| {
+            t.wrote_header = false;
+            t.response_headers = vec![("a".into(), "b".into())];
+        });
+        ran.result.unwrap();
+        assert!(ran.complete);
+        assert_eq!(ran.status, "200 OK");
+        assert!(!ch.written().is_empty());
+        assert!(!ran
+            .response_headers
+            .contains(&("a".to_string(), "b".to_string())));
     }
 
     #[test]
     fn test_execute_app_calls_start_response_w_excinf_headers_written() {
         let ch = channel(|_e, sr| {
-            sr.start("200 OK", [("Content-Length", "3")])?;
-            sr.write(b"abc")?;
-            sr.start_with_error("500 Oops", [("Content-Length", "0")], "boom".into())?;
+            sr.start_with_error("200 OK", Vec::<(String, String)>::new(), "boom".into())?;
             Ok(Body::empty())
         });
-        match serve(&ch, "1.1").0 {
-            Err(TaskError::App(e)) => assert_eq!(e.to_string(), "boom"),
-            _ => panic!("the error comes back once the headers are written"),
-        }
+        let ran = run(&ch, false, |t| {
+            t.complete = true;
+            t.wrote_header = true;
+        });
+        assert_eq!(app_error(ran), "boom", "the error comes back");
+    }
+
+    /// The application calls `start_response(status, headers)` and returns the error it got.
+    fn start_response_error(
+        status: &'static str,
+        headers: &[(&'static str, &'static str)],
+    ) -> String {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let ch = channel(move |_e, sr| {
+            sr.start(status, headers.clone())?;
+            Ok(Body::empty())
+        });
+        app_error(execute(&ch))
     }
 
     #[test]
-    fn test_execute_bad_headers() {
-        type Case = (
-            Vec<(&'static str, &'static str)>,
-            &'static str,
-            &'static str,
+    fn test_execute_hopbyhop_header() {
+        assert_eq!(
+            start_response_error("200 OK", &[("Connection", "close")]),
+            "Connection is a \"hop-by-hop\" header; it cannot be used by a WSGI application (see PEP 3333)"
         );
-        let cases: Vec<Case> = vec![
-            (vec![("Connection", "close")], "200 OK", "Connection is a \"hop-by-hop\" header; it cannot be used by a WSGI application (see PEP 3333)"),
-            (vec![("a", "\nabc")], "200 OK", "carriage return/line feed character present in header value"),
-            (vec![("a\r", "abc")], "200 OK", "carriage return/line feed character present in header name"),
-            (vec![], "200 OK\r\nFoo: bar", "carriage return/line feed character present in status"),
-        ];
-        for (headers, status, message) in cases {
-            let headers: Vec<(String, String)> = headers
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            let status = status.to_string();
-            let ch = channel(move |_e, sr| {
-                sr.start(&status, headers.clone())?;
-                Ok(Body::empty())
-            });
-            match serve(&ch, "1.1").0 {
-                Err(TaskError::App(e)) => assert_eq!(e.to_string(), message),
-                _ => panic!("expected {message}"),
-            }
-        }
+    }
+
+    #[test]
+    fn test_execute_bad_header_value_control_characters() {
+        assert_eq!(
+            start_response_error("200 OK", &[("a", "\n")]),
+            "carriage return/line feed character present in header value"
+        );
+    }
+
+    #[test]
+    fn test_execute_bad_header_name_control_characters() {
+        assert_eq!(
+            start_response_error("200 OK", &[("a\r", "value")]),
+            "carriage return/line feed character present in header name"
+        );
+    }
+
+    #[test]
+    fn test_execute_bad_status_control_characters() {
+        assert_eq!(
+            start_response_error("200 OK\r", &[]),
+            "carriage return/line feed character present in status"
+        );
     }
 
     #[test]
     fn test_preserve_header_value_order() {
         let ch = channel(|_e, sr| {
-            sr.start(
-                "200 OK",
-                [("C", "b"), ("A", "b"), ("A", "a"), ("Content-Length", "0")],
-            )?;
-            Ok(Body::empty())
+            sr.start("200 OK", [("C", "b"), ("A", "b"), ("A", "a")])?;
+            sr.write(b"abc")?;
+            Ok(Body::from_chunks(Vec::new()))
         });
-        serve(&ch, "1.1").0.unwrap();
-        let head = head(&ch);
-        assert!(head.contains("A: b\r\nA: a\r\nC: b"), "{head}");
+        execute(&ch).result.unwrap();
+        let written = String::from_utf8_lossy(&ch.written()).to_string();
+        assert!(written.contains("A: b\r\nA: a\r\nC: b\r\n"), "{written}");
     }
 
     #[test]
-    fn test_execute_app_calls_write_and_len1_body() {
+    fn test_execute_with_content_length_header() {
         let ch = channel(|_e, sr| {
-            sr.start("200 OK", [("Content-Length", "12")])?;
-            sr.write(b"abc")?;
-            Ok(Body::from("123456789"))
+            sr.start("200 OK", [("Content-Length", "1")])?;
+            Ok(Body::from("a"))
         });
-        serve(&ch, "1.1").0.unwrap();
-        assert!(ch.written.lock().unwrap().ends_with(b"abc123456789"));
+        assert_eq!(execute(&ch).content_length, Some(1));
+    }
 
+    #[test]
+    fn test_execute_app_calls_write() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", [("Content-Length", "3")])?;
+            sr.write(b"abc")?;
+            Ok(Body::from_chunks(Vec::new()))
+        });
+        execute(&ch).result.unwrap();
+        assert!(ch.written().ends_with(b"abc"));
+    }
+
+    #[test]
+    fn test_execute_app_returns_len1_chunk_without_cl() {
+        // waitress's one-element list is `Body::Bytes` here.
         let ch = channel(|_e, sr| {
             sr.start("200 OK", Vec::<(String, String)>::new())?;
             Ok(Body::from("abc"))
         });
-        serve(&ch, "1.0").0.unwrap();
-        assert!(head(&ch).contains("Content-Length: 3"));
+        assert_eq!(execute(&ch).content_length, Some(3));
     }
 
     #[test]
@@ -1332,74 +1730,194 @@ mod tests {
                 Ok(b"abc".to_vec()),
             ]))
         });
-        serve(&ch, "1.0").0.unwrap();
-        assert!(!head(&ch).contains("Content-Length"));
-        assert!(ch.written.lock().unwrap().ends_with(b"abc"));
+        assert_eq!(execute(&ch).content_length, None);
     }
 
     #[test]
-    fn test_execute_app_returns_too_many_and_too_few_bytes() {
+    fn test_execute_app_returns_too_many_bytes() {
         let ch = channel(|_e, sr| {
             sr.start("200 OK", [("Content-Length", "1")])?;
             Ok(Body::from_chunks(vec![Ok(b"abc".to_vec())]))
         });
-        let (result, close) = serve(&ch, "1.0");
-        result.unwrap();
-        assert!(ch.written.lock().unwrap().ends_with(b"\r\n\r\na"));
-        assert!(close, "1.0 without keep-alive closes anyway");
+        let ran = execute(&ch);
+        ran.result.unwrap();
+        assert!(ran.close_on_finish);
+        assert_eq!(
+            ran.logged,
+            vec!["WARNING:waitress:application-written content exceeded the number of bytes specified by Content-Length header (1)"]
+        );
+        assert!(ch.written().ends_with(b"\r\n\r\na"));
+    }
 
+    #[test]
+    fn test_execute_app_returns_too_few_bytes() {
         let ch = channel(|_e, sr| {
-            sr.start("200 OK", [("Content-Length", "9")])?;
-            Ok(Body::from_chunks(vec![Ok(b"abc".to_vec())]))
+            sr.start("200 OK", [("Content-Length", "3")])?;
+            Ok(Body::from_chunks(vec![Ok(b"a".to_vec())]))
         });
-        let (_, close) = serve(&ch, "1.1");
-        assert!(close, "too few bytes closes the connection");
+        let ran = execute(&ch);
+        ran.result.unwrap();
+        assert!(ran.close_on_finish);
+        assert_eq!(
+            ran.logged,
+            vec!["WARNING:waitress:application returned too few bytes (1) for specified Content-Length (3) via app_iter"]
+        );
+        // HTTP/1.0 closes anyway; in HTTP/1.1 it is the short body that closes.
+        let (result, close) = serve(&ch, "1.1");
+        result.unwrap();
+        assert!(close, "too few bytes closes an HTTP/1.1 connection");
     }
 
     #[test]
     fn test_execute_app_head_with_content_length() {
         let ch = channel(|_e, sr| {
-            sr.start("200 OK", [("Content-Length", "9")])?;
-            Ok(Body::from_chunks(Vec::new()))
+            sr.start("200 OK", [("Content-Length", "3")])?;
+            Ok(Body::from_chunks(vec![Ok(b"".to_vec())]))
         });
-        let mut req = request("1.1");
-        req.command = "HEAD".to_string();
-        let mut task = Task::wsgi(&ch, &mut req);
-        task.service().unwrap();
-        assert!(!task.close_on_finish);
+        let ran = run(&ch, false, |t| t.request.command = "HEAD".to_string());
+        ran.result.unwrap();
+        assert!(!ran.close_on_finish);
+        assert_eq!(ran.logged, Vec::<String>::new());
+    }
+
+    /// A status without a body: the body the application returns is dropped, its
+    /// `Content-Length` too, nothing is chunked, and the drop is logged once.
+    fn assert_without_body_logged(status: &'static str) {
+        let ch = channel(move |_e, sr| {
+            sr.start(status, [("Content-Length", "3")])?;
+            Ok(Body::from_chunks(vec![Ok(b"abc".to_vec())]))
+        });
+        let ran = execute(&ch);
+        ran.result.unwrap();
+        assert!(ran.close_on_finish);
+        let written = String::from_utf8_lossy(&ch.written()).to_string();
+        assert!(!written.contains("abc"), "{written}");
+        assert!(!written.contains("Content-Length"), "{written}");
+        assert!(!written.contains("Transfer-Encoding"), "{written}");
+        assert_eq!(
+            ran.logged,
+            vec![format!("WARNING:waitress:application-written content was ignored due to HTTP response that may not contain a message-body: ({status})")]
+        );
     }
 
     #[test]
-    fn test_execute_app_without_body_204() {
-        let ch = channel(|_e, sr| {
-            sr.start("204 No Content", [("Content-Length", "3")])?;
-            Ok(Body::from("abc"))
-        });
-        serve(&ch, "1.1").0.unwrap();
-        let written = ch.written.lock().unwrap().clone();
-        assert!(written.ends_with(b"\r\n\r\n"), "no body for 204");
-        assert!(!head(&ch).contains("Content-Length"));
+    fn test_execute_app_without_body_204_logged() {
+        assert_without_body_logged("204 No Content");
     }
 
     #[test]
-    fn test_execute_app_returns_filewrapper() {
-        for (cl, expected_cl) in [
-            (None, "6"),
-            (Some("6"), "6"),
-            (Some("3"), "3"),
-            (Some("9"), "6"),
-        ] {
-            let ch = channel(move |_e, sr| {
-                let headers: Vec<(&str, &str)> =
-                    cl.map(|c| vec![("Content-Length", c)]).unwrap_or_default();
-                sr.start("200 OK", headers)?;
-                Ok(Body::File(FileWrapper::new(
-                    std::io::Cursor::new(b"abcdef".to_vec()),
-                    2,
-                )))
-            });
-            serve(&ch, "1.1").0.unwrap();
-            assert_eq!(ch.files.load(Ordering::SeqCst), 1);
+    fn test_execute_app_without_body_304_logged() {
+        assert_without_body_logged("304 Not Modified");
+    }
+
+    #[test]
+    fn test_execute_app_returns_closeable() {
+        struct Closeable {
+            chunks: Vec<Vec<u8>>,
+            closed: Arc<AtomicBool>,
+        }
+        impl Iterator for Closeable {
+            type Item = Result<Vec<u8>, AppError>;
+            fn next(&mut self) -> Option<Self::Item> {
+                self.chunks.pop().map(Ok)
+            }
+        }
+        impl Drop for Closeable {
+            fn drop(&mut self) {
+                self.closed.store(true, Ordering::SeqCst);
+            }
+        }
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&closed);
+        let ch = channel(move |_e, sr| {
+            sr.start("200 OK", [("Content-Length", "3")])?;
+            Ok(Body::from_chunks(Closeable {
+                chunks: vec![b"abc".to_vec()],
+                closed: Arc::clone(&flag),
+            }))
+        });
+        execute(&ch).result.unwrap();
+        assert!(closed.load(Ordering::SeqCst));
+    }
+
+    fn filewrapper_app(
+        content_length: Option<&'static str>,
+    ) -> impl Fn(&mut Environ, &mut StartResponse<'_>) -> AppResult + Send + Sync + 'static {
+        move |_e, sr| {
+            let headers: Vec<(&str, &str)> = content_length
+                .map(|cl| vec![("Content-Length", cl)])
+                .unwrap_or_default();
+            sr.start("200 OK", headers)?;
+            Ok(Body::File(FileWrapper::new(
+                std::io::Cursor::new(b"abc".to_vec()),
+                8192,
+            )))
+        }
+    }
+
+    #[test]
+    fn test_execute_app_returns_filewrapper_prepare_returns_true() {
+        let ch = channel(filewrapper_app(Some("3")));
+        execute(&ch).result.unwrap();
+        assert!(
+            head(&ch).starts_with("HTTP/1.0 200 OK"),
+            "the head was written"
+        );
+        assert_eq!(
+            ch.files.load(Ordering::SeqCst),
+            1,
+            "the file went to the channel"
+        );
+    }
+
+    #[test]
+    fn test_execute_app_returns_filewrapper_prepare_returns_true_nocl() {
+        let ch = channel(filewrapper_app(None));
+        let ran = execute(&ch);
+        ran.result.unwrap();
+        assert!(
+            head(&ch).starts_with("HTTP/1.0 200 OK"),
+            "the head was written"
+        );
+        assert_eq!(
+            ch.files.load(Ordering::SeqCst),
+            1,
+            "the file went to the channel"
+        );
+        assert_eq!(ran.content_length, Some(3));
+    }
+
+    #[test]
+    fn test_execute_app_returns_filewrapper_prepare_returns_true_badcl() {
+        let ch = channel(filewrapper_app(None));
+        let ran = run(&ch, false, |t| {
+            t.content_length = Some(10);
+            t.response_headers = vec![("Content-Length".into(), "10".into())];
+        });
+        ran.result.unwrap();
+        assert!(
+            head(&ch).starts_with("HTTP/1.0 200 OK"),
+            "the head was written"
+        );
+        assert_eq!(
+            ch.files.load(Ordering::SeqCst),
+            1,
+            "the file went to the channel"
+        );
+        assert_eq!(ran.content_length, Some(3));
+        assert!(ran
+            .response_headers
+            .contains(&("Content-Length".to_string(), "3".to_string())));
+        assert_eq!(head(&ch).matches("Content-Length").count(), 1);
+    }
+
+    /// Beyond waitress's tests: a file shorter or longer than the application's
+    /// `Content-Length`, and a reader that cannot seek.
+    #[test]
+    fn filewrapper_lengths_and_streams() {
+        for (cl, expected_cl) in [(Some("9"), "3"), (Some("2"), "2")] {
+            let ch = channel(filewrapper_app(cl));
+            execute(&ch).result.unwrap();
             let head = head(&ch);
             assert!(
                 head.contains(&format!("Content-Length: {expected_cl}")),
@@ -1407,27 +1925,94 @@ mod tests {
             );
             assert_eq!(head.matches("Content-Length").count(), 1);
         }
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", [("Content-Length", "6")])?;
+            Ok(Body::File(FileWrapper::from_reader(
+                std::io::Cursor::new(b"abcdef".to_vec()),
+                4,
+            )))
+        });
+        execute(&ch).result.unwrap();
+        assert_eq!(ch.files.load(Ordering::SeqCst), 0, "streamed by the task");
+        assert!(ch.written().ends_with(b"\r\n\r\nabcdef"));
+    }
+
+    /// The environ of a GET of `path?query` with `url_prefix` set holds `expected`.
+    fn assert_environ(path: &str, url_prefix: &str, query: &str, expected: &[(&str, &str)]) {
+        let prefix = url_prefix.to_string();
+        let ch = channel_with(Arc::new(ok_app), move |a| a.url_prefix = prefix);
+        let mut req = request("1.0");
+        req.path = path.to_string();
+        req.query = query.to_string();
+        let environ = Task::wsgi(&ch, &mut req).get_environment().unwrap();
+        for &(key, value) in expected {
+            assert_eq!(
+                environ.get(key),
+                Some(value),
+                "{key} for {path:?} under {url_prefix:?}"
+            );
+        }
     }
 
     #[test]
-    fn test_get_environment_paths_and_prefix() {
-        let cases = [
-            ("//abc/def", "", "/abc/def", ""),
-            ("", "", "", ""),
-            ("/abc", "/foo", "/abc", "/foo"),
-            ("/foo/abc", "/foo", "/abc", "/foo"),
-            ("/foo", "/foo", "", "/foo"),
-            ("/foobar", "/foo", "/foobar", "/foo"),
-        ];
-        for (path, prefix, path_info, script_name) in cases {
-            let ch = channel_with(Arc::new(ok_app), |a| a.url_prefix = prefix.to_string());
-            let mut req = request("1.0");
-            req.path = path.to_string();
-            let mut task = Task::wsgi(&ch, &mut req);
-            let environ = task.get_environment().unwrap();
-            assert_eq!(environ.get("PATH_INFO"), Some(path_info), "{path} {prefix}");
-            assert_eq!(environ.get("SCRIPT_NAME"), Some(script_name));
-        }
+    fn test_get_environment_path_startswith_more_than_one_slash() {
+        assert_environ("///abc", "", "", &[("PATH_INFO", "/abc")]);
+    }
+
+    #[test]
+    fn test_get_environment_path_empty() {
+        assert_environ("", "", "", &[("PATH_INFO", "")]);
+    }
+
+    #[test]
+    fn test_get_environment_no_query() {
+        assert_environ("/", "", "", &[("QUERY_STRING", "")]);
+    }
+
+    #[test]
+    fn test_get_environment_with_query() {
+        assert_environ("/", "", "abc", &[("QUERY_STRING", "abc")]);
+    }
+
+    #[test]
+    fn test_get_environ_with_url_prefix_miss() {
+        assert_environ(
+            "/bar",
+            "/foo",
+            "",
+            &[("PATH_INFO", "/bar"), ("SCRIPT_NAME", "/foo")],
+        );
+    }
+
+    #[test]
+    fn test_get_environ_with_url_prefix_hit() {
+        assert_environ(
+            "/foo/fuz",
+            "/foo",
+            "",
+            &[("PATH_INFO", "/fuz"), ("SCRIPT_NAME", "/foo")],
+        );
+    }
+
+    #[test]
+    fn test_get_environ_with_url_prefix_empty_path() {
+        assert_environ(
+            "/foo",
+            "/foo",
+            "",
+            &[("PATH_INFO", ""), ("SCRIPT_NAME", "/foo")],
+        );
+    }
+
+    /// Beyond waitress's tests: a path that only starts like the prefix is not cut.
+    #[test]
+    fn url_prefix_is_cut_only_at_a_segment() {
+        assert_environ(
+            "/foobar",
+            "/foo",
+            "",
+            &[("PATH_INFO", "/foobar"), ("SCRIPT_NAME", "/foo")],
+        );
     }
 
     #[test]
@@ -1445,9 +2030,10 @@ mod tests {
         req.query = "abc".to_string();
         let mut task = Task::wsgi(&ch, &mut req);
         let environ = task.get_environment().unwrap();
-        let keys = environ.keys();
+        // waitress's `wsgi.errors`, `wsgi.input`, `wsgi.file_wrapper` and
+        // `waitress.client_disconnected` are typed members of `Environ`, not string keys.
         assert_eq!(
-            keys,
+            environ.keys(),
             [
                 "CONTENT_LENGTH",
                 "CONTENT_TYPE",
@@ -1489,7 +2075,12 @@ mod tests {
             ("CONTENT_TYPE", "abc"),
             ("CONTENT_LENGTH", "10"),
             ("HTTP_X_FOO", "\u{a0}BAR\u{85}"),
+            ("wsgi.version", "1.0"),
             ("wsgi.url_scheme", "http"),
+            ("wsgi.multithread", "true"),
+            ("wsgi.multiprocess", "false"),
+            ("wsgi.run_once", "false"),
+            ("wsgi.input_terminated", "true"),
         ] {
             assert_eq!(environ.get(key), Some(value), "{key}");
         }
@@ -1498,40 +2089,117 @@ mod tests {
 
     // TestErrorTask
 
+    /// An `ErrorTask` for a 400 with the body "body" (waitress's test uses a made-up
+    /// "432 Too Ugly"; the port's errors are a closed set, so the numbers differ).
     fn error_lines(version: &str, connection: Option<&str>) -> (Vec<String>, bool) {
         let ch = channel(ok_app);
         let mut req = request(version);
-        req.error = Some(Error::new(crate::utilities::ErrorKind::BadRequest, "body"));
+        req.error = Some(Error::new(ErrorKind::BadRequest, "body"));
         if let Some(c) = connection {
             req.headers.insert("CONNECTION".into(), c.into());
         }
         let mut task = Task::error(&ch, &mut req);
-        task.service().unwrap();
+        task.execute_error().unwrap();
         let close = task.close_on_finish;
         (lines(&ch), close)
     }
 
+    fn assert_error_response(version: &str, connection: Option<&str>) {
+        let (lines, close) = error_lines(version, connection);
+        assert_eq!(lines.len(), 9, "{lines:?}");
+        assert_eq!(lines[0], format!("HTTP/{version} 400 Bad Request"));
+        assert_eq!(lines[1], "Connection: close");
+        assert_eq!(lines[2], "Content-Length: 46");
+        assert_eq!(lines[3], "Content-Type: text/plain; charset=utf-8");
+        assert!(lines[4].starts_with("Date: "));
+        assert_eq!(lines[5], "Server: waitress");
+        assert_eq!(lines[6], "Bad Request");
+        assert_eq!(lines[7], "body");
+        assert_eq!(lines[8], "(generated by waitress)");
+        assert!(close);
+    }
+
     #[test]
-    fn test_execute_http_10_and_11() {
-        for (version, connection) in [
-            ("1.0", None),
-            ("1.1", None),
-            ("1.1", Some("close")),
-            ("1.1", Some("keep-alive")),
-        ] {
-            let (lines, close) = error_lines(version, connection);
-            assert_eq!(lines.len(), 9, "{lines:?}");
-            assert_eq!(lines[0], format!("HTTP/{version} 400 Bad Request"));
-            assert_eq!(lines[1], "Connection: close");
-            assert_eq!(lines[2], "Content-Length: 46");
-            assert_eq!(lines[3], "Content-Type: text/plain; charset=utf-8");
-            assert!(lines[4].starts_with("Date: "));
-            assert_eq!(lines[5], "Server: waitress");
-            assert_eq!(lines[6], "Bad Request");
-            assert_eq!(lines[7], "body");
-            assert_eq!(lines[8], "(generated by waitress)");
-            assert!(close);
+    fn test_execute_http_10() {
+        assert_error_response("1.0", None);
+    }
+
+    #[test]
+    fn test_execute_http_11() {
+        assert_error_response("1.1", None);
+    }
+
+    #[test]
+    fn test_execute_http_11_close() {
+        assert_error_response("1.1", Some("close"));
+    }
+
+    #[test]
+    fn test_execute_http_11_keep_forces_close() {
+        assert_error_response("1.1", Some("keep-alive"));
+    }
+
+    // Beyond waitress's tests
+
+    /// One `start_response` for both sinks: a refused call leaves the task unstarted, so the
+    /// application can answer properly on its second try.
+    #[test]
+    fn refused_start_response_leaves_the_task_unstarted() {
+        let ch = channel(|_e, sr| {
+            let refused = sr.start("200 OK", [("Content-Length", "9"), ("Upgrade", "x")]);
+            assert_eq!(
+                refused,
+                Err(StartResponseError::HopByHop("Upgrade".to_string()))
+            );
+            assert!(sr.write(b"early").is_err(), "not started");
+            sr.start("404 Not Found", [("Content-Length", "2")])?;
+            Ok(Body::from("no"))
+        });
+        serve(&ch, "1.1").0.unwrap();
+        let written = ch.written.lock().unwrap().clone();
+        let text = String::from_utf8_lossy(&written);
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+        assert!(text.contains("\r\nContent-Length: 2\r\n"), "{text}");
+        assert!(!text.contains("Upgrade"), "{text}");
+        assert!(text.ends_with("\r\n\r\nno"), "{text}");
+    }
+
+    #[test]
+    fn head_response_keeps_content_length_and_sends_no_body() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", Vec::<(String, String)>::new())?;
+            Ok(Body::from("abc"))
+        });
+        let mut req = request("1.1");
+        req.command = "HEAD".to_string();
+        let mut task = Task::wsgi(&ch, &mut req);
+        task.service().unwrap();
+        assert!(!task.close_on_finish);
+        assert!(
+            !task.logged_write_no_body,
+            "HEAD answered like GET is no fault"
+        );
+        let written = ch.written.lock().unwrap().clone();
+        assert!(written.ends_with(b"\r\n\r\n"), "no body for HEAD");
+        assert!(head(&ch).contains("\r\nContent-Length: 3\r\n"));
+    }
+
+    /// An empty chunk sends nothing, not even the head (waitress writes only chunks with
+    /// bytes), so an error after it can still be answered with a 500.
+    #[test]
+    fn empty_first_chunk_then_error_leaves_the_head_unsent() {
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", Vec::<(String, String)>::new())?;
+            Ok(Body::from_chunks(vec![Ok(b"".to_vec()), Err("bad".into())]))
+        });
+        let mut req = request("1.1");
+        let mut task = Task::wsgi(&ch, &mut req);
+        match task.service() {
+            Err(TaskError::App(e)) => assert_eq!(e.to_string(), "bad"),
+            _ => panic!("the chunk's error comes back"),
         }
+        assert!(!task.wrote_header);
+        assert_eq!(ch.written(), b"");
     }
 
     #[test]
@@ -1542,5 +2210,35 @@ mod tests {
             serve(&ch, "1.1").0,
             Err(TaskError::ClientDisconnected)
         ));
+    }
+
+    /// A body whose `next()` panics and whose `Drop` panics too: each panic is caught where
+    /// it happens (a panic during the first one's unwind would abort the process), and the
+    /// first comes back as the application's error.
+    #[test]
+    fn body_panics_in_next_and_in_drop_are_errors() {
+        struct Bad;
+        impl Iterator for Bad {
+            type Item = Result<Vec<u8>, AppError>;
+            fn next(&mut self) -> Option<Self::Item> {
+                panic!("next failed")
+            }
+        }
+        impl Drop for Bad {
+            fn drop(&mut self) {
+                panic!("drop failed")
+            }
+        }
+        let ch = channel(|_e, sr| {
+            sr.start("200 OK", Vec::<(String, String)>::new())?;
+            Ok(Body::from_chunks(Bad))
+        });
+        match serve(&ch, "1.1").0 {
+            Err(TaskError::App(e)) => {
+                assert_eq!(e.to_string(), "application panicked: next failed")
+            }
+            other => panic!("expected the panic as an error, got {other:?}"),
+        }
+        assert!(ch.written.lock().unwrap().is_empty(), "nothing was sent");
     }
 }

@@ -2,26 +2,69 @@
 //!
 //! The trigger wakes the I/O thread out of `poll` when a worker thread has queued output or
 //! finished a request: a non-blocking socket pair whose reading end sits in the socket map.
-//! Workers hold a [`TriggerHandle`]; the I/O thread owns the [`Trigger`].
+//! Workers hold a [`TriggerHandle`]; the I/O thread owns the [`Trigger`]. The pair is a Unix
+//! socket pair, or on Windows two loopback TCP sockets connected to each other (waitress's
+//! trigger for systems without POSIX pipes), made by [`socket_pair`].
 
 use std::io::{self, Read, Write};
-use std::os::unix::io::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
+#[cfg(windows)]
+use std::net::{TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::compat::{self, RawSocket};
 use crate::task::panic_message;
 use crate::utilities::LOGGER;
 use crate::wasyncore::{Dispatcher, SocketMap, WeakSocketMap};
+
+/// One end of a [`socket_pair`].
+#[cfg(unix)]
+pub type PairStream = std::os::unix::net::UnixStream;
+/// One end of a [`socket_pair`].
+#[cfg(windows)]
+pub type PairStream = TcpStream;
+
+/// Two connected stream sockets: `socketpair(2)` on Unix.
+#[cfg(unix)]
+pub fn socket_pair() -> io::Result<(PairStream, PairStream)> {
+    PairStream::pair()
+}
+
+/// Two connected stream sockets. Windows has no `socketpair`, so as waitress does there: a
+/// listener on an ephemeral loopback port, a client connected to it, the accepted end, and
+/// the listener closed. `TCP_NODELAY` on the writing end sends a wake-up byte at once.
+/// waitress retries a connect that fails with `WSAEADDRINUSE` (a race that old Windows
+/// versions showed), up to ten times; so does this.
+#[cfg(windows)]
+pub fn socket_pair() -> io::Result<(PairStream, PairStream)> {
+    /// `WSAEADDRINUSE`, `winerror.h`.
+    const WSAEADDRINUSE: i32 = 10048;
+    for _ in 0..10 {
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        let writer = match TcpStream::connect(listener.local_addr()?) {
+            Ok(writer) => writer,
+            Err(e) if e.raw_os_error() == Some(WSAEADDRINUSE) => continue,
+            Err(e) => return Err(e),
+        };
+        writer.set_nodelay(true)?;
+        let (reader, _) = listener.accept()?;
+        // Only the client just connected may become the other end (anyone else who reached
+        // the port first is dropped with this attempt).
+        if reader.peer_addr()? == writer.local_addr()? {
+            return Ok((reader, writer));
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::Other, "Cannot bind trigger!"))
+}
 
 /// Work to run on the I/O thread at its next wake-up.
 pub type Thunk = Box<dyn FnOnce() + Send>;
 
 /// The half of the trigger that other threads use.
 struct Shared {
-    writer: UnixStream,
+    writer: PairStream,
     /// A wake-up byte is in the pipe and not yet read: further pulls need not write another,
     /// so a burst of pulls costs one byte and one wake-up.
     pending: AtomicBool,
@@ -72,8 +115,8 @@ impl TriggerHandle {
 
 /// The I/O-thread half: a dispatcher in the socket map (waitress: `trigger`).
 pub struct Trigger {
-    reader: UnixStream,
-    fd: RawFd,
+    reader: PairStream,
+    fd: RawSocket,
     handle: TriggerHandle,
     /// The map this trigger sits in; weak, since the map holds the trigger.
     map: WeakSocketMap,
@@ -82,10 +125,10 @@ pub struct Trigger {
 impl Trigger {
     /// Create a trigger and add it to `map`.
     pub fn new(map: &SocketMap) -> io::Result<Rc<Trigger>> {
-        let (reader, writer) = UnixStream::pair()?;
+        let (reader, writer) = socket_pair()?;
         reader.set_nonblocking(true)?;
         writer.set_nonblocking(true)?;
-        let fd = reader.as_raw_fd();
+        let fd = compat::raw_socket(&reader);
         let trigger = Rc::new(Trigger {
             reader,
             fd,
@@ -119,7 +162,7 @@ impl Trigger {
 }
 
 impl Dispatcher for Trigger {
-    fn fileno(&self) -> RawFd {
+    fn fileno(&self) -> RawSocket {
         self.fd
     }
 

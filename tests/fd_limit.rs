@@ -1,6 +1,8 @@
 //! With `select()` semantics (the default `asyncore_use_poll=false`) descriptors from 1024 on
 //! cannot be watched: such a connection is refused, and the server goes on serving the others.
-//! A test binary of its own, because it fills the process's descriptor table.
+//! A test binary of its own, because it fills the process's descriptor table. Unix only: a
+//! Windows `SOCKET` is a handle, not an index into a table, and there is no such limit.
+#![cfg(unix)]
 
 mod support;
 

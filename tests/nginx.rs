@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! `waitress-serve` behind a real nginx (Debian's `nginx-light`), as the README's "Deploying
 //! behind nginx" section sets it up: nginx speaks HTTP/1.1 to the port over one upstream
 //! keep-alive pool, sets `X-Forwarded-For`/`-Proto`/`-Host`/`-Prefix`, and the port trusts
@@ -144,7 +145,10 @@ fn start_port(upstream: Upstream, socket: &Path) -> (Running, u16, mpsc::Receive
     std::thread::spawn(move || {
         // Read to the end so the port never blocks on a full pipe.
         for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
+            let line = match line {
+                Ok(line) => line,
+                Err(_) => break,
+            };
             let _ = tx.send(line);
         }
     });

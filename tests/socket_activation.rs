@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! systemd socket activation with the real `systemd-socket-activate` (Debian's `systemd`
 //! package; `.ci/run` installs it when absent): it binds and listens, then on the first
 //! connection executes `waitress-serve` with the socket as descriptor 3 and `LISTEN_FDS`/
@@ -40,7 +41,10 @@ impl Activated {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
+                let line = match line {
+                    Ok(line) => line,
+                    Err(_) => break,
+                };
                 if tx.send(line).is_err() {
                     break;
                 }

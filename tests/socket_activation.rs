@@ -5,7 +5,9 @@
 //! `LISTEN_PID` set, which is what systemd does for a `.socket` unit. A plain `cargo test`
 //! skips these (a machine may lack the program); `.ci/run` runs them with `--ignored`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -38,18 +40,7 @@ impl Activated {
                 panic!("{ACTIVATE} could not be started ({e}): install Debian's systemd package")
             });
         let stderr = child.stderr.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let line = match line {
-                    Ok(line) => line,
-                    Err(_) => break,
-                };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = support::lines_of(stderr);
         Activated {
             child,
             stderr: rx,

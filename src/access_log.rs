@@ -5,9 +5,10 @@
 //! task notes the status line when the head goes out and every body byte it hands to the
 //! connection, and the application's `REMOTE_ADDR`/`REMOTE_USER` once the proxy-headers
 //! middleware has set them. When the response is done, the channel's `service` turns the
-//! tally into a line in [`AccessLogFormat`] and hands it to a writer thread over a bounded
-//! queue, so the worker neither waits for standard error nor takes a lock another worker
-//! holds while writing. The writer thread sends each line to [`ACCESS_LOGGER`] at INFO.
+//! tally into a line in [`AccessLogFormat`], appended to that worker's own buffer of pending
+//! lines. A writer thread takes every worker's buffer each 50 ms and sends the lines to
+//! [`ACCESS_LOGGER`] at INFO: the worker never waits for standard error, never takes a lock
+//! another worker holds, and wakes nobody per line.
 //!
 //! The line is built only when `access_log` is on and the logger writes INFO records; with the
 //! log off the hooks cost a thread-local check.
@@ -17,9 +18,9 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::rc::Rc;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::adjustments::{Adjustments, DEFAULT_ACCESS_LOG_FORMAT};
@@ -70,6 +71,9 @@ enum Field {
     ConnectionStatus,
     /// `%{Name}i`: a request header (the environ's spelling of the name: `USER_AGENT`).
     RequestHeader(String),
+    /// `%{remote}p`: the port of the connection's peer (the proxy's, behind one), `-` on a
+    /// Unix socket.
+    RemotePort,
 }
 
 /// A parsed `access_log_format`. The fields (Apache's `mod_log_config` letters):
@@ -87,6 +91,7 @@ enum Field {
 /// | `%D`, `%T` | time taken in microseconds, in whole seconds |
 /// | `%X` | `X` client went away before the response was all handed over, `+` kept alive, `-` closed |
 /// | `%{Name}i` | the request header `Name`, `-` when absent |
+/// | `%{remote}p` | the port of the connection's peer (the proxy's, behind one), `-` on a Unix socket |
 /// | `%%` | a `%` |
 ///
 /// ```
@@ -157,18 +162,23 @@ impl FromStr for AccessLogFormat {
                     };
                     let name = &rest[..end];
                     chars = rest[end + 1..].chars();
-                    if chars.next() != Some('i') || name.is_empty() {
-                        return Err(AccessLogFormatError(format!(
-                            "only %{{Header}}i is known among the access log's %{{…}} fields, in {format:?}"
-                        )));
+                    match chars.next() {
+                        Some('i') if !name.is_empty() => {
+                            Field::RequestHeader(name.to_ascii_uppercase().replace('-', "_"))
+                        }
+                        Some('p') if name == "remote" => Field::RemotePort,
+                        _ => {
+                            return Err(AccessLogFormatError(format!(
+                                "only %{{Header}}i and %{{remote}}p are known among the access log's %{{…}} fields, in {format:?}"
+                            )))
+                        }
                     }
-                    Field::RequestHeader(name.to_ascii_uppercase().replace('-', "_"))
                 }
                 other => {
                     let shown =
                         other.map_or_else(|| "end of text".to_string(), |c| format!("%{c}"));
                     return Err(AccessLogFormatError(format!(
-                        "unknown access log field {shown} in {format:?} (known: %h %a %l %u %t %r %m %U %q %H %s %b %B %D %T %X %{{Header}}i %%)"
+                        "unknown access log field {shown} in {format:?} (known: %h %a %l %u %t %r %m %U %q %H %s %b %B %D %T %X %{{Header}}i %{{remote}}p %%)"
                     )));
                 }
             };
@@ -210,6 +220,8 @@ pub struct Record<'a> {
     pub remote_addr: &'a str,
     /// `REMOTE_USER`, if the application set one.
     pub remote_user: Option<&'a str>,
+    /// The port of the connection's peer; none on a Unix socket.
+    pub remote_port: Option<u16>,
     /// When the request was taken up.
     pub received: SystemTime,
     /// The request line as received (latin-1 bytes).
@@ -241,13 +253,13 @@ impl AccessLogFormat {
     pub fn write_line(&self, record: &Record<'_>, out: &mut String) {
         for field in &self.fields {
             // Writing to a String cannot fail.
-            let _ = match field {
+            let _: fmt::Result = match field {
                 Field::Literal(text) => {
                     out.push_str(text);
                     Ok(())
                 }
                 Field::RemoteAddr => {
-                    escape_into(out, record.remote_addr.chars());
+                    escape_str(out, record.remote_addr);
                     Ok(())
                 }
                 Field::Ident => {
@@ -256,7 +268,7 @@ impl AccessLogFormat {
                 }
                 Field::User => {
                     match record.remote_user {
-                        Some(user) if !user.is_empty() => escape_into(out, user.chars()),
+                        Some(user) if !user.is_empty() => escape_str(out, user),
                         _ => out.push('-'),
                     }
                     Ok(())
@@ -269,44 +281,51 @@ impl AccessLogFormat {
                     if record.request_line.is_empty() {
                         out.push('-');
                     } else {
-                        escape_into(out, record.request_line.iter().map(|&b| char::from(b)));
+                        escape_bytes(out, record.request_line);
                     }
                     Ok(())
                 }
                 Field::Method => {
-                    escape_into(out, record.method.chars());
+                    escape_str(out, record.method);
                     Ok(())
                 }
                 Field::Path => {
-                    escape_into(out, record.path.chars());
+                    escape_str(out, record.path);
                     Ok(())
                 }
                 Field::Query => {
                     if !record.query.is_empty() {
                         out.push('?');
-                        escape_into(out, record.query.chars());
+                        escape_str(out, record.query);
                     }
                     Ok(())
                 }
                 Field::Protocol => {
                     out.push_str("HTTP/");
-                    escape_into(out, record.version.chars());
+                    escape_str(out, record.version);
                     Ok(())
                 }
-                Field::Status => match record.status {
-                    Some(code) => write!(out, "{code}"),
-                    None => {
-                        out.push('-');
-                        Ok(())
-                    }
-                },
+                Field::Status => {
+                    push_optional_number(out, record.status.map(u64::from));
+                    Ok(())
+                }
                 Field::BytesClf if record.body_bytes == 0 => {
                     out.push('-');
                     Ok(())
                 }
-                Field::BytesClf | Field::Bytes => write!(out, "{}", record.body_bytes),
-                Field::Micros => write!(out, "{}", record.duration.as_micros()),
-                Field::Seconds => write!(out, "{}", record.duration.as_secs()),
+                Field::BytesClf | Field::Bytes => {
+                    push_number(out, record.body_bytes);
+                    Ok(())
+                }
+                Field::Micros => {
+                    let micros = record.duration.as_micros();
+                    push_number(out, u64::try_from(micros).unwrap_or(u64::MAX));
+                    Ok(())
+                }
+                Field::Seconds => {
+                    push_number(out, record.duration.as_secs());
+                    Ok(())
+                }
                 Field::ConnectionStatus => {
                     out.push(match record.connection {
                         ConnectionStatus::Aborted => 'X',
@@ -317,13 +336,62 @@ impl AccessLogFormat {
                 }
                 Field::RequestHeader(name) => {
                     match record.headers.get(name) {
-                        Some(value) => escape_into(out, value.chars()),
+                        Some(value) => escape_str(out, value),
                         None => out.push('-'),
                     }
                     Ok(())
                 }
+                Field::RemotePort => {
+                    push_optional_number(out, record.remote_port.map(u64::from));
+                    Ok(())
+                }
             };
         }
+    }
+}
+
+/// A byte that goes into a line as it is.
+fn is_plain(b: u8) -> bool {
+    (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\'
+}
+
+/// [`escape_into`] for text, copied whole when nothing needs escaping (the usual case).
+fn escape_str(out: &mut String, text: &str) {
+    if text.bytes().all(is_plain) {
+        out.push_str(text);
+    } else {
+        escape_into(out, text.chars());
+    }
+}
+
+/// [`escape_into`] for latin-1 bytes, copied whole when nothing needs escaping.
+fn escape_bytes(out: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if bytes.iter().copied().all(is_plain) => out.push_str(text),
+        _ => escape_into(out, bytes.iter().map(|&b| char::from(b))),
+    }
+}
+
+/// A number in decimal, without the formatting machinery (it runs for every line).
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
+/// A number, or `-` for none.
+fn push_optional_number(out: &mut String, n: Option<u64>) {
+    match n {
+        Some(n) => push_number(out, n),
+        None => out.push('-'),
     }
 }
 
@@ -394,6 +462,7 @@ struct Tally {
     body_bytes: u64,
     remote_addr: Option<String>,
     remote_user: Option<String>,
+    disconnected: bool,
 }
 
 thread_local! {
@@ -441,6 +510,11 @@ pub(crate) fn note_environ(environ: &Environ) {
     });
 }
 
+/// The response was cut short: the client went away while it was being handed over.
+pub(crate) fn note_disconnected() {
+    with_tally(|tally| tally.disconnected = true);
+}
+
 /// An access-log line being collected for one request.
 #[derive(Debug)]
 pub(crate) struct Pending {
@@ -464,7 +538,8 @@ pub(crate) fn begin(adj: &Adjustments) -> Option<Pending> {
 impl Pending {
     /// The response to `request` is done: build its line and queue it for the writer.
     /// `close` is whether the connection closes after it, `connected` whether the client was
-    /// still there.
+    /// still there (it counts only when nothing was sent: a client may well close as soon as
+    /// it has a whole response).
     pub(crate) fn finish(
         self,
         adj: &Adjustments,
@@ -476,7 +551,7 @@ impl Pending {
         let tally = CURRENT
             .with(|current| current.borrow_mut().take())
             .unwrap_or_default();
-        let connection = if !connected {
+        let connection = if tally.disconnected || (tally.status.is_none() && !connected) {
             ConnectionStatus::Aborted
         } else if close {
             ConnectionStatus::Close
@@ -486,6 +561,7 @@ impl Pending {
         let record = Record {
             remote_addr: tally.remote_addr.as_deref().unwrap_or(&peer.host),
             remote_user: tally.remote_user.as_deref(),
+            remote_port: peer.port,
             received: self.received,
             request_line: &request.first_line,
             method: &request.command,
@@ -556,35 +632,50 @@ type WorkerLines = Arc<Mutex<PendingLines>>;
 /// entries of threads that have ended once it has written what they left.
 static WORKERS: Mutex<Vec<WorkerLines>> = Mutex::new(Vec::new());
 
-/// The writer's flush requests, each answered once every line formatted before it is
-/// written; none before the thread is started, or if it could not be (lines are then written
-/// by the worker). Locked only to start the writer and to flush, never per line.
+/// Whether the writer thread runs. Read for every line, so an atomic: [`NOT_STARTED`],
+/// [`RUNNING`], or [`FAILED`] (it could not be started; workers then write their lines
+/// themselves).
+static WRITER_STATE: AtomicU8 = AtomicU8::new(NOT_STARTED);
+const NOT_STARTED: u8 = 0;
+const RUNNING: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Where flush requests go, each answered once every line formatted before it is written. Set
+/// once, when the writer starts; locked only to start the writer and to flush.
 static WRITER: Mutex<Option<SyncSender<SyncSender<()>>>> = Mutex::new(None);
-
-/// Starts the writer thread, once per process.
-static START_WRITER: Once = Once::new();
-
-/// Whether the writer thread runs (read per line: an atomic load, no lock).
-static WRITER_RUNS: AtomicBool = AtomicBool::new(false);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while a line was being appended leaves a String that is still valid text.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Start the writer thread if it is not running yet; whether it runs.
+/// Whether the writer thread runs, starting it with the first line.
+fn writer_running() -> bool {
+    match WRITER_STATE.load(Ordering::Acquire) {
+        RUNNING => true,
+        FAILED => false,
+        _ => start_writer(),
+    }
+}
+
 fn start_writer() -> bool {
-    START_WRITER.call_once(|| {
-        let (sender, receiver) = mpsc::sync_channel(16);
-        let spawned = std::thread::Builder::new()
-            .name("waitress-access-log".to_string())
-            .spawn(move || write_lines(receiver));
-        if spawned.is_ok() {
-            *lock(&WRITER) = Some(sender);
-            WRITER_RUNS.store(true, Ordering::Release);
-        }
-    });
-    WRITER_RUNS.load(Ordering::Acquire)
+    let mut writer = lock(&WRITER);
+    // Another worker may have started it while this one waited for the lock.
+    match WRITER_STATE.load(Ordering::Acquire) {
+        RUNNING => return true,
+        FAILED => return false,
+        _ => {}
+    }
+    let (sender, receiver) = mpsc::sync_channel(16);
+    let started = std::thread::Builder::new()
+        .name("waitress-access-log".to_string())
+        .spawn(move || write_lines(receiver))
+        .is_ok();
+    if started {
+        *writer = Some(sender);
+    }
+    WRITER_STATE.store(if started { RUNNING } else { FAILED }, Ordering::Release);
+    started
 }
 
 /// Format a line with `write` into this worker's pending lines.
@@ -592,7 +683,7 @@ fn append(write: impl FnOnce(&mut String)) {
     thread_local! {
         static MINE: RefCell<Option<WorkerLines>> = const { RefCell::new(None) };
     }
-    if !start_writer() {
+    if !writer_running() {
         let mut line = String::new();
         write(&mut line);
         ACCESS_LOGGER.info(&line);
@@ -692,6 +783,7 @@ mod tests {
         Record {
             remote_addr: "192.0.2.7",
             remote_user: None,
+            remote_port: Some(50_123),
             // 2000-10-10 13:55:36 UTC
             received: UNIX_EPOCH + Duration::from_secs(971_186_136),
             request_line: b"GET /apache_pb.gif?x=1 HTTP/1.0",
@@ -737,6 +829,7 @@ mod tests {
             ("%D %T", "1500042 1"),
             ("%X", "+"),
             ("%{X-Trace}i %{x-trace}i %{Missing}i", "abc abc -"),
+            ("%{remote}p", "50123"),
             ("100%% %s", "100% 200"),
             ("", ""),
         ];
@@ -754,7 +847,8 @@ mod tests {
         r.request_line = b"";
         r.query = "";
         r.connection = ConnectionStatus::Aborted;
-        assert_eq!(line("%s %b %B %r %q%X", &r), "- - 0 - X");
+        r.remote_port = None;
+        assert_eq!(line("%s %b %B %r %q%X %{remote}p", &r), "- - 0 - X -");
         r.connection = ConnectionStatus::Close;
         assert_eq!(line("%X", &r), "-");
     }
@@ -772,7 +866,15 @@ mod tests {
 
     #[test]
     fn bad_formats_are_refused() {
-        for format in ["%Z", "%", "%{User-Agent", "%{User-Agent}o", "%{}i", "%>x"] {
+        for format in [
+            "%Z",
+            "%",
+            "%{User-Agent",
+            "%{User-Agent}o",
+            "%{}i",
+            "%>x",
+            "%{local}p",
+        ] {
             let error = format.parse::<AccessLogFormat>().unwrap_err();
             assert!(
                 error.to_string().contains("access log"),

@@ -2,7 +2,8 @@
 //! imports any `module:object` the user names, which Rust cannot do at run time).
 //!
 //! `demo` (the default) is an HTML page listing the request's environ, `hello` is the
-//! benchmark application, and `echo` is waitress's test fixture `tests/fixtureapps/echo.py`.
+//! benchmark application, `echo` is waitress's test fixture `tests/fixtureapps/echo.py`, and
+//! `download` streams as many bytes as asked (for testing proxies with large responses).
 //! They run on the worker threads like any application; [`registry`] hands them to the
 //! runner by name.
 
@@ -21,6 +22,11 @@ pub fn registry() -> AppRegistry {
         hello,
     );
     registry.register_fn("echo", "the request as JSON, then its body", echo);
+    registry.register_fn(
+        "download",
+        "?bytes=N: N bytes (1 MiB by default) of download_byte(i), streamed",
+        download,
+    );
     registry
 }
 
@@ -31,6 +37,47 @@ pub fn hello(_environ: &mut Environ, start_response: &mut StartResponse<'_>) -> 
         [("Content-Type", "text/plain"), ("Content-Length", "13")],
     )?;
     Ok(Body::from("Hello, World!"))
+}
+
+/// Byte `i` of what [`download`] sends: a pattern whose period (251, a prime) divides no
+/// buffer size, so a lost, repeated or reordered block shows.
+pub fn download_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// `?bytes=N` (1 MiB when absent): N bytes of [`download_byte`], with their `Content-Length`,
+/// produced 64 KiB at a time as the server sends them, so any size streams in little memory.
+/// For testing what lies between the server and a client (a proxy) with large responses.
+pub fn download(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+    const BLOCK: u64 = 64 << 10;
+    let query = environ.get("QUERY_STRING").unwrap_or("");
+    let asked = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("bytes="))
+        .map(str::parse::<u64>);
+    let total = match asked {
+        None => 1 << 20,
+        Some(Ok(total)) => total,
+        Some(Err(_)) => {
+            start_response.start("400 Bad Request", [("Content-Type", "text/plain")])?;
+            return Ok(Body::from("bytes=N takes a whole number\n"));
+        }
+    };
+    start_response.start(
+        "200 OK",
+        [
+            ("Content-Type", "application/octet-stream".to_string()),
+            ("Content-Length", total.to_string()),
+        ],
+    )?;
+    // One period more than a block: any block is a slice of it (a copy, not a loop per byte).
+    let pattern: Vec<u8> = (0..BLOCK + 251).map(download_byte).collect();
+    let blocks = (0..total).step_by(BLOCK as usize).map(move |start| {
+        let len = (total - start).min(BLOCK) as usize;
+        let from = (start % 251) as usize;
+        Ok(pattern[from..from + len].to_vec())
+    });
+    Ok(Body::from_chunks(blocks))
 }
 
 /// The request body, `CONTENT_LENGTH` bytes of it when the header is there (the fixture
@@ -87,13 +134,8 @@ pub fn html_escape(text: &str) -> String {
 }
 
 /// The request as JSON (method, path, query, length, scheme, addresses, headers), a blank
-/// line, then the request body: waitress's `tests/fixtureapps/echo.py`. With
-/// `?stream_bytes=N` in the query it answers N bytes of a fixed pattern instead (not in the
-/// fixture; see [`pattern_byte`]).
+/// line, then the request body: waitress's `tests/fixtureapps/echo.py`.
 pub fn echo(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
-    if let Some(size) = stream_size(environ) {
-        return stream_pattern(size, start_response);
-    }
     let body = read_body(environ)?;
     let get = |key: &str| environ.get(key).unwrap_or("").to_string();
     let mut fields: Vec<(String, String)> = vec![
@@ -133,46 +175,6 @@ pub fn echo(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> Ap
         ],
     )?;
     Ok(Body::from(response))
-}
-
-/// The size asked for by `echo?stream_bytes=N`, if any: the echo application then answers
-/// with N bytes of [`pattern_byte`]s instead of the echo, streamed in 64 KiB chunks, so a test
-/// (tests/nginx.rs: a 200 MiB download through a proxy) can fetch a large body it can check
-/// without the server holding it in memory.
-fn stream_size(environ: &Environ) -> Option<u64> {
-    environ
-        .get("QUERY_STRING")?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("stream_bytes="))
-        .and_then(|n| n.parse().ok())
-}
-
-/// Byte `i` of the `stream_bytes` body: a cycle of 251 values (a prime, so the pattern does
-/// not line up with any power-of-two buffer size and a shifted or repeated block shows).
-pub fn pattern_byte(i: u64) -> u8 {
-    (i % 251) as u8
-}
-
-/// Answer with `size` pattern bytes and their `Content-Length`, produced lazily.
-fn stream_pattern(size: u64, start_response: &mut StartResponse<'_>) -> AppResult {
-    const CHUNK: u64 = 64 * 1024;
-    start_response.start(
-        "200 OK",
-        [
-            ("Content-Length", size.to_string()),
-            ("Content-Type", "application/octet-stream".to_string()),
-        ],
-    )?;
-    // One chunk's worth of the cycle, plus a cycle to start anywhere in it: each chunk is a
-    // copy of a slice, not a byte-by-byte computation.
-    let cycle: Vec<u8> = (0..CHUNK + 251).map(pattern_byte).collect();
-    let chunks = (0..size / CHUNK + u64::from(size % CHUNK != 0)).map(move |n| {
-        let start = n * CHUNK;
-        let len = (size.min(start.saturating_add(CHUNK)) - start) as usize;
-        let from = (start % 251) as usize;
-        Ok(cycle[from..from + len].to_vec())
-    });
-    Ok(Body::from_chunks(chunks))
 }
 
 /// A JSON string as Python's `json.dumps` writes it (ASCII only, `\uXXXX` escapes).
@@ -241,22 +243,27 @@ mod tests {
     }
 
     #[test]
-    fn echo_streams_the_pattern_when_asked() {
+    fn download_streams_the_pattern() {
         let mut environ = Environ::new();
-        environ.set("QUERY_STRING", "a=1&stream_bytes=200000");
+        environ.set("QUERY_STRING", "x=1&bytes=200000");
         let mut recorded = RecordedResponse::default();
-        let body = echo(&mut environ, &mut StartResponse::new(&mut recorded)).unwrap();
-        assert!(matches!(body, Body::Chunks(_)), "streamed lazily");
-        let bytes = body.into_bytes().unwrap();
-        assert_eq!(bytes.len(), 200_000);
-        assert!(bytes
+        let body = download(&mut environ, &mut StartResponse::new(&mut recorded))
+            .unwrap()
+            .into_bytes()
+            .unwrap();
+        assert_eq!(body.len(), 200_000);
+        assert!(body
             .iter()
             .enumerate()
-            .all(|(i, &b)| b == pattern_byte(i as u64)));
-        assert_eq!(bytes[250..253], [250, 0, 1]);
+            .all(|(i, &b)| b == download_byte(i as u64)));
         assert!(recorded
             .headers
             .contains(&("Content-Length".into(), "200000".into())));
+        let mut environ = Environ::new();
+        environ.set("QUERY_STRING", "bytes=lots");
+        let mut recorded = RecordedResponse::default();
+        download(&mut environ, &mut StartResponse::new(&mut recorded)).unwrap();
+        assert_eq!(recorded.status.as_deref(), Some("400 Bad Request"));
     }
 
     #[test]

@@ -940,7 +940,7 @@ pub mod tmpfile {
 
 /// What `socket_activation` needs to take over the listening sockets a service manager passed
 /// in (systemd's `sd_listen_fds` protocol): check that each descriptor is a stream socket in
-/// the listening state, learn its family, mark it close-on-exec, and own it.
+/// the listening state, learn its family, mark it close-on-exec, and own it. Unix only.
 #[cfg(unix)]
 pub mod activation {
     use super::retry;

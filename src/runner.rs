@@ -550,7 +550,7 @@ mod tests {
         match_output(
             &["nonexistent:a"],
             1,
-            "Error: unknown application 'nonexistent:a' (available: demo, echo, hello)",
+            "Error: unknown application 'nonexistent:a' (available: demo, download, echo, hello)",
         );
     }
 

@@ -286,8 +286,8 @@ impl WsgiServer {
         self.trigger.close();
         wasyncore::close_all(&self.map);
         self.dispatcher.shutdown(true, Duration::from_secs(5));
-        crate::access_log::flush(Duration::from_secs(5));
         self.drain.closed();
+        crate::access_log::flush(Duration::from_secs(5));
     }
 
     /// When a graceful shutdown has been asked for (on the I/O thread, from `run`): close the

@@ -22,8 +22,6 @@
 use std::fmt;
 
 use crate::adjustments::PreboundSocket;
-#[cfg(unix)]
-use crate::compat::activation::{take_listen_fds, Inherited};
 
 /// The first descriptor the protocol passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: i32 = 3;
@@ -101,9 +99,10 @@ pub fn listen_fds() -> Result<Vec<PreboundSocket>, ActivationError> {
     take(count)
 }
 
-/// Own the `count` passed descriptors, checked.
+/// Own the `count` passed descriptors.
 #[cfg(unix)]
 fn take(count: usize) -> Result<Vec<PreboundSocket>, ActivationError> {
+    use crate::compat::activation::{take_listen_fds, Inherited};
     let taken =
         take_listen_fds(LISTEN_FDS_START, count).map_err(|e| ActivationError(e.to_string()))?;
     Ok(taken
@@ -115,11 +114,11 @@ fn take(count: usize) -> Result<Vec<PreboundSocket>, ActivationError> {
         .collect())
 }
 
-/// Windows has no descriptors to inherit this way (systemd is a Linux service manager).
+/// The protocol passes Unix descriptors; Windows has no such thing.
 #[cfg(not(unix))]
 fn take(_count: usize) -> Result<Vec<PreboundSocket>, ActivationError> {
     Err(ActivationError(
-        "LISTEN_FDS passes inherited descriptors, which this system does not have".to_string(),
+        "LISTEN_FDS passes Unix descriptors; this system has none".to_string(),
     ))
 }
 

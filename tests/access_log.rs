@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use support::{serve_fn, Client, Target, Transport};
+use support::{serve_fn, Client, Response, ServerGuard, Target, Transport};
 use waitress::adjustments::Adjustments;
 use waitress::utilities::{set_log_sink, Level, LogSink};
 use waitress::{AppResult, Body, Environ, StartResponse};
@@ -62,6 +62,24 @@ fn line_with(marker: &str) -> String {
     }
 }
 
+/// Serve `app` with the access log on, lines in `format`, and the `more` settings.
+fn serve_logged<F>(app: F, format: &str, more: &[(&str, &str)]) -> ServerGuard
+where
+    F: Fn(&mut Environ, &mut StartResponse<'_>) -> AppResult + Send + Sync + 'static,
+{
+    record_access_lines();
+    let mut settings = vec![("access_log", "true"), ("access_log_format", format)];
+    settings.extend_from_slice(more);
+    serve_fn(app, &settings, Transport::Tcp)
+}
+
+/// Send `request` on a new connection and read the response.
+fn ask(server: &ServerGuard, request: &[u8]) -> Response {
+    let mut client = Client::connect(&server.target);
+    client.send(request);
+    client.read_response().expect("a response")
+}
+
 fn port(target: &Target) -> u16 {
     match target {
         Target::Tcp(port) => *port,
@@ -79,20 +97,27 @@ fn hello(environ: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
 
 #[test]
 fn each_field_of_a_real_request() {
-    record_access_lines();
-    let format = "%h|%a|%l|%u|%t|%r|%m|%U|%q|%H|%s|%>s|%b|%B|%D|%T|%X|%{X-Marker}i|%{Missing}i|%%";
-    let server = serve_fn(
-        hello,
-        &[("access_log", "true"), ("access_log_format", format)],
-        Transport::Tcp,
-    );
-    let mut client = Client::connect(&server.target);
-    client.send(b"GET /user?a=1 HTTP/1.1\r\nHost: x\r\nX-Marker: each-field\r\n\r\n");
-    let response = client.read_response().unwrap();
-    assert_eq!(response.status, 200);
+    let format =
+        "%h|%a|%l|%u|%t|%r|%m|%U|%q|%H|%s|%>s|%b|%B|%D|%T|%X|%{X-Marker}i|%{Missing}i|%%|%{remote}p";
+    let server = serve_logged(hello, format, &[]);
+    let mut stream = TcpStream::connect(("127.0.0.1", port(&server.target))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET /user?a=1 HTTP/1.1\r\nHost: x\r\nX-Marker: each-field\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"Hello, World!") {
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
     let line = line_with("|each-field|");
     let fields: Vec<&str> = line.split('|').collect();
-    assert_eq!(fields.len(), 20, "{line}");
+    assert_eq!(fields.len(), 21, "{line}");
     assert_eq!(&fields[..4], ["127.0.0.1", "127.0.0.1", "-", "ann"]);
     let time = fields[4];
     assert!(
@@ -116,7 +141,12 @@ fn each_field_of_a_real_request() {
     let micros: u64 = fields[14].parse().expect("%D is a number");
     let secs: u64 = fields[15].parse().expect("%T is a number");
     assert!(micros < 20_000_000 && secs == micros / 1_000_000, "{line}");
-    assert_eq!(&fields[16..], ["+", "each-field", "-", "%"]);
+    assert_eq!(&fields[16..20], ["+", "each-field", "-", "%"]);
+    assert_eq!(
+        fields[20],
+        stream.local_addr().unwrap().port().to_string(),
+        "%{{remote}}p is the client's port"
+    );
 }
 
 #[test]
@@ -162,26 +192,22 @@ fn off_by_default() {
 
 #[test]
 fn error_responses_written_by_the_server() {
-    record_access_lines();
     let failing = |environ: &mut Environ, sr: &mut StartResponse<'_>| -> AppResult {
         if environ.get("PATH_INFO") == Some("/fail") {
             return Err("the application failed".into());
         }
         hello(environ, sr)
     };
-    let server = serve_fn(
+    let server = serve_logged(
         failing,
-        &[
-            ("access_log", "true"),
-            ("access_log_format", "%s %b %X %r"),
-            ("max_request_header_size", "1000"),
-        ],
-        Transport::Tcp,
+        "%s %b %X %r",
+        &[("max_request_header_size", "1000")],
     );
     // 400: a header line without a colon.
-    let mut client = Client::connect(&server.target);
-    client.send(b"GET /bad-header HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n");
-    let response = client.read_response().unwrap();
+    let response = ask(
+        &server,
+        b"GET /bad-header HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+    );
     assert_eq!(response.status, 400);
     assert_eq!(
         line_with("/bad-header"),
@@ -189,19 +215,18 @@ fn error_responses_written_by_the_server() {
     );
     // 431: a head over max_request_header_size. The parser answers it as waitress does, for a
     // stand-in request line (`GET / HTTP/1.0`): that is the line logged.
-    let mut client = Client::connect(&server.target);
     let big = "a".repeat(2000);
-    client.send(format!("GET /too-big HTTP/1.1\r\nX-Big: {big}\r\n\r\n").as_bytes());
-    let response = client.read_response().unwrap();
+    let response = ask(
+        &server,
+        format!("GET /too-big HTTP/1.1\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    );
     assert_eq!(response.status, 431);
     assert_eq!(
         line_with("431 "),
         format!("431 {} - GET / HTTP/1.0", response.body.len())
     );
     // 500: the application failed before starting its response.
-    let mut client = Client::connect(&server.target);
-    client.send(b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n");
-    let response = client.read_response().unwrap();
+    let response = ask(&server, b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(response.status, 500);
     assert_eq!(
         line_with("/fail"),
@@ -211,20 +236,13 @@ fn error_responses_written_by_the_server() {
 
 #[test]
 fn head_counts_no_body_bytes() {
-    record_access_lines();
-    // A HEAD answer announces the length of the GET body but sends none.
-    let app = |environ: &mut Environ, sr: &mut StartResponse<'_>| -> AppResult {
+    // A HEAD answer announces the length of the GET body but sends none, even when the
+    // application returns it (the server drops it): the log counts what went out.
+    let app = |_environ: &mut Environ, sr: &mut StartResponse<'_>| -> AppResult {
         sr.start("200 OK", [("Content-Length", "5")])?;
-        if environ.get("REQUEST_METHOD") == Some("HEAD") {
-            return Ok(Body::empty());
-        }
         Ok(Body::from("hello"))
     };
-    let server = serve_fn(
-        app,
-        &[("access_log", "true"), ("access_log_format", "%r %s %b %B")],
-        Transport::Tcp,
-    );
+    let server = serve_logged(app, "%r %s %b %B", &[]);
     let mut client = Client::connect(&server.target);
     client.send(b"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\nGET /get HTTP/1.1\r\nHost: x\r\n\r\n");
     // The HEAD answer has a Content-Length but no body: read the head only.
@@ -238,7 +256,6 @@ fn head_counts_no_body_bytes() {
 
 #[test]
 fn a_client_that_goes_away_is_logged_as_such() {
-    record_access_lines();
     const TOTAL: usize = 64 << 20;
     // 64 MiB in 64 KiB chunks; with a 1 MiB high watermark the worker waits for the client,
     // which never reads the body but leaves.
@@ -249,15 +266,7 @@ fn a_client_that_goes_away_is_logged_as_such() {
             std::iter::repeat(chunk).take(TOTAL / (64 << 10)).map(Ok),
         ))
     };
-    let server = serve_fn(
-        app,
-        &[
-            ("access_log", "true"),
-            ("access_log_format", "%r %s %B %X"),
-            ("outbuf_high_watermark", "1048576"),
-        ],
-        Transport::Tcp,
-    );
+    let server = serve_logged(app, "%r %s %B %X", &[("outbuf_high_watermark", "1048576")]);
     let mut stream = TcpStream::connect(("127.0.0.1", port(&server.target))).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -279,16 +288,13 @@ fn a_client_that_goes_away_is_logged_as_such() {
 
 #[test]
 fn a_proxied_request_logs_the_client_address() {
-    record_access_lines();
-    let server = serve_fn(
+    let server = serve_logged(
         hello,
+        "%h %r",
         &[
-            ("access_log", "true"),
-            ("access_log_format", "%h %r"),
             ("trusted_proxy", "127.0.0.1"),
             ("trusted_proxy_headers", "x-forwarded-for"),
         ],
-        Transport::Tcp,
     );
     let mut client = Client::connect(&server.target);
     client.send(b"GET /proxied HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n");

@@ -1,13 +1,10 @@
-#![cfg(unix)]
 //! systemd socket activation with the real `systemd-socket-activate` (Debian's `systemd`
 //! package; `.ci/run` installs it when absent): it binds and listens, then on the first
 //! connection executes `waitress-serve` with the socket as descriptor 3 and `LISTEN_FDS`/
-//! `LISTEN_PID` set, which is what systemd does for a `.socket` unit. A plain `cargo test`
-//! skips these (a machine may lack the program); `.ci/run` runs them with `--ignored`.
+//! `LISTEN_PID` set, which is what systemd does for a `.socket` unit.
+#![cfg(unix)]
 
-mod support;
-
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -40,7 +37,18 @@ impl Activated {
                 panic!("{ACTIVATE} could not be started ({e}): install Debian's systemd package")
             });
         let stderr = child.stderr.take().expect("piped");
-        let rx = support::lines_of(stderr);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let line = match line {
+                    Ok(line) => line,
+                    Err(_) => break,
+                };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         Activated {
             child,
             stderr: rx,
@@ -122,7 +130,6 @@ fn connect(port: u16) -> TcpStream {
 }
 
 #[test]
-#[ignore = "needs systemd-socket-activate (Debian's systemd): .ci/run installs it and runs this with --ignored"]
 fn serves_a_tcp_socket_passed_by_systemd_socket_activate() {
     let (mut activated, port) = activated_tcp(&[]);
     // The first connection makes the activator start waitress-serve on the socket; the
@@ -137,7 +144,6 @@ fn serves_a_tcp_socket_passed_by_systemd_socket_activate() {
 }
 
 #[test]
-#[ignore = "needs systemd-socket-activate (Debian's systemd): .ci/run installs it and runs this with --ignored"]
 fn serves_a_unix_socket_passed_by_systemd_socket_activate() {
     let dir = std::env::temp_dir().join(format!("waitress-activation-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -154,7 +160,6 @@ fn serves_a_unix_socket_passed_by_systemd_socket_activate() {
 }
 
 #[test]
-#[ignore = "needs systemd-socket-activate (Debian's systemd): .ci/run installs it and runs this with --ignored"]
 fn a_passed_socket_that_is_not_listening_is_a_clear_error() {
     // --accept passes each accepted connection: a stream socket, but not a listening one.
     let (mut activated, port) = activated_tcp(&["--accept"]);
@@ -167,7 +172,6 @@ fn a_passed_socket_that_is_not_listening_is_a_clear_error() {
 }
 
 #[test]
-#[ignore = "needs systemd-socket-activate (Debian's systemd): .ci/run installs it and runs this with --ignored"]
 fn a_passed_datagram_socket_is_a_clear_error() {
     let (mut activated, port) = activated_tcp(&["--datagram"]);
     UdpSocket::bind("127.0.0.1:0")

@@ -536,21 +536,3 @@ impl Echo {
         json_field(headers, name)
     }
 }
-
-/// The lines of a child's output as they come, read to the end on a thread of their own (so
-/// the child never blocks on a full pipe); the receiver sees the end when the child closes it.
-pub fn lines_of(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let sent = match line {
-                Ok(line) => tx.send(line).is_ok(),
-                Err(_) => false,
-            };
-            if !sent {
-                break;
-            }
-        }
-    });
-    rx
-}

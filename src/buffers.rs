@@ -144,8 +144,16 @@ enum Storage {
     /// The bytes are `data[start..]`; `data[..start]` was already consumed (waitress's
     /// `strbuf`/`BytesIOBasedBuffer` stages).
     Memory { data: Vec<u8>, start: usize },
-    /// The bytes are `file[read_pos..end]` (waitress: `TempfileBasedBuffer`).
-    File { file: File, read_pos: u64, end: u64 },
+    /// The bytes are `file[read_pos..end]` (waitress: `TempfileBasedBuffer`). `cursor` is
+    /// where the file's own position stands, so a run of appends (a body arriving) or of
+    /// reads (a response going out) seeks only when it switches from one to the other: a
+    /// 256 MiB upload made an `lseek` per 8 KiB before.
+    File {
+        file: File,
+        read_pos: u64,
+        end: u64,
+        cursor: u64,
+    },
 }
 
 /// Memory until `overflow` bytes, then an anonymous temporary file.
@@ -158,6 +166,18 @@ pub struct OverflowableBuffer {
     storage: Storage,
     /// Bytes read from the file for [`OverflowableBuffer::peek`].
     scratch: Vec<u8>,
+}
+
+/// How much a request body kept in a temporary file is read at a time for `wsgi.input`.
+const INPUT_READ_SIZE: usize = 64 * 1024;
+
+/// Move `file`'s position to `pos` unless `cursor` says it is there already.
+fn seek_to(file: &mut File, cursor: &mut u64, pos: u64) -> io::Result<()> {
+    if *cursor != pos {
+        file.seek(SeekFrom::Start(pos))?;
+        *cursor = pos;
+    }
+    Ok(())
 }
 
 impl OverflowableBuffer {
@@ -207,11 +227,13 @@ impl OverflowableBuffer {
                 file,
                 read_pos,
                 end,
+                cursor,
             } => {
                 to_usize(*end - *read_pos + data.len() as u64)?;
-                file.seek(SeekFrom::Start(*end))?;
+                seek_to(file, cursor, *end)?;
                 file.write_all(data)?;
                 *end += data.len() as u64;
+                *cursor = *end;
             }
         }
         Ok(())
@@ -230,10 +252,16 @@ impl OverflowableBuffer {
     fn peek_exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
         match &mut self.storage {
             Storage::Memory { data, start } => Ok(data[*start..*start + n].to_vec()),
-            Storage::File { file, read_pos, .. } => {
+            Storage::File {
+                file,
+                read_pos,
+                cursor,
+                ..
+            } => {
                 let mut out = vec![0; n];
-                file.seek(SeekFrom::Start(*read_pos))?;
+                seek_to(file, cursor, *read_pos)?;
                 file.read_exact(&mut out)?;
+                *cursor += n as u64;
                 Ok(out)
             }
         }
@@ -245,10 +273,16 @@ impl OverflowableBuffer {
         let n = max.min(self.len());
         match &mut self.storage {
             Storage::Memory { data, start } => Ok(&data[*start..*start + n]),
-            Storage::File { file, read_pos, .. } => {
+            Storage::File {
+                file,
+                read_pos,
+                cursor,
+                ..
+            } => {
                 self.scratch.resize(n, 0);
-                file.seek(SeekFrom::Start(*read_pos))?;
+                seek_to(file, cursor, *read_pos)?;
                 file.read_exact(&mut self.scratch)?;
+                *cursor += n as u64;
                 Ok(&self.scratch)
             }
         }
@@ -292,6 +326,7 @@ impl OverflowableBuffer {
                 file,
                 read_pos,
                 end,
+                ..
             } => {
                 let remaining = *end - *read_pos;
                 file.seek(SeekFrom::Start(*read_pos))?;
@@ -309,6 +344,7 @@ impl OverflowableBuffer {
                         file: fresh,
                         read_pos: 0,
                         end: remaining,
+                        cursor: remaining,
                     };
                 }
             }
@@ -327,9 +363,13 @@ impl OverflowableBuffer {
                 mut file,
                 read_pos,
                 end,
+                ..
             } => {
                 file.seek(SeekFrom::Start(read_pos))?;
-                Ok(Input::new(BufReader::new(file.take(end - read_pos))))
+                // 64 KiB reads rather than BufReader's 8 KiB default: a body in a file is a
+                // large one, and the application reads it in a loop.
+                let reader = BufReader::with_capacity(INPUT_READ_SIZE, file.take(end - read_pos));
+                Ok(Input::new(reader))
             }
         }
     }
@@ -353,6 +393,7 @@ impl OverflowableBuffer {
                 file,
                 read_pos: 0,
                 end,
+                cursor: end,
             };
         }
         Ok(())

@@ -82,6 +82,7 @@
 // System calls and their `unsafe` live in `compat` alone (waitress: compat.py).
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod adjustments;
 pub mod app;
 pub mod apps;
@@ -99,6 +100,7 @@ pub mod receiver;
 pub mod rfc7230;
 pub mod runner;
 pub mod server;
+pub mod socket_activation;
 #[allow(clippy::incompatible_msrv)]
 pub mod task;
 pub mod trigger;

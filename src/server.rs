@@ -28,8 +28,10 @@
 //! | `WSGIServer` (alias)                     | none |
 //!
 //! Rust-only: [`ServerError`] (waitress raises `OSError`/`ValueError`), [`ShutdownHandle`]
-//! (waitress stops on `SystemExit`/`KeyboardInterrupt` raised inside the loop), and `Drop`
-//! (a dropped server closes itself).
+//! (waitress stops on `SystemExit`/`KeyboardInterrupt` raised inside the loop), `Drop`
+//! (a dropped server closes itself), and the graceful shutdown (`shutdown_timeout`:
+//! `ShutdownHandle::shutdown_gracefully`, with `Drain` and `WsgiServer::start_draining` and
+//! `drained` in the loop).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -285,6 +287,7 @@ impl WsgiServer {
         wasyncore::close_all(&self.map);
         self.dispatcher.shutdown(true, Duration::from_secs(5));
         self.drain.closed();
+        crate::access_log::flush(Duration::from_secs(5));
     }
 
     /// When a graceful shutdown has been asked for (on the I/O thread, from `run`): close the

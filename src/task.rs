@@ -21,6 +21,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{
     AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, ResponseSink,
@@ -575,6 +576,7 @@ impl<'a> Task<'a> {
         }
         if self.wrote_header {
             let body = self.body_bytes(data);
+            access_log::note_body(self.chunked_response, data, &body);
             if !body.is_empty() {
                 self.channel.write_soon(&body)?;
             }
@@ -582,7 +584,10 @@ impl<'a> Task<'a> {
         }
         // The head goes out together with the first body bytes: one buffer, one send.
         let mut head = self.build_response_header();
-        head.extend_from_slice(&self.body_bytes(data));
+        access_log::note_status(&self.status);
+        let body = self.body_bytes(data);
+        access_log::note_body(self.chunked_response, data, &body);
+        head.extend_from_slice(&body);
         self.channel.write_soon(&head)?;
         self.wrote_header = true;
         Ok(())
@@ -663,6 +668,7 @@ impl<'a> Task<'a> {
         let application = Arc::clone(&self.channel.server().application);
         let started = profiling::start();
         let called = guard(|| application.respond(&mut environ, &mut StartResponse::new(self)));
+        access_log::note_environ(&environ);
         let result = match called {
             Ok(Ok(body)) => self.send_body(body),
             Ok(Err(error)) => Err(TaskError::from(error)),
@@ -697,7 +703,8 @@ impl<'a> Task<'a> {
                 if let Ok(true) = streamed {
                     // From here the I/O thread streams the file and drops it once sent; if the
                     // channel refuses it, the application's file is dropped here, guarded.
-                    guard(|| self.channel.write_soon_file(buffer))??;
+                    let sent = guard(|| self.channel.write_soon_file(buffer))??;
+                    access_log::note_body_bytes(sent);
                     return Ok(());
                 }
                 let closed = guard(move || drop(buffer));

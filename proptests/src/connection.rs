@@ -643,6 +643,30 @@ struct Case {
     pauses: u16,
     /// Half-close after the last request instead of ending with a `Connection: close` one.
     half_close: bool,
+    /// With a half-close: the start of one more request, cut short before it is complete. The
+    /// server must not answer it, nor wait for the rest of it once the stream has ended.
+    partial: Option<Partial>,
+}
+
+/// The bytes of a request cut short.
+#[derive(Clone)]
+struct Partial(Vec<u8>);
+
+impl std::fmt::Debug for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// The start of a valid request, cut anywhere before its end.
+fn partial(spec: &Spec, cut: prop::sample::Index, index: usize) -> Partial {
+    let mut spec = spec.clone();
+    // Nothing that makes the server answer before the request is complete.
+    spec.anomaly = None;
+    spec.expect_continue = false;
+    let mut wire = build(&spec, index).wire;
+    wire.truncate(cut.index(wire.len()));
+    Partial(wire)
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -652,15 +676,21 @@ fn case() -> impl Strategy<Value = Case> {
         proptest::collection::vec(prop_oneof![1usize..8, 8usize..200, 200usize..4000], 1..12),
         any::<u16>(),
         prop::bool::weighted(0.3),
+        prop::option::weighted(0.5, (spec(), any::<prop::sample::Index>())),
     )
-        .prop_map(|(server, specs, pieces, pauses, half_close)| {
-            let requests = specs.iter().enumerate().map(|(i, s)| build(s, i)).collect();
+        .prop_map(|(server, specs, pieces, pauses, half_close, cut)| {
+            let requests: Vec<Request> =
+                specs.iter().enumerate().map(|(i, s)| build(s, i)).collect();
+            let partial = cut
+                .filter(|_| half_close)
+                .map(|(spec, at)| partial(&spec, at, requests.len()));
             Case {
                 server,
                 requests,
                 pieces,
                 pauses,
                 half_close,
+                partial,
             }
         })
 }
@@ -779,6 +809,9 @@ fn run(case: &Case) -> Result<(), String> {
     let mut wire: Vec<u8> = case.requests.iter().flat_map(|r| r.wire.clone()).collect();
     if !case.half_close {
         wire.extend_from_slice(LAST);
+    }
+    if let Some(Partial(partial)) = &case.partial {
+        wire.extend_from_slice(partial);
     }
     let writer = {
         let conn = conn.try_clone().map_err(|e| e.to_string())?;
@@ -899,7 +932,8 @@ fn check_answers(case: &Case, reader: &mut BufReader<TcpStream>) -> Result<(), S
         }
     }
     // Only a half-closed connection gets here: every request was answered and kept the
-    // connection; the server closes it now that the client's stream has ended.
+    // connection; the server closes it now that the client's stream has ended, without an
+    // answer to a request cut short.
     let more = rest(reader)?;
     if more.is_empty() {
         Ok(())

@@ -9,9 +9,10 @@
 //! instead of the run; a panic anywhere in the process (the server's threads included) fails
 //! it too, as does a server thread that stopped.
 //!
-//! Two servers serve every case (picked per case): one with waitress's defaults but small
-//! limits, one that also reads ahead (`channel_request_lookahead`) in small `recv`s. Both are
-//! started once for the run, not per case, to keep it fast.
+//! Two servers serve the cases (one is picked per case): one with waitress's defaults but small
+//! limits, one that also reads ahead (`channel_request_lookahead`) in small `recv`s and waits
+//! with `poll()` rather than `select()`. Both are started once for the run, not per case, to
+//! keep it fast.
 //!
 //! The run is bounded and reproducible in CI (a fixed seed, [`CASES`] cases); for a long local
 //! run set `PROPTEST_CASES` (say 5000) and `PROPTEST_RNG_SEED` (any number) to explore more.
@@ -117,7 +118,11 @@ fn servers() -> &'static [Server; 2] {
         }
         [
             start(&[]),
-            start(&[("channel_request_lookahead", "3"), ("recv_bytes", "64")]),
+            start(&[
+                ("channel_request_lookahead", "3"),
+                ("recv_bytes", "64"),
+                ("asyncore_use_poll", "true"),
+            ]),
         ]
     })
 }
@@ -315,6 +320,10 @@ struct Spec {
     framing: Framing,
     blank_line_before: bool,
     anomaly: Option<Anomaly>,
+    /// Instead of all the above: one line of random bytes (no CR or LF) starting with a
+    /// lower-case letter, then the blank line. Whatever else it holds, it is not a start line
+    /// waitress accepts (no match, or a method in lower case): a 400.
+    garbage: Option<Vec<u8>>,
 }
 
 fn framing() -> impl Strategy<Value = Framing> {
@@ -385,12 +394,17 @@ fn spec() -> impl Strategy<Value = Spec> {
             framing(),
             prop::bool::weighted(0.1),
             prop::option::weighted(0.15, anomaly()),
+            prop::option::weighted(
+                0.05,
+                "[a-z][\\x00-\\x09\\x0b\\x0c\\x0e-\u{ff}]{0,120}"
+                    .prop_map(|line| line.chars().map(|c| c as u8).collect::<Vec<u8>>()),
+            ),
         ),
     )
         .prop_map(
             |(
                 (method, path, query, absolute, version, connection, host, expect_continue),
-                (headers, body, framing, blank_line_before, anomaly),
+                (headers, body, framing, blank_line_before, anomaly, garbage),
             )| Spec {
                 method,
                 path,
@@ -405,6 +419,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                 framing,
                 blank_line_before,
                 anomaly,
+                garbage,
             },
         )
 }
@@ -455,6 +470,17 @@ fn chunked(body: &[u8], framing: &Framing) -> Vec<u8> {
 /// that an answer to the wrong request shows.
 fn build(spec: &Spec, index: usize) -> Request {
     use Anomaly::*;
+    if let Some(line) = &spec.garbage {
+        let mut wire = line.clone();
+        wire.extend_from_slice(b"\r\n\r\n");
+        return Request {
+            wire,
+            expect: Expect::Error {
+                status: 400,
+                or_413: false,
+            },
+        };
+    }
     let anomaly = spec.anomaly;
     let path = format!("/r{index}/{}", spec.path);
     let mut method = spec.method.to_string();
@@ -663,6 +689,7 @@ fn partial(spec: &Spec, cut: prop::sample::Index, index: usize) -> Partial {
     let mut spec = spec.clone();
     // Nothing that makes the server answer before the request is complete.
     spec.anomaly = None;
+    spec.garbage = None;
     spec.expect_continue = false;
     let mut wire = build(&spec, index).wire;
     wire.truncate(cut.index(wire.len()));

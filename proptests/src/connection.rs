@@ -103,7 +103,7 @@ fn start(settings: &[(&str, &str)]) -> Server {
     });
     let port = rx.recv().expect("the server reports its port");
     Server {
-        port: port.parse().expect("a numeric port"),
+        port: port.tcp().expect("a TCP port"),
         thread,
     }
 }

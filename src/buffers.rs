@@ -58,23 +58,11 @@ fn o_tmpfile_unsupported(e: &io::Error) -> bool {
 #[cfg(unix)]
 fn named_tempfile_unlinked(dir: &std::path::Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    loop {
-        let path = dir.join(format!("waitress-{}.buf", unpredictable_name()));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(file) => {
-                std::fs::remove_file(&path)?;
-                return Ok(file);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create_new(true).mode(0o600);
+    let (file, path) = create_unguessable(dir, &options)?;
+    std::fs::remove_file(path)?;
+    Ok(file)
 }
 
 /// A file in `dir` under a name nobody can guess, created exclusively, shared with nobody
@@ -84,19 +72,29 @@ fn named_tempfile_unlinked(dir: &std::path::Path) -> io::Result<File> {
 fn tempfile_deleted_on_close(dir: &std::path::Path) -> io::Result<File> {
     use crate::compat::tmpfile::{FILE_ATTRIBUTE_TEMPORARY, FILE_FLAG_DELETE_ON_CLOSE};
     use std::os::windows::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .share_mode(0)
+        .attributes(FILE_ATTRIBUTE_TEMPORARY)
+        .custom_flags(FILE_FLAG_DELETE_ON_CLOSE);
+    create_unguessable(dir, &options).map(|(file, _)| file)
+}
+
+/// Open a new file in `dir` with `options` (which create exclusively) under an unpredictable
+/// name, trying another name in the unlikely case that one exists.
+fn create_unguessable(
+    dir: &std::path::Path,
+    options: &std::fs::OpenOptions,
+) -> io::Result<(File, std::path::PathBuf)> {
     loop {
         let path = dir.join(format!("waitress-{}.buf", unpredictable_name()));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .share_mode(0)
-            .attributes(FILE_ATTRIBUTE_TEMPORARY)
-            .custom_flags(FILE_FLAG_DELETE_ON_CLOSE)
-            .open(&path)
-        {
+        match options.open(&path) {
+            Ok(file) => return Ok((file, path)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            result => return result,
+            Err(e) => return Err(e),
         }
     }
 }

@@ -75,6 +75,10 @@
 //! | `utilities.py` | [`utilities`] | logging, HTTP dates, error responses |
 //! | `runner.py` | [`runner`] | `waitress-serve` |
 //! | `compat.py` | [`compat`] | the platform layer: every system call std lacks |
+//!
+//! Two modules have no waitress file, serving a server in production: [`access_log`] (one line
+//! per response to `waitress.access`, the `access_log` setting) and [`socket_activation`] (the
+//! sockets systemd passes, served instead of binding).
 
 #![warn(missing_docs)]
 // Doctests are examples people copy: they must compile without a warning.

@@ -121,7 +121,7 @@ impl From<AdjustmentsError> for ServerError {
 /// }
 ///
 /// let server = waitress::create_server(hello, [("listen", "127.0.0.1:0")]).unwrap();
-/// let port: u16 = server.effective_port().parse().unwrap();
+/// let port = server.effective_port().tcp().unwrap();
 /// assert!(port > 0);
 /// let stop = server.shutdown_handle();
 /// stop.shutdown();
@@ -177,7 +177,7 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
         let info = Arc::new(ServerInfo {
             application: Arc::clone(&application),
             server_name: adj.server_name.clone(),
-            effective_port: port.clone(),
+            effective_port: port.to_string(),
             adj: Arc::clone(&adj),
         });
         let channel_server = Rc::new(ChannelServer::new(
@@ -202,6 +202,35 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
     })
 }
 
+/// Where a listener listens, as waitress's `effective_port` says it: a TCP port number, or
+/// the path of a Unix socket. Displays as waitress prints it (the number, or the path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EffectivePort {
+    /// A TCP listener's port.
+    Tcp(u16),
+    /// A Unix-domain listener's socket path.
+    Unix(std::path::PathBuf),
+}
+
+impl EffectivePort {
+    /// The TCP port number; `None` for a Unix socket.
+    pub fn tcp(&self) -> Option<u16> {
+        match self {
+            EffectivePort::Tcp(port) => Some(*port),
+            EffectivePort::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for EffectivePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EffectivePort::Tcp(port) => write!(f, "{port}"),
+            EffectivePort::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// A server: listeners, worker pool and event loop (waitress: `MultiSocketServer`, and the
 /// single `TcpWSGIServer` or `UnixWSGIServer` that `create_server` returns for one listener).
 /// Not `Send`: its socket map belongs to the thread that runs it, so build it on that thread.
@@ -211,7 +240,7 @@ pub struct WsgiServer {
     trigger: Rc<Trigger>,
     dispatcher: Arc<ThreadedTaskDispatcher>,
     adj: Arc<Adjustments>,
-    effective_listen: Vec<(String, String)>,
+    effective_listen: Vec<(String, EffectivePort)>,
     stop: Arc<AtomicBool>,
     /// A graceful shutdown asked for by a [`ShutdownHandle`], and its outcome.
     drain: Arc<Drain>,
@@ -237,7 +266,9 @@ impl WsgiServer {
             } else {
                 host.clone()
             };
-            let line = format.replacen("{}", &host, 1).replacen("{}", port, 1);
+            let line = format
+                .replacen("{}", &host, 1)
+                .replacen("{}", &port.to_string(), 1);
             LOGGER.info(&line);
         }
     }
@@ -335,7 +366,7 @@ impl WsgiServer {
     }
 
     /// Every (host, port) listened on.
-    pub fn effective_listen(&self) -> Vec<(String, String)> {
+    pub fn effective_listen(&self) -> Vec<(String, EffectivePort)> {
         self.effective_listen.clone()
     }
 
@@ -347,12 +378,14 @@ impl WsgiServer {
             .unwrap_or_default()
     }
 
-    /// The port of the first listener (the socket path for a Unix socket).
-    pub fn effective_port(&self) -> String {
+    /// The port of the first listener, or its socket path for a Unix socket (waitress:
+    /// `effective_port`, an int or the path). Over TCP, [`EffectivePort::tcp`] gives the
+    /// number: with port 0 in the settings, the one the system chose.
+    pub fn effective_port(&self) -> EffectivePort {
         self.effective_listen
             .first()
             .map(|(_, p)| p.clone())
-            .unwrap_or_default()
+            .unwrap_or(EffectivePort::Tcp(0))
     }
 
     /// A handle that stops the server from another thread (or a signal watcher).
@@ -643,7 +676,7 @@ impl ServerSocket {
     }
 
     /// The host and port as waitress reports them (waitress: `getsockname`).
-    fn getsockname(&self) -> (String, String) {
+    fn getsockname(&self) -> (String, EffectivePort) {
         match self {
             ServerSocket::Tcp(s) => s.getsockname(),
             ServerSocket::Unix(s) => s.getsockname(),
@@ -700,10 +733,10 @@ impl TcpWsgiServer {
     }
 
     /// The numeric host and port (waitress: `getnameinfo` with `NI_NUMERICHOST`).
-    fn getsockname(&self) -> (String, String) {
+    fn getsockname(&self) -> (String, EffectivePort) {
         match self.listener.local_addr() {
-            Ok(addr) => (addr.ip().to_string(), addr.port().to_string()),
-            Err(_) => (String::new(), String::new()),
+            Ok(addr) => (addr.ip().to_string(), EffectivePort::Tcp(addr.port())),
+            Err(_) => (String::new(), EffectivePort::Tcp(0)),
         }
     }
 
@@ -760,8 +793,8 @@ impl UnixWsgiServer {
     }
 
     /// `("unix", path)` (waitress: `getsockname`).
-    fn getsockname(&self) -> (String, String) {
-        ("unix".to_string(), self.path.display().to_string())
+    fn getsockname(&self) -> (String, EffectivePort) {
+        ("unix".to_string(), EffectivePort::Unix(self.path.clone()))
     }
 
     /// Unix peers have no address: `localhost`, no port (waitress: `fix_addr`).
@@ -841,7 +874,7 @@ mod tests {
     }
 
     fn port(server: &WsgiServer) -> u16 {
-        server.effective_port().parse().unwrap()
+        server.effective_port().tcp().unwrap()
     }
 
     /// Accept until the connection the kernel queued shows up as a channel.
@@ -1139,7 +1172,7 @@ mod tests {
             s.run().unwrap();
         });
         let (port, handle) = rx.recv().unwrap();
-        let mut client = TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+        let mut client = TcpStream::connect(("127.0.0.1", port.tcp().unwrap())).unwrap();
         client.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
         let mut response = String::new();
         client.read_to_string(&mut response).unwrap();
@@ -1159,7 +1192,7 @@ mod tests {
         let bound = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = bound.local_addr().unwrap().port();
         let s = with_sockets(vec![PreboundSocket::Tcp(bound)]);
-        assert_eq!(s.effective_port(), port.to_string());
+        assert_eq!(s.effective_port(), EffectivePort::Tcp(port));
         assert!(matches!(
             listener(&s).socket.borrow().as_ref(),
             Some(ServerSocket::Tcp(_))
@@ -1183,7 +1216,7 @@ mod tests {
         // Served where the caller bound it, not bound anew elsewhere.
         assert_eq!(
             s.effective_listen(),
-            vec![(address.ip().to_string(), address.port().to_string())]
+            vec![(address.ip().to_string(), EffectivePort::Tcp(address.port()))]
         );
     }
 
@@ -1227,7 +1260,8 @@ mod tests {
             Some(ServerSocket::Unix(_))
         ));
         assert_eq!(s.effective_host(), "unix");
-        assert_eq!(s.effective_port(), path.display().to_string());
+        assert_eq!(s.effective_port(), EffectivePort::Unix(path.clone()));
+        assert_eq!(s.effective_port().to_string(), path.display().to_string());
     }
 
     #[test]
@@ -1318,8 +1352,8 @@ mod tests {
     fn test_print_listen_brackets_ipv6() {
         let mut s = server(&[]);
         s.effective_listen = vec![
-            ("::1".into(), "80".into()),
-            ("127.0.0.1".into(), "81".into()),
+            ("::1".into(), EffectivePort::Tcp(80)),
+            ("127.0.0.1".into(), EffectivePort::Tcp(81)),
         ];
         let (_, lines) = capture_logs(|| s.print_listen("Serving on http://{}:{}"));
         assert_eq!(

@@ -81,7 +81,7 @@ fn shutdown_gracefully_answers_every_request_read_and_refuses_new_connections() 
         server.run().unwrap();
     });
     let (port, handle) = rx.recv().unwrap();
-    let port: u16 = port.parse().unwrap();
+    let port = port.tcp().unwrap();
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| std::thread::spawn(move || exchange(port)))
@@ -154,7 +154,7 @@ fn shutdown_gracefully_closes_what_is_left_at_the_timeout() {
         server.run().unwrap();
     });
     let (port, handle) = rx.recv().unwrap();
-    let port: u16 = port.parse().unwrap();
+    let port = port.tcp().unwrap();
     let client = std::thread::spawn(move || exchange(port));
     wait_until("the request in the application", || {
         entered.load(Ordering::SeqCst) == 1

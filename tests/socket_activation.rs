@@ -144,6 +144,28 @@ fn serves_a_tcp_socket_passed_by_systemd_socket_activate() {
 }
 
 #[test]
+fn serves_every_socket_passed_with_their_names() {
+    for _ in 0..5 {
+        let (first, second) = (free_port(), free_port());
+        if first == second {
+            continue;
+        }
+        let (a, b) = (format!("127.0.0.1:{first}"), format!("127.0.0.1:{second}"));
+        let mut activated = Activated::start(&["-l", &a, "-l", &b, "--fdname=web:admin"]);
+        if !activated.wait_for(&format!("Listening on {b}")) {
+            continue; // a port was taken meanwhile
+        }
+        for port in [first, second, first] {
+            assert!(get(connect(port), "/").ends_with("\r\n\r\nHello, World!"));
+        }
+        assert!(activated.wait_for(&format!("Serving on http://{a}")));
+        assert!(activated.wait_for(&format!("Serving on http://{b}")));
+        return;
+    }
+    panic!("{ACTIVATE} could not listen on two free ports five times");
+}
+
+#[test]
 fn serves_a_unix_socket_passed_by_systemd_socket_activate() {
     let dir = std::env::temp_dir().join(format!("waitress-activation-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -165,9 +187,11 @@ fn a_passed_socket_that_is_not_listening_is_a_clear_error() {
     let (mut activated, port) = activated_tcp(&["--accept"]);
     let mut stream = connect(port);
     let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    // (Without the "Error: " before it: the activator, writing on the same stderr, may put a
+    // line of its own between the words of the child's.)
     assert!(activated.wait_for(
-        "Error: socket activation: descriptor 3 passed by the service manager is a stream \
-         socket that is not listening"
+        "socket activation: descriptor 3 passed by the service manager is a stream socket that \
+         is not listening"
     ));
 }
 
@@ -179,8 +203,7 @@ fn a_passed_datagram_socket_is_a_clear_error() {
         .send_to(b"wake up", ("127.0.0.1", port))
         .unwrap();
     assert!(activated.wait_for(
-        "Error: socket activation: descriptor 3 passed by the service manager is not a stream \
-         socket"
+        "socket activation: descriptor 3 passed by the service manager is not a stream socket"
     ));
     // waitress-serve stopped: exec replaced the activator, so the child is the server.
     let deadline = Instant::now() + DEADLINE;

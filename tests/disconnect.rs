@@ -135,13 +135,6 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool, state: impl Fn() -> Stri
     }
 }
 
-fn port(target: &Target) -> u16 {
-    match target {
-        Target::Tcp(port) => *port,
-        Target::Unix(_) => unreachable!("a TCP server"),
-    }
-}
-
 /// Ask for `path`, read the start of its response, and leave.
 fn leave_mid_response(port: u16, path: &str, deleted_before: usize) {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -202,7 +195,7 @@ fn still_serves(target: &Target) {
 fn a_client_gone_mid_response_or_mid_upload_leaves_nothing_behind() {
     // One worker: if a departed client kept it busy, the next request would not be served.
     let server = serve_fn(app, &[("threads", "1")], Transport::Tcp);
-    let port = port(&server.target);
+    let port = server.tcp_port();
     let baseline = descriptors();
     let back_to_baseline = || {
         let now = descriptors();

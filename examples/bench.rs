@@ -8,7 +8,9 @@
 //! For each scenario the program starts a fresh server in a child process (this same binary,
 //! run as `bench --serve`), drives it over loopback, stops it, and prints one row: throughput,
 //! median and 99th-percentile latency, and the server's resident memory (`VmRSS` at the end of
-//! the load and the peak `VmHWM`, both read from `/proc/PID/status`, so Linux only).
+//! the load and the peak `VmHWM`, both read from `/proc/PID/status`, so Linux only). The hello
+//! rows also note the server's processor time per response (`/proc/PID/stat`), a figure that
+//! other load on a shared machine disturbs less than the rate.
 //!
 //! Why a child process rather than a server thread: the memory figures must be the server's
 //! alone, not the load generator's; and 10,000 connections need 10,000 descriptors on each
@@ -394,6 +396,18 @@ impl ServerProcess {
     /// The server's resident memory now and at its peak.
     fn memory(&self) -> Memory {
         Memory::of(self.child.id())
+    }
+
+    /// The processor time the server has used so far, user and system, in clock ticks
+    /// (`utime` + `stime` of `/proc/PID/stat`; `USER_HZ`, 100 a second on Linux).
+    fn cpu_ticks(&self) -> Option<u64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // The fields after the command name (which may hold spaces), from field 3 on.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(utime + stime)
     }
 }
 
@@ -901,7 +915,7 @@ fn hello(server: &ServerProcess, connections: usize, options: &Options) -> io::R
     let warm_up = (options.duration / 5).min(Duration::from_secs(1));
     // Every thread opens its connections, then all start together.
     let ready = Barrier::new(threads + 1);
-    let (tally, opened, open_error, memory) = thread::scope(|scope| {
+    let (tally, opened, open_error, memory, cpu_ticks) = thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|i| {
                 let share = connections / threads + usize::from(i < connections % threads);
@@ -923,8 +937,10 @@ fn hello(server: &ServerProcess, connections: usize, options: &Options) -> io::R
             })
             .collect();
         ready.wait();
+        thread::sleep(warm_up);
+        let cpu_before = server.cpu_ticks();
         // Read the server's memory near the end of the load, connections still open.
-        thread::sleep(warm_up + options.duration * 9 / 10);
+        thread::sleep(options.duration * 9 / 10);
         let memory = server.memory();
         let mut total = Tally::default();
         let (mut opened, mut open_error) = (0, None);
@@ -934,11 +950,17 @@ fn hello(server: &ServerProcess, connections: usize, options: &Options) -> io::R
             opened += n;
             open_error = open_error.or(error);
         }
-        (total, opened, open_error, memory)
+        let cpu = cpu_before.zip(server.cpu_ticks()).map(|(a, b)| b - a);
+        (total, opened, open_error, memory, cpu)
     });
     let mut latencies = tally.latencies_us;
     latencies.sort_unstable();
     let mut notes = Vec::new();
+    // The server's processor time per response: steadier than the rate on a shared machine.
+    if let (Some(ticks), true) = (cpu_ticks, tally.responses > 0) {
+        let micros = ticks as f64 * 10_000.0 / tally.responses as f64;
+        notes.push(format!("server CPU {micros:.1} µs/req"));
+    }
     if opened < connections {
         notes.push(format!(
             "opened {opened} of {connections}: {}",

@@ -1119,17 +1119,29 @@ mod tests {
         assert_eq!(crashing.events(), vec!["read", "error"]);
     }
 
+    /// A selector after one round over a map with one reader (of `b`): one ADD so far.
+    #[cfg(target_os = "linux")]
+    fn one_reader() -> (
+        EpollSelector,
+        SocketMap,
+        crate::trigger::PairStream,
+        crate::trigger::PairStream,
+        Rc<Recorder>,
+    ) {
+        let mut selector = EpollSelector::new().unwrap();
+        let map = new_map();
+        let (a, b) = pair();
+        let obj = register(&map, Recorder::new(compat::raw_socket(&b), true, false));
+        selector.round(Duration::ZERO, &map).unwrap();
+        assert_eq!(selector.ctl_calls, 1, "entering the map: one ADD");
+        (selector, map, a, b, obj)
+    }
+
     #[test]
     #[cfg(target_os = "linux")]
     fn epoll_ctl_only_when_the_interest_widens_enters_or_leaves() {
-        let mut selector = EpollSelector::new().unwrap();
-        let map = new_map();
-        let (mut a, b) = pair();
-        let fd = compat::raw_socket(&b);
-        let obj = register(&map, Recorder::new(fd, true, false));
-        // Entering the map: one ADD.
-        selector.round(Duration::ZERO, &map).unwrap();
-        assert_eq!(selector.ctl_calls, 1);
+        let (mut selector, map, mut a, b, obj) = one_reader();
+        let fd = obj.fd;
         assert_eq!(kernel_bits(&selector, fd), EPOLLIN | EPOLLPRI);
         // Same answers: no call, however many rounds.
         for _ in 0..3 {
@@ -1187,13 +1199,8 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn epoll_starts_afresh_when_another_dispatcher_takes_the_descriptor() {
-        let mut selector = EpollSelector::new().unwrap();
-        let map = new_map();
-        let (mut a, b) = pair();
-        let fd = compat::raw_socket(&b);
-        let first = register(&map, Recorder::new(fd, true, false));
-        selector.round(Duration::ZERO, &map).unwrap();
-        assert_eq!(selector.ctl_calls, 1);
+        let (mut selector, map, mut a, _b, first) = one_reader();
+        let fd = first.fd;
         // Within one round's handlers the first leaves and a second arrives on that number.
         map.borrow_mut().clear();
         let second = register(&map, Recorder::new(fd, true, false));

@@ -99,23 +99,31 @@ fn many_clients(t: Transport) {
     }
 }
 
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod tcp {
-            $( #[test] fn $name() { super::$name(super::Transport::Tcp) } )*
-        }
-        mod unix {
-            $( #[test] fn $name() { super::$name(super::Transport::Unix) } )*
-        }
-    };
+/// Run `exchange` against a server over TCP, then over a Unix socket.
+fn over_both(exchange: fn(Transport)) {
+    exchange(Transport::Tcp);
+    exchange(Transport::Unix);
 }
 
-both_transports!(
-    keep_alive_and_pipelining,
-    large_bodies,
-    client_closes_mid_response,
-    many_clients,
-);
+#[test]
+fn epoll_keep_alive_and_pipelining() {
+    over_both(keep_alive_and_pipelining);
+}
+
+#[test]
+fn epoll_large_bodies() {
+    over_both(large_bodies);
+}
+
+#[test]
+fn epoll_client_closes_mid_response() {
+    over_both(client_closes_mid_response);
+}
+
+#[test]
+fn epoll_many_clients() {
+    over_both(many_clients);
+}
 
 #[test]
 fn the_server_waits_in_epoll() {

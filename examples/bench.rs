@@ -47,6 +47,7 @@ use std::sync::{mpsc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[cfg(target_os = "linux")]
 use waitress::compat::epoll::{Epoll, EpollEvent, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT};
 use waitress::compat::{poll_fds, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
 use waitress::{AppResult, Environ, StartResponse};
@@ -647,6 +648,7 @@ enum Waiter {
     Poll(Vec<PollFd>),
     /// The connections registered by descriptor (the `data` of their events); `interest` is
     /// what each connection, by index, is registered for; `index_of` maps descriptors back.
+    #[cfg(target_os = "linux")]
     Epoll {
         epoll: Epoll,
         events: Vec<EpollEvent>,
@@ -666,12 +668,20 @@ impl Waiter {
                 };
                 connections
             ]),
+            #[cfg(target_os = "linux")]
             Backend::Epoll => Waiter::Epoll {
                 epoll: Epoll::new()?,
                 events: vec![EpollEvent::default(); connections.max(1)],
                 interest: vec![0; connections],
                 index_of: Vec::new(),
             },
+            #[cfg(not(target_os = "linux"))]
+            Backend::Epoll => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "epoll is Linux only",
+                ))
+            }
         })
     }
 
@@ -685,6 +695,7 @@ impl Waiter {
                     revents: 0,
                 };
             }
+            #[cfg(target_os = "linux")]
             Waiter::Epoll {
                 epoll,
                 interest,
@@ -731,6 +742,7 @@ impl Waiter {
                     }
                 }
             }
+            #[cfg(target_os = "linux")]
             Waiter::Epoll {
                 epoll,
                 events,

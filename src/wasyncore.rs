@@ -12,9 +12,11 @@
 //! descriptors from `FD_SETSIZE` on are an error, and a hang-up is reported as readable. [`poll2`]
 //! gives `poll()` semantics: no limit, and a hang-up or error calls `handle_close`. An
 //! interrupted `poll(2)` is retried (waitress returns from the round instead). On Windows both
-//! poll with `WSAPoll` and neither has a limit (see [`can_watch`]). [`loop_`] runs
-//! rounds until the map is empty or a count is reached; the server runs its own rounds so it
-//! can stop on request. [`close_all`] closes every dispatcher.
+//! poll with `WSAPoll` and neither has a limit (see [`can_watch`]). On Linux, [`EpollSelector`]
+//! (Rust-only, `asyncore_use_epoll`) gives `poll()` semantics over `epoll(7)`, keeping the
+//! interest set in the kernel between rounds. [`loop_`] runs rounds until the map is empty or a
+//! count is reached; the server runs its own rounds, through a [`Selector`] chosen once from its
+//! settings, so it can stop on request. [`close_all`] closes every dispatcher.
 //!
 //! Only the I/O thread touches the map, so it is an `Rc<RefCell<…>>`; state that other threads
 //! reach (a channel's buffers) sits behind the dispatcher's own locks. asyncore's `dispatcher`
@@ -547,6 +549,8 @@ mod tests {
     //! Ports of tests/test_wasyncore.py for what the loop has: dispatch by `readwrite`, the
     //! `poll`/`poll2` rounds and their flags, `loop_` with timeout and count, `close_all`, and a
     //! panicking handler reported to `handle_error` (waitress's "non-reraised" exceptions).
+    //! The `epoll_*` tests at the end are Rust-only: the epoll round and its interest-set
+    //! bookkeeping (which `epoll_ctl` calls each change of interest costs).
     //! asyncore's `dispatcher` class with its socket methods, its `file_wrapper` and its
     //! helpers are not ported (std's sockets do that work), so their tests are not either:
     // test_closeall_default: there is no module-wide default socket map; every map is passed in

@@ -42,7 +42,7 @@ fn main() -> Result<(), waitress::AppError> {
     // 2. Serve it on a free port of the loopback interface. `waitress::serve(shout, kw)` would
     //    do the same and run until the process is stopped.
     let server = waitress::create_server(shout, [("listen", "127.0.0.1:0"), ("threads", "2")])?;
-    let port: u16 = server.effective_port().parse()?;
+    let port = server.effective_port().tcp().expect("a TCP listener");
     let stop = server.shutdown_handle();
 
     // 3. A client on another thread sends one request, reads the answer, stops the server.

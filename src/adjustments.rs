@@ -24,10 +24,11 @@ pub enum PreboundSocket {
     Unix(UnixListener),
 }
 
-/// The access log's default line: Apache's combined format plus the microseconds taken
-/// (see the README's access-log section for every `%` field).
+/// The access log's default line: Apache's combined format plus the microseconds taken and
+/// how the connection stood (`X`: the client went away before the whole response was handed
+/// over); see `waitress::access_log::AccessLogFormat` for every `%` field.
 pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
-    "%h %l %u %t \"%r\" %s %b \"%{Referer}i\" \"%{User-Agent}i\" %D";
+    "%h %l %u %t \"%r\" %s %b \"%{Referer}i\" \"%{User-Agent}i\" %D %X";
 
 /// Every setting of the server.
 ///
@@ -530,7 +531,11 @@ impl Adjustments {
             "request_header_timeout" => self.request_header_timeout = bad(name, asint(value))?,
             "shutdown_timeout" => self.shutdown_timeout = bad(name, asint(value))?,
             "access_log" => self.access_log = asbool(value),
-            "access_log_format" => self.access_log_format = value.to_string(),
+            "access_log_format" => {
+                // Checked here so a bad format fails at start, not at the first request.
+                bad(name, crate::access_log::check_format(value))?;
+                self.access_log_format = value.to_string();
+            }
             "log_level" => self.log_level = Some(bad(name, LogLevels::parse(value))?),
             "log_socket_errors" => self.log_socket_errors = asbool(value),
             "max_request_header_size" => self.max_request_header_size = bad(name, asint(value))?,

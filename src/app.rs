@@ -173,7 +173,7 @@ impl Environ {
     }
 
     /// Take `wsgi.input` out of the environ (leaving an empty one), for a body that reads the
-    /// request lazily after `call` has returned.
+    /// request lazily after `respond` has returned.
     pub fn take_input(&mut self) -> Input {
         std::mem::replace(&mut self.input, Input::empty())
     }
@@ -214,7 +214,7 @@ impl Environ {
 ///
 /// The server hands over its request buffer (memory, or an anonymous temporary file for a large
 /// body); it owns no socket, so reading never blocks on the network and an application may move
-/// it into a lazy [`Body`] to read after `call` has returned.
+/// it into a lazy [`Body`] to read after `respond` has returned.
 pub struct Input {
     reader: Box<dyn BufRead + Send>,
 }
@@ -310,7 +310,8 @@ impl DisconnectCheck {
 
 /// Why `start_response` (or `write`) refused what the application asked for.
 ///
-/// waitress raises `AssertionError` or `ValueError` for these; the messages are waitress's.
+/// waitress raises `AssertionError` or `ValueError` for these; the messages are waitress's,
+/// except for a bad `Content-Length`, where waitress shows Python's `int()` error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartResponseError {
     /// `start_response` was called a second time without an error (`exc_info`).
@@ -350,7 +351,7 @@ impl fmt::Display for StartResponseError {
                 "{name} is a \"hop-by-hop\" header; it cannot be used by a WSGI application (see PEP 3333)"
             ),
             StartResponseError::BadContentLength(value) => {
-                write!(f, "invalid literal for int() with base 10: '{value}'")
+                write!(f, "Content-Length '{value}' is not a whole number of bytes")
             }
             StartResponseError::NotStarted => {
                 f.write_str("start_response was not called before body written")
@@ -862,6 +863,10 @@ mod tests {
         assert_eq!(
             validate_header("content-length", "abc"),
             Err(StartResponseError::BadContentLength("abc".into()))
+        );
+        assert_eq!(
+            StartResponseError::BadContentLength("abc".into()).to_string(),
+            "Content-Length 'abc' is not a whole number of bytes"
         );
         assert_eq!(
             validate_header("Transfer-Encoding", "chunked"),

@@ -2,7 +2,8 @@
 //! imports any `module:object` the user names, which Rust cannot do at run time).
 //!
 //! `demo` (the default) is an HTML page listing the request's environ, `hello` is the
-//! benchmark application, and `echo` is waitress's test fixture `tests/fixtureapps/echo.py`.
+//! benchmark application, `echo` is waitress's test fixture `tests/fixtureapps/echo.py`, and
+//! `download` streams as many bytes as asked (for testing proxies with large responses).
 //! They run on the worker threads like any application; [`registry`] hands them to the
 //! runner by name.
 
@@ -21,6 +22,11 @@ pub fn registry() -> AppRegistry {
         hello,
     );
     registry.register_fn("echo", "the request as JSON, then its body", echo);
+    registry.register_fn(
+        "download",
+        "?bytes=N: N bytes (1 MiB by default) of download_byte(i), streamed",
+        download,
+    );
     registry
 }
 
@@ -31,6 +37,47 @@ pub fn hello(_environ: &mut Environ, start_response: &mut StartResponse<'_>) -> 
         [("Content-Type", "text/plain"), ("Content-Length", "13")],
     )?;
     Ok(Body::from("Hello, World!"))
+}
+
+/// Byte `i` of what [`download`] sends: a pattern whose period (251, a prime) divides no
+/// buffer size, so a lost, repeated or reordered block shows.
+pub fn download_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// `?bytes=N` (1 MiB when absent): N bytes of [`download_byte`], with their `Content-Length`,
+/// produced 64 KiB at a time as the server sends them, so any size streams in little memory.
+/// For testing what lies between the server and a client (a proxy) with large responses.
+pub fn download(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
+    const BLOCK: u64 = 64 << 10;
+    let query = environ.get("QUERY_STRING").unwrap_or("");
+    let asked = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("bytes="))
+        .map(str::parse::<u64>);
+    let total = match asked {
+        None => 1 << 20,
+        Some(Ok(total)) => total,
+        Some(Err(_)) => {
+            start_response.start("400 Bad Request", [("Content-Type", "text/plain")])?;
+            return Ok(Body::from("bytes=N takes a whole number\n"));
+        }
+    };
+    start_response.start(
+        "200 OK",
+        [
+            ("Content-Type", "application/octet-stream".to_string()),
+            ("Content-Length", total.to_string()),
+        ],
+    )?;
+    // One period more than a block: any block is a slice of it (a copy, not a loop per byte).
+    let pattern: Vec<u8> = (0..BLOCK + 251).map(download_byte).collect();
+    let blocks = (0..total).step_by(BLOCK as usize).map(move |start| {
+        let len = (total - start).min(BLOCK) as usize;
+        let from = (start % 251) as usize;
+        Ok(pattern[from..from + len].to_vec())
+    });
+    Ok(Body::from_chunks(blocks))
 }
 
 /// The request body, `CONTENT_LENGTH` bytes of it when the header is there (the fixture
@@ -193,6 +240,30 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("\r\n\r\nabc"));
+    }
+
+    #[test]
+    fn download_streams_the_pattern() {
+        let mut environ = Environ::new();
+        environ.set("QUERY_STRING", "x=1&bytes=200000");
+        let mut recorded = RecordedResponse::default();
+        let body = download(&mut environ, &mut StartResponse::new(&mut recorded))
+            .unwrap()
+            .into_bytes()
+            .unwrap();
+        assert_eq!(body.len(), 200_000);
+        assert!(body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == download_byte(i as u64)));
+        assert!(recorded
+            .headers
+            .contains(&("Content-Length".into(), "200000".into())));
+        let mut environ = Environ::new();
+        environ.set("QUERY_STRING", "bytes=lots");
+        let mut recorded = RecordedResponse::default();
+        download(&mut environ, &mut StartResponse::new(&mut recorded)).unwrap();
+        assert_eq!(recorded.status.as_deref(), Some("400 Bad Request"));
     }
 
     #[test]

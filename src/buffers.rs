@@ -58,23 +58,11 @@ fn o_tmpfile_unsupported(e: &io::Error) -> bool {
 #[cfg(unix)]
 fn named_tempfile_unlinked(dir: &std::path::Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    loop {
-        let path = dir.join(format!("waitress-{}.buf", unpredictable_name()));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(file) => {
-                std::fs::remove_file(&path)?;
-                return Ok(file);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create_new(true).mode(0o600);
+    let (file, path) = create_unguessable(dir, &options)?;
+    std::fs::remove_file(path)?;
+    Ok(file)
 }
 
 /// A file in `dir` under a name nobody can guess, created exclusively, shared with nobody
@@ -84,19 +72,29 @@ fn named_tempfile_unlinked(dir: &std::path::Path) -> io::Result<File> {
 fn tempfile_deleted_on_close(dir: &std::path::Path) -> io::Result<File> {
     use crate::compat::tmpfile::{FILE_ATTRIBUTE_TEMPORARY, FILE_FLAG_DELETE_ON_CLOSE};
     use std::os::windows::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .share_mode(0)
+        .attributes(FILE_ATTRIBUTE_TEMPORARY)
+        .custom_flags(FILE_FLAG_DELETE_ON_CLOSE);
+    create_unguessable(dir, &options).map(|(file, _)| file)
+}
+
+/// Open a new file in `dir` with `options` (which create exclusively) under an unpredictable
+/// name, trying another name in the unlikely case that one exists.
+fn create_unguessable(
+    dir: &std::path::Path,
+    options: &std::fs::OpenOptions,
+) -> io::Result<(File, std::path::PathBuf)> {
     loop {
         let path = dir.join(format!("waitress-{}.buf", unpredictable_name()));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .share_mode(0)
-            .attributes(FILE_ATTRIBUTE_TEMPORARY)
-            .custom_flags(FILE_FLAG_DELETE_ON_CLOSE)
-            .open(&path)
-        {
+        match options.open(&path) {
+            Ok(file) => return Ok((file, path)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            result => return result,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -144,8 +142,16 @@ enum Storage {
     /// The bytes are `data[start..]`; `data[..start]` was already consumed (waitress's
     /// `strbuf`/`BytesIOBasedBuffer` stages).
     Memory { data: Vec<u8>, start: usize },
-    /// The bytes are `file[read_pos..end]` (waitress: `TempfileBasedBuffer`).
-    File { file: File, read_pos: u64, end: u64 },
+    /// The bytes are `file[read_pos..end]` (waitress: `TempfileBasedBuffer`). `cursor` is
+    /// where the file's own position stands, so a run of appends (a body arriving) or of
+    /// reads (a response going out) seeks only when it switches from one to the other: a
+    /// 256 MiB upload made an `lseek` per 8 KiB before.
+    File {
+        file: File,
+        read_pos: u64,
+        end: u64,
+        cursor: u64,
+    },
 }
 
 /// Memory until `overflow` bytes, then an anonymous temporary file.
@@ -158,6 +164,18 @@ pub struct OverflowableBuffer {
     storage: Storage,
     /// Bytes read from the file for [`OverflowableBuffer::peek`].
     scratch: Vec<u8>,
+}
+
+/// How much a request body kept in a temporary file is read at a time for `wsgi.input`.
+const INPUT_READ_SIZE: usize = 64 * 1024;
+
+/// Move `file`'s position to `pos` unless `cursor` says it is there already.
+fn seek_to(file: &mut File, cursor: &mut u64, pos: u64) -> io::Result<()> {
+    if *cursor != pos {
+        file.seek(SeekFrom::Start(pos))?;
+        *cursor = pos;
+    }
+    Ok(())
 }
 
 impl OverflowableBuffer {
@@ -207,11 +225,13 @@ impl OverflowableBuffer {
                 file,
                 read_pos,
                 end,
+                cursor,
             } => {
                 to_usize(*end - *read_pos + data.len() as u64)?;
-                file.seek(SeekFrom::Start(*end))?;
+                seek_to(file, cursor, *end)?;
                 file.write_all(data)?;
                 *end += data.len() as u64;
+                *cursor = *end;
             }
         }
         Ok(())
@@ -230,10 +250,16 @@ impl OverflowableBuffer {
     fn peek_exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
         match &mut self.storage {
             Storage::Memory { data, start } => Ok(data[*start..*start + n].to_vec()),
-            Storage::File { file, read_pos, .. } => {
+            Storage::File {
+                file,
+                read_pos,
+                cursor,
+                ..
+            } => {
                 let mut out = vec![0; n];
-                file.seek(SeekFrom::Start(*read_pos))?;
+                seek_to(file, cursor, *read_pos)?;
                 file.read_exact(&mut out)?;
+                *cursor += n as u64;
                 Ok(out)
             }
         }
@@ -245,10 +271,16 @@ impl OverflowableBuffer {
         let n = max.min(self.len());
         match &mut self.storage {
             Storage::Memory { data, start } => Ok(&data[*start..*start + n]),
-            Storage::File { file, read_pos, .. } => {
+            Storage::File {
+                file,
+                read_pos,
+                cursor,
+                ..
+            } => {
                 self.scratch.resize(n, 0);
-                file.seek(SeekFrom::Start(*read_pos))?;
+                seek_to(file, cursor, *read_pos)?;
                 file.read_exact(&mut self.scratch)?;
+                *cursor += n as u64;
                 Ok(&self.scratch)
             }
         }
@@ -292,6 +324,7 @@ impl OverflowableBuffer {
                 file,
                 read_pos,
                 end,
+                ..
             } => {
                 let remaining = *end - *read_pos;
                 file.seek(SeekFrom::Start(*read_pos))?;
@@ -309,6 +342,7 @@ impl OverflowableBuffer {
                         file: fresh,
                         read_pos: 0,
                         end: remaining,
+                        cursor: remaining,
                     };
                 }
             }
@@ -327,9 +361,13 @@ impl OverflowableBuffer {
                 mut file,
                 read_pos,
                 end,
+                ..
             } => {
                 file.seek(SeekFrom::Start(read_pos))?;
-                Ok(Input::new(BufReader::new(file.take(end - read_pos))))
+                // 64 KiB reads rather than BufReader's 8 KiB default: a body in a file is a
+                // large one, and the application reads it in a loop.
+                let reader = BufReader::with_capacity(INPUT_READ_SIZE, file.take(end - read_pos));
+                Ok(Input::new(reader))
             }
         }
     }
@@ -353,6 +391,7 @@ impl OverflowableBuffer {
                 file,
                 read_pos: 0,
                 end,
+                cursor: end,
             };
         }
         Ok(())

@@ -1098,3 +1098,163 @@ pub mod epoll {
         }
     }
 }
+
+// ---- socket activation ----
+
+/// What `socket_activation` needs to take over the listening sockets a service manager passed
+/// in (systemd's `sd_listen_fds` protocol): check that each descriptor is a stream socket in
+/// the listening state, learn its family, mark it close-on-exec, and own it. Unix only.
+#[cfg(unix)]
+pub mod activation {
+    use super::retry;
+    use std::io;
+    use std::net::TcpListener;
+    use std::os::raw::{c_int, c_void};
+    use std::os::unix::io::{FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Linux: `asm-generic/socket.h` (`SOL_SOCKET`, `SO_TYPE`, `SO_ACCEPTCONN`),
+    /// `bits/socket.h` (`AF_UNIX`, `SOCK_STREAM`), `asm-generic/fcntl.h` (`F_SETFD`,
+    /// `FD_CLOEXEC`), `asm-generic/errno.h` (`ENOTSOCK`).
+    #[cfg(target_os = "linux")]
+    mod os {
+        use std::os::raw::c_int;
+        pub const SO_TYPE: c_int = 3;
+        pub const SO_ACCEPTCONN: c_int = 30;
+        pub const ENOTSOCK: c_int = 88;
+    }
+
+    /// macOS and FreeBSD: `sys/socket.h`, `sys/errno.h`.
+    #[cfg(any(target_os = "macos", target_os = "freebsd"))]
+    mod os {
+        use std::os::raw::c_int;
+        pub const SO_TYPE: c_int = 0x1008;
+        pub const SO_ACCEPTCONN: c_int = 0x0002;
+        pub const ENOTSOCK: c_int = 38;
+    }
+
+    const AF_UNIX: c_int = 1;
+    const F_SETFD: c_int = 2;
+    const FD_CLOEXEC: c_int = 1;
+
+    extern "C" {
+        fn getsockopt(
+            fd: c_int,
+            level: c_int,
+            name: c_int,
+            value: *mut c_void,
+            len: *mut u32,
+        ) -> c_int;
+        fn getsockname(fd: c_int, addr: *mut c_void, len: *mut u32) -> c_int;
+        fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
+    }
+
+    /// A passed-in listening socket, owned.
+    #[derive(Debug)]
+    pub enum Inherited {
+        /// An IPv4 or IPv6 stream socket.
+        Tcp(TcpListener),
+        /// A Unix-domain stream socket.
+        Unix(UnixListener),
+    }
+
+    /// `getsockopt` for an int option of `SOL_SOCKET`.
+    fn socket_int_option(fd: RawFd, name: c_int) -> io::Result<c_int> {
+        let mut value: c_int = 0;
+        let mut len = std::mem::size_of::<c_int>() as u32;
+        // SAFETY: `value` and `len` are live locals for the call and `len` holds the size of
+        // `value`; a descriptor that is not open makes the call fail with EBADF, nothing more.
+        retry(|| unsafe {
+            getsockopt(
+                fd,
+                super::SOL_SOCKET,
+                name,
+                (&mut value as *mut c_int).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(value)
+    }
+
+    /// The address family of a socket, from `getsockname`.
+    fn socket_family(fd: RawFd) -> io::Result<c_int> {
+        // `struct sockaddr_storage`: 128 bytes, aligned for any address.
+        let mut storage = [0u64; 16];
+        let mut len = std::mem::size_of_val(&storage) as u32;
+        // SAFETY: `storage` is a live 128-byte buffer and `len` says so; the kernel writes at
+        // most `len` bytes into it.
+        retry(|| unsafe { getsockname(fd, storage.as_mut_ptr().cast(), &mut len) })?;
+        let bytes = storage[0].to_ne_bytes();
+        // Linux starts with a 16-bit family; the BSDs with a length byte, then an 8-bit one.
+        #[cfg(target_os = "linux")]
+        let family = c_int::from(u16::from_ne_bytes([bytes[0], bytes[1]]));
+        #[cfg(any(target_os = "macos", target_os = "freebsd"))]
+        let family = c_int::from(bytes[1]);
+        Ok(family)
+    }
+
+    /// Set only once: the passed descriptors are owned by one set of values per process.
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+
+    /// Take ownership of the `count` descriptors from `first` on, as the `sd_listen_fds`
+    /// protocol passes them: each is checked to be a listening stream socket, made
+    /// close-on-exec, and returned owned; one that is not is an error naming it. Only the
+    /// first call in a process takes anything (later ones give an error): the caller has
+    /// checked that `LISTEN_PID` names this process, and the descriptors can be owned once.
+    pub fn take_listen_fds(first: RawFd, count: usize) -> io::Result<Vec<Inherited>> {
+        if TAKEN.swap(true, Ordering::AcqRel) {
+            return Err(io::Error::new(
+                io::ErrorKind::Other,
+                "the sockets passed by the service manager were already taken",
+            ));
+        }
+        let mut taken = Vec::with_capacity(count);
+        for fd in (0..count).map(|i| first + i as RawFd) {
+            taken.push(take_one(fd)?);
+        }
+        Ok(taken)
+    }
+
+    /// Check and own one passed descriptor.
+    fn take_one(fd: RawFd) -> io::Result<Inherited> {
+        let not = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("descriptor {fd} passed by the service manager is {what}"),
+            )
+        };
+        let ty = match socket_int_option(fd, os::SO_TYPE) {
+            Ok(ty) => ty,
+            Err(e) if e.raw_os_error() == Some(os::ENOTSOCK) => return Err(not("not a socket")),
+            Err(e) if e.raw_os_error() == Some(super::EBADF) => return Err(not("not open")),
+            Err(e) => return Err(e),
+        };
+        if ty != super::SOCK_STREAM {
+            return Err(not(
+                "not a stream socket (a datagram socket? use ListenStream=)",
+            ));
+        }
+        if socket_int_option(fd, os::SO_ACCEPTCONN)? == 0 {
+            return Err(not("a stream socket that is not listening"));
+        }
+        let family = socket_family(fd)?;
+        if family != super::AF_INET && family != super::AF_INET6 && family != AF_UNIX {
+            return Err(not(&format!(
+                "a socket of address family {family}, not TCP or Unix"
+            )));
+        }
+        // SAFETY: fcntl(F_SETFD) takes an int argument and no pointers; `fd` is open (the
+        // getsockopt calls above succeeded on it).
+        retry(|| unsafe { fcntl(fd, F_SETFD, FD_CLOEXEC) })?;
+        // SAFETY: `fd` is an open socket that the service manager passed to this process for
+        // it to own (the sd_listen_fds protocol); `TAKEN` lets this happen once per process,
+        // so no other owner of it exists in this program.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(if family == AF_UNIX {
+            Inherited::Unix(UnixListener::from(owned))
+        } else {
+            Inherited::Tcp(TcpListener::from(owned))
+        })
+    }
+}

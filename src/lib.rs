@@ -75,6 +75,10 @@
 //! | `utilities.py` | [`utilities`] | logging, HTTP dates, error responses |
 //! | `runner.py` | [`runner`] | `waitress-serve` |
 //! | `compat.py` | [`compat`] | the platform layer: every system call std lacks |
+//!
+//! Two modules have no waitress file, serving a server in production: [`access_log`] (one line
+//! per response to `waitress.access`, the `access_log` setting) and [`socket_activation`] (the
+//! sockets systemd passes, served instead of binding).
 
 #![warn(missing_docs)]
 // Doctests are examples people copy: they must compile without a warning.
@@ -82,6 +86,7 @@
 // System calls and their `unsafe` live in `compat` alone (waitress: compat.py).
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod adjustments;
 pub mod app;
 pub mod apps;
@@ -99,6 +104,7 @@ pub mod receiver;
 pub mod rfc7230;
 pub mod runner;
 pub mod server;
+pub mod socket_activation;
 #[allow(clippy::incompatible_msrv)]
 pub mod task;
 pub mod trigger;

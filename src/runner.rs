@@ -270,7 +270,12 @@ pub(crate) fn run_with(
         Ok(app) => app,
         Err(e) => return fail(&e.to_string()),
     };
-    let adj = match Adjustments::new(parsed.kw) {
+    // Sockets passed by a service manager (systemd) are served instead of binding.
+    let sockets = match crate::socket_activation::listen_fds() {
+        Ok(sockets) => sockets,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let adj = match Adjustments::with_sockets(parsed.kw, sockets) {
         Ok(adj) => adj,
         // Named as the user typed them: `--channel-timeout`, not `channel_timeout`.
         Err(e) => return fail(&e.command_line_message()),
@@ -549,7 +554,7 @@ mod tests {
         match_output(
             &["nonexistent:a"],
             1,
-            "Error: unknown application 'nonexistent:a' (available: demo, echo, hello)",
+            "Error: unknown application 'nonexistent:a' (available: demo, download, echo, hello)",
         );
     }
 

@@ -28,8 +28,10 @@
 //! | `WSGIServer` (alias)                     | none |
 //!
 //! Rust-only: [`ServerError`] (waitress raises `OSError`/`ValueError`), [`ShutdownHandle`]
-//! (waitress stops on `SystemExit`/`KeyboardInterrupt` raised inside the loop), and `Drop`
-//! (a dropped server closes itself).
+//! (waitress stops on `SystemExit`/`KeyboardInterrupt` raised inside the loop), `Drop`
+//! (a dropped server closes itself), and the graceful shutdown (`shutdown_timeout`:
+//! `ShutdownHandle::shutdown_gracefully`, with `Drain` and `WsgiServer::start_draining` and
+//! `drained` in the loop).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -119,7 +121,7 @@ impl From<AdjustmentsError> for ServerError {
 /// }
 ///
 /// let server = waitress::create_server(hello, [("listen", "127.0.0.1:0")]).unwrap();
-/// let port: u16 = server.effective_port().parse().unwrap();
+/// let port = server.effective_port().tcp().unwrap();
 /// assert!(port > 0);
 /// let stop = server.shutdown_handle();
 /// stop.shutdown();
@@ -175,7 +177,7 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
         let info = Arc::new(ServerInfo {
             application: Arc::clone(&application),
             server_name: adj.server_name.clone(),
-            effective_port: port.clone(),
+            effective_port: port.to_string(),
             adj: Arc::clone(&adj),
         });
         let channel_server = Rc::new(ChannelServer::new(
@@ -200,6 +202,35 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
     })
 }
 
+/// Where a listener listens, as waitress's `effective_port` says it: a TCP port number, or
+/// the path of a Unix socket. Displays as waitress prints it (the number, or the path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EffectivePort {
+    /// A TCP listener's port.
+    Tcp(u16),
+    /// A Unix-domain listener's socket path.
+    Unix(std::path::PathBuf),
+}
+
+impl EffectivePort {
+    /// The TCP port number; `None` for a Unix socket.
+    pub fn tcp(&self) -> Option<u16> {
+        match self {
+            EffectivePort::Tcp(port) => Some(*port),
+            EffectivePort::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for EffectivePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EffectivePort::Tcp(port) => write!(f, "{port}"),
+            EffectivePort::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// A server: listeners, worker pool and event loop (waitress: `MultiSocketServer`, and the
 /// single `TcpWSGIServer` or `UnixWSGIServer` that `create_server` returns for one listener).
 /// Not `Send`: its socket map belongs to the thread that runs it, so build it on that thread.
@@ -209,7 +240,7 @@ pub struct WsgiServer {
     trigger: Rc<Trigger>,
     dispatcher: Arc<ThreadedTaskDispatcher>,
     adj: Arc<Adjustments>,
-    effective_listen: Vec<(String, String)>,
+    effective_listen: Vec<(String, EffectivePort)>,
     stop: Arc<AtomicBool>,
     /// A graceful shutdown asked for by a [`ShutdownHandle`], and its outcome.
     drain: Arc<Drain>,
@@ -235,7 +266,9 @@ impl WsgiServer {
             } else {
                 host.clone()
             };
-            let line = format.replacen("{}", &host, 1).replacen("{}", port, 1);
+            let line = format
+                .replacen("{}", &host, 1)
+                .replacen("{}", &port.to_string(), 1);
             LOGGER.info(&line);
         }
     }
@@ -289,6 +322,7 @@ impl WsgiServer {
         wasyncore::close_all(&self.map);
         self.dispatcher.shutdown(true, Duration::from_secs(5));
         self.drain.closed();
+        crate::access_log::flush(Duration::from_secs(5));
     }
 
     /// When a graceful shutdown has been asked for (on the I/O thread, from `run`): close the
@@ -336,7 +370,7 @@ impl WsgiServer {
     }
 
     /// Every (host, port) listened on.
-    pub fn effective_listen(&self) -> Vec<(String, String)> {
+    pub fn effective_listen(&self) -> Vec<(String, EffectivePort)> {
         self.effective_listen.clone()
     }
 
@@ -348,12 +382,14 @@ impl WsgiServer {
             .unwrap_or_default()
     }
 
-    /// The port of the first listener (the socket path for a Unix socket).
-    pub fn effective_port(&self) -> String {
+    /// The port of the first listener, or its socket path for a Unix socket (waitress:
+    /// `effective_port`, an int or the path). Over TCP, [`EffectivePort::tcp`] gives the
+    /// number: with port 0 in the settings, the one the system chose.
+    pub fn effective_port(&self) -> EffectivePort {
         self.effective_listen
             .first()
             .map(|(_, p)| p.clone())
-            .unwrap_or_default()
+            .unwrap_or(EffectivePort::Tcp(0))
     }
 
     /// A handle that stops the server from another thread (or a signal watcher).
@@ -647,7 +683,7 @@ impl ServerSocket {
     }
 
     /// The host and port as waitress reports them (waitress: `getsockname`).
-    fn getsockname(&self) -> (String, String) {
+    fn getsockname(&self) -> (String, EffectivePort) {
         match self {
             ServerSocket::Tcp(s) => s.getsockname(),
             ServerSocket::Unix(s) => s.getsockname(),
@@ -704,10 +740,10 @@ impl TcpWsgiServer {
     }
 
     /// The numeric host and port (waitress: `getnameinfo` with `NI_NUMERICHOST`).
-    fn getsockname(&self) -> (String, String) {
+    fn getsockname(&self) -> (String, EffectivePort) {
         match self.listener.local_addr() {
-            Ok(addr) => (addr.ip().to_string(), addr.port().to_string()),
-            Err(_) => (String::new(), String::new()),
+            Ok(addr) => (addr.ip().to_string(), EffectivePort::Tcp(addr.port())),
+            Err(_) => (String::new(), EffectivePort::Tcp(0)),
         }
     }
 
@@ -764,8 +800,8 @@ impl UnixWsgiServer {
     }
 
     /// `("unix", path)` (waitress: `getsockname`).
-    fn getsockname(&self) -> (String, String) {
-        ("unix".to_string(), self.path.display().to_string())
+    fn getsockname(&self) -> (String, EffectivePort) {
+        ("unix".to_string(), EffectivePort::Unix(self.path.clone()))
     }
 
     /// Unix peers have no address: `localhost`, no port (waitress: `fix_addr`).
@@ -845,7 +881,7 @@ mod tests {
     }
 
     fn port(server: &WsgiServer) -> u16 {
-        server.effective_port().parse().unwrap()
+        server.effective_port().tcp().unwrap()
     }
 
     /// Accept until the connection the kernel queued shows up as a channel.
@@ -1143,7 +1179,7 @@ mod tests {
             s.run().unwrap();
         });
         let (port, handle) = rx.recv().unwrap();
-        let mut client = TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+        let mut client = TcpStream::connect(("127.0.0.1", port.tcp().unwrap())).unwrap();
         client.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
         let mut response = String::new();
         client.read_to_string(&mut response).unwrap();
@@ -1163,7 +1199,7 @@ mod tests {
         let bound = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = bound.local_addr().unwrap().port();
         let s = with_sockets(vec![PreboundSocket::Tcp(bound)]);
-        assert_eq!(s.effective_port(), port.to_string());
+        assert_eq!(s.effective_port(), EffectivePort::Tcp(port));
         assert!(matches!(
             listener(&s).socket.borrow().as_ref(),
             Some(ServerSocket::Tcp(_))
@@ -1187,7 +1223,7 @@ mod tests {
         // Served where the caller bound it, not bound anew elsewhere.
         assert_eq!(
             s.effective_listen(),
-            vec![(address.ip().to_string(), address.port().to_string())]
+            vec![(address.ip().to_string(), EffectivePort::Tcp(address.port()))]
         );
     }
 
@@ -1231,7 +1267,8 @@ mod tests {
             Some(ServerSocket::Unix(_))
         ));
         assert_eq!(s.effective_host(), "unix");
-        assert_eq!(s.effective_port(), path.display().to_string());
+        assert_eq!(s.effective_port(), EffectivePort::Unix(path.clone()));
+        assert_eq!(s.effective_port().to_string(), path.display().to_string());
     }
 
     #[test]
@@ -1322,8 +1359,8 @@ mod tests {
     fn test_print_listen_brackets_ipv6() {
         let mut s = server(&[]);
         s.effective_listen = vec![
-            ("::1".into(), "80".into()),
-            ("127.0.0.1".into(), "81".into()),
+            ("::1".into(), EffectivePort::Tcp(80)),
+            ("127.0.0.1".into(), EffectivePort::Tcp(81)),
         ];
         let (_, lines) = capture_logs(|| s.print_listen("Serving on http://{}:{}"));
         assert_eq!(

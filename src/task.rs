@@ -17,19 +17,21 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, VecDeque};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{
-    AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, ResponseSink,
-    SharedApp, StartResponse, StartResponseError,
+    AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, FileSource,
+    FileWrapper, ResponseSink, SharedApp, StartResponse, StartResponseError,
 };
 use crate::buffers::ReadOnlyFileBasedBuffer;
 use crate::parser::HttpRequestParser;
 use crate::profiling::{self, Stage};
-use crate::utilities::{http_date_now, LOGGER, QUEUE_LOGGER};
+use crate::utilities::{error_chain, http_date_now, LOGGER, QUEUE_LOGGER};
 
 /// Work the dispatcher runs on a worker thread: in the server, a channel with requests.
 ///
@@ -139,6 +141,7 @@ impl ThreadedTaskDispatcher {
                     "Exception when servicing task: {}",
                     panic_message(&*panic)
                 ));
+                drop_panic(panic);
             }
         }
     }
@@ -267,9 +270,79 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// with `expose_tracebacks` on. The unwind stops here, so whatever called the application
 /// carries on with its bookkeeping.
 fn guard<T>(f: impl FnOnce() -> T) -> Result<T, TaskError> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        TaskError::App(format!("application panicked: {}", panic_message(&*panic)).into())
-    })
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| TaskError::App(panicked(panic).into()))
+}
+
+/// What a 500 says of a caught panic; the panic is dropped.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> String {
+    let text = format!("application panicked: {}", panic_message(&*panic));
+    drop_panic(panic);
+    text
+}
+
+/// Drop a caught panic's payload. It may be a value of the application's own (`panic_any`)
+/// whose `Drop` panics in turn; that second payload is leaked rather than dropped, so the
+/// unwind ends here.
+fn drop_panic(panic: Box<dyn std::any::Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(panic))) {
+        std::mem::forget(again);
+    }
+}
+
+/// The application's file inside a [`FileWrapper`], every call into it guarded. The channel
+/// reads a seekable file when it sends it (on the I/O thread, or on a worker that flushes)
+/// and drops it once sent, so a panic there would unwind through the channel's bookkeeping:
+/// here a panic in a read or a seek becomes an I/O error (the connection is closed, as for
+/// any failed read), and one in the file's `Drop` is logged.
+struct GuardedFile<F> {
+    /// Taken by `Drop`.
+    file: Option<F>,
+}
+
+/// The application's file wrapper with its file behind a [`GuardedFile`].
+fn guard_file(wrapper: FileWrapper) -> FileWrapper {
+    let (source, block_size) = wrapper.into_parts();
+    match source {
+        FileSource::Seekable(file) => {
+            FileWrapper::new(GuardedFile { file: Some(file) }, block_size)
+        }
+        FileSource::Stream(reader) => {
+            FileWrapper::from_reader(GuardedFile { file: Some(reader) }, block_size)
+        }
+    }
+}
+
+impl<F> GuardedFile<F> {
+    /// Run `f` on the file; a panic comes back as an I/O error.
+    fn call<T>(&mut self, f: impl FnOnce(&mut F) -> io::Result<T>) -> io::Result<T> {
+        let file = self.file.as_mut().expect("the file is only taken by Drop");
+        catch_unwind(AssertUnwindSafe(|| f(file)))
+            .unwrap_or_else(|panic| Err(io::Error::new(io::ErrorKind::Other, panicked(panic))))
+    }
+}
+
+impl<F: Read> Read for GuardedFile<F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.call(|file| file.read(buf))
+    }
+}
+
+impl<F: Seek> Seek for GuardedFile<F> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.call(|file| file.seek(to))
+    }
+}
+
+impl<F> Drop for GuardedFile<F> {
+    fn drop(&mut self) {
+        let file = self.file.take();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(file))) {
+            LOGGER.error(&format!(
+                "Exception while closing the application's file: {}",
+                panicked(panic)
+            ));
+        }
+    }
 }
 
 /// What a task knows of its server (waitress: `channel.server`).
@@ -319,6 +392,32 @@ pub enum TaskError {
     ClientDisconnected,
     /// The application failed (an error or a panic, turned into an error).
     App(AppError),
+}
+
+impl TaskError {
+    /// The application's error as text (its `source()` chain included, in `error_chain`'s
+    /// form), the error itself dropped. Formatting and dropping run the application's code
+    /// (its `Display`, `source` and `Drop`), so they happen here under [`guard`] rather than
+    /// in the channel, which logs the error and answers with it: a panic there would skip
+    /// the channel's bookkeeping.
+    fn settle(self) -> TaskError {
+        let error = match self {
+            TaskError::App(error) => error,
+            other => return other,
+        };
+        let text = guard(|| error_chain(error.as_ref()));
+        let dropped = guard(move || drop(error));
+        match (text, dropped) {
+            (Ok(text), Ok(())) => TaskError::App(text.into()),
+            (Ok(text), Err(TaskError::App(panicked))) => {
+                TaskError::App(format!("{text}\nand dropping it: {panicked}").into())
+            }
+            (Err(TaskError::App(panicked)), _) => {
+                TaskError::App(format!("the error's text: {panicked}").into())
+            }
+            (Err(other), _) | (_, Err(other)) => other,
+        }
+    }
 }
 
 impl From<ClientDisconnected> for TaskError {
@@ -419,12 +518,15 @@ impl<'a> Task<'a> {
     }
 
     /// Serve the request: start, execute, finish.
+    /// An application's error comes back as its text (see `TaskError::settle`).
     pub fn service(&mut self) -> Result<(), TaskError> {
-        match self.kind {
-            Kind::Wsgi => self.execute_wsgi()?,
-            Kind::Error => self.execute_error()?,
-        }
-        self.finish()
+        let executed = match self.kind {
+            Kind::Wsgi => self.execute_wsgi(),
+            Kind::Error => self.execute_error(),
+        };
+        executed
+            .and_then(|()| self.finish())
+            .map_err(TaskError::settle)
     }
 
     /// Statuses 1xx, 204 and 304 carry no body: no `Content-Length`, no chunked framing.
@@ -491,7 +593,7 @@ impl<'a> Task<'a> {
                     .push(("Content-Length".to_string(), cl.to_string()));
             }
         }
-        let has_length = content_length_header.is_some_and(|v| !v.is_empty());
+        let has_length = matches!(&content_length_header, Some(v) if !v.is_empty());
         if self.version == "1.0" {
             if connection == "keep-alive" && has_length {
                 self.response_headers
@@ -575,6 +677,7 @@ impl<'a> Task<'a> {
         }
         if self.wrote_header {
             let body = self.body_bytes(data);
+            access_log::note_body(self.chunked_response, data, &body);
             if !body.is_empty() {
                 self.channel.write_soon(&body)?;
             }
@@ -582,7 +685,10 @@ impl<'a> Task<'a> {
         }
         // The head goes out together with the first body bytes: one buffer, one send.
         let mut head = self.build_response_header();
-        head.extend_from_slice(&self.body_bytes(data));
+        access_log::note_status(&self.status);
+        let body = self.body_bytes(data);
+        access_log::note_body(self.chunked_response, data, &body);
+        head.extend_from_slice(&body);
         self.channel.write_soon(&head)?;
         self.wrote_header = true;
         Ok(())
@@ -606,8 +712,9 @@ impl<'a> Task<'a> {
             framed.extend_from_slice(b"\r\n");
             return Cow::Owned(framed);
         }
-        let Some(cl) = self.content_length else {
-            return Cow::Borrowed(data);
+        let cl = match self.content_length {
+            Some(cl) => cl,
+            None => return Cow::Borrowed(data),
         };
         let room = cl.saturating_sub(self.content_bytes_written);
         let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
@@ -639,8 +746,9 @@ impl<'a> Task<'a> {
     /// `ErrorTask.execute`: the error's status, headers and body, then close.
     fn execute_error(&mut self) -> Result<(), TaskError> {
         let ident = self.channel.server().adj.ident.clone();
-        let Some(error) = self.request.error.clone() else {
-            return Ok(());
+        let error = match self.request.error.clone() {
+            Some(error) => error,
+            None => return Ok(()),
         };
         let (status, headers, body) = error.to_response(ident.as_deref());
         self.status = status;
@@ -653,16 +761,19 @@ impl<'a> Task<'a> {
     /// `WSGITask.execute`: call the application and send what it returns.
     ///
     /// Every call into the application's code (the call itself, each `next()` of a lazy body,
-    /// each read of a file wrapper, and the `Drop` of the body and of the environ, which may
-    /// hold the application's own `wsgi.input`) runs under [`guard`], so a panic anywhere
-    /// comes back as an error like any other: a 500 if nothing was sent yet, otherwise the
-    /// connection is closed (waitress: an exception raised from `execute`). An unwind never
-    /// leaves the task, so the channel's bookkeeping always runs.
+    /// and the `Drop` of the body and of the environ, which may hold the application's own
+    /// `wsgi.input`) runs under [`guard`], and a file wrapper's file sits behind a
+    /// [`GuardedFile`], so a panic anywhere comes back as an error like any other: a 500 if
+    /// nothing was sent yet, otherwise the connection is closed (waitress: an exception raised
+    /// from `execute`). The application's error is settled into text here too (see
+    /// `TaskError::settle`). An unwind never leaves the task, so the channel's bookkeeping
+    /// always runs.
     fn execute_wsgi(&mut self) -> Result<(), TaskError> {
         let mut environ = self.get_environment()?;
         let application = Arc::clone(&self.channel.server().application);
         let started = profiling::start();
         let called = guard(|| application.respond(&mut environ, &mut StartResponse::new(self)));
+        access_log::note_environ(&environ);
         let result = match called {
             Ok(Ok(body)) => self.send_body(body),
             Ok(Err(error)) => Err(TaskError::from(error)),
@@ -692,16 +803,13 @@ impl<'a> Task<'a> {
                 sent.and(closed)?;
             }
             Body::File(wrapper) => {
-                let mut buffer = ReadOnlyFileBasedBuffer::new(wrapper);
-                let streamed = self.send_file(&mut buffer);
-                if let Ok(true) = streamed {
-                    // From here the I/O thread streams the file and drops it once sent; if the
-                    // channel refuses it, the application's file is dropped here, guarded.
-                    guard(|| self.channel.write_soon_file(buffer))??;
+                let mut buffer = ReadOnlyFileBasedBuffer::new(guard_file(wrapper));
+                if self.send_file(&mut buffer)? {
+                    // From here the channel streams the file and drops it once sent.
+                    let sent = self.channel.write_soon_file(buffer)?;
+                    access_log::note_body_bytes(sent);
                     return Ok(());
                 }
-                let closed = guard(move || drop(buffer));
-                streamed.and(closed)?;
             }
         }
         if let Some(cl) = self.content_length {
@@ -722,8 +830,9 @@ impl<'a> Task<'a> {
     fn send_file(&mut self, buffer: &mut ReadOnlyFileBasedBuffer) -> Result<bool, TaskError> {
         if buffer.is_seekable() {
             let content_length = self.content_length;
-            let size =
-                guard(|| buffer.prepare(content_length))?.map_err(|e| TaskError::App(e.into()))?;
+            let size = buffer
+                .prepare(content_length)
+                .map_err(|e| TaskError::App(e.into()))?;
             if size > 0 {
                 if self.content_length != Some(size) {
                     if self.content_length.is_some() {
@@ -740,7 +849,7 @@ impl<'a> Task<'a> {
                 return Ok(true);
             }
         }
-        while let Some(block) = guard(|| buffer.next_block())? {
+        while let Some(block) = buffer.next_block() {
             self.write(&block.map_err(|e| TaskError::App(e.into()))?)?;
         }
         Ok(false)

@@ -376,7 +376,7 @@ pub fn find_double_newline(s: &[u8]) -> Option<usize> {
 }
 
 const WEEKDAY_NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-const MONTH_NAMES: [&str; 12] = [
+pub(crate) const MONTH_NAMES: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 const LONG_DAY_NAMES: [&str; 7] = [
@@ -391,7 +391,7 @@ const LONG_DAY_NAMES: [&str; 7] = [
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month 1-12, day 1-31).
 /// Howard Hinnant's `civil_from_days`: exact for every day, no tables, no loops.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -4,7 +4,8 @@
 //! `next()`, or in its `Drop` (WSGI's `close()`). A panic before any byte of the response was
 //! written is answered with a 500, as for an application that panics; once the head went out
 //! the connection is closed, as waitress does when `execute` raises after the headers. Either
-//! way the channel is freed and the worker carries on.
+//! way the channel is freed and the worker carries on. The same holds for an error the body
+//! yields whose `Display` or `Drop` panics: the server formats it for the log and the 500.
 //!
 //! The fault test counts the process's descriptors, so every test of this binary holds
 //! `SERIAL` while it runs: nothing else opens sockets meanwhile.
@@ -60,13 +61,22 @@ enum Fault {
     InDrop,
     /// Yields nothing; its `Drop` panics.
     InDropEmpty,
+    /// Yields an error whose `Display` panics (the server formats it for the log and the 500).
+    ErrorDisplay,
+    /// Yields an error whose `Drop` panics.
+    ErrorDrop,
+    /// A file wrapper over a seekable file whose reads panic.
+    FileRead,
 }
 
-const FAULTS: [Fault; 4] = [
+const FAULTS: [Fault; 7] = [
     Fault::AfterOneChunk,
     Fault::FirstNext,
     Fault::InDrop,
     Fault::InDropEmpty,
+    Fault::ErrorDisplay,
+    Fault::ErrorDrop,
+    Fault::FileRead,
 ];
 
 impl Fault {
@@ -76,19 +86,47 @@ impl Fault {
             Fault::FirstNext => "/first_next",
             Fault::InDrop => "/in_drop",
             Fault::InDropEmpty => "/in_drop_empty",
+            Fault::ErrorDisplay => "/error_display",
+            Fault::ErrorDrop => "/error_drop",
+            Fault::FileRead => "/file_read",
         }
     }
 
     /// Whether the head goes out before the panic (then the connection is closed; otherwise
     /// the answer is a 500).
     fn after_head(self) -> bool {
-        matches!(self, Fault::AfterOneChunk | Fault::InDrop)
+        matches!(self, Fault::AfterOneChunk | Fault::InDrop | Fault::FileRead)
     }
 }
 
 struct FaultyBody {
     fault: Fault,
     yielded: bool,
+}
+
+/// An application's error that misbehaves when the server formats or drops it.
+#[derive(Debug)]
+struct FaultyError {
+    panic_in_display: bool,
+}
+
+impl std::fmt::Display for FaultyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.panic_in_display {
+            panic!("{DELIBERATE} in the error's Display");
+        }
+        f.write_str("a faulty error")
+    }
+}
+
+impl std::error::Error for FaultyError {}
+
+impl Drop for FaultyError {
+    fn drop(&mut self) {
+        if !self.panic_in_display {
+            panic!("{DELIBERATE} in the error's drop");
+        }
+    }
 }
 
 impl Iterator for FaultyBody {
@@ -98,12 +136,56 @@ impl Iterator for FaultyBody {
         match (self.fault, self.yielded) {
             (Fault::FirstNext, _) => panic!("{DELIBERATE} on the first next()"),
             (Fault::AfterOneChunk, true) => panic!("{DELIBERATE} after one chunk"),
-            (Fault::InDropEmpty, _) | (Fault::InDrop, true) => None,
+            (Fault::ErrorDisplay | Fault::ErrorDrop, _) => Some(Err(FaultyError {
+                panic_in_display: matches!(self.fault, Fault::ErrorDisplay),
+            }
+            .into())),
+            (Fault::InDropEmpty | Fault::FileRead, _) | (Fault::InDrop, true) => None,
             (Fault::AfterOneChunk | Fault::InDrop, false) => {
                 self.yielded = true;
                 Some(Ok(b"first".to_vec()))
             }
         }
+    }
+}
+
+/// A seekable file of ten bytes whose reads panic, or, with `panic_in_drop`, whose reads give
+/// `0123456789` and whose `Drop` panics.
+struct FaultyFile {
+    position: u64,
+    panic_in_drop: bool,
+}
+
+impl std::io::Read for FaultyFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.panic_in_drop {
+            panic!("{DELIBERATE} in a file's read");
+        }
+        let data = b"0123456789";
+        let start = data.len().min(self.position as usize);
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl Drop for FaultyFile {
+    fn drop(&mut self) {
+        if self.panic_in_drop {
+            panic!("{DELIBERATE} in a file's drop");
+        }
+    }
+}
+
+impl std::io::Seek for FaultyFile {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.position = match to {
+            std::io::SeekFrom::Start(n) => n,
+            std::io::SeekFrom::End(n) => (10 + n) as u64,
+            std::io::SeekFrom::Current(n) => (self.position as i64 + n) as u64,
+        };
+        Ok(self.position)
     }
 }
 
@@ -157,10 +239,24 @@ fn server(expose_tracebacks: bool) -> ServerGuard {
             return Ok(Body::from(if met { "together" } else { "alone" }));
         }
         match FAULTS.iter().find(|f| f.path() == path) {
+            Some(Fault::FileRead) => Ok(Body::File(waitress::FileWrapper::new(
+                FaultyFile {
+                    position: 0,
+                    panic_in_drop: false,
+                },
+                4,
+            ))),
             Some(&fault) => Ok(Body::from_chunks(FaultyBody {
                 fault,
                 yielded: false,
             })),
+            None if path == "/file_drop" => Ok(Body::File(waitress::FileWrapper::new(
+                FaultyFile {
+                    position: 0,
+                    panic_in_drop: true,
+                },
+                4,
+            ))),
             None => Ok(Body::from("ok")),
         }
     };
@@ -189,10 +285,7 @@ fn exchange(port: u16, path: &str) -> String {
     } else {
         ""
     };
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut stream = connect(port);
     write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{connection}\r\n").expect("send");
     let mut received = Vec::new();
     match stream.read_to_end(&mut received) {
@@ -206,12 +299,22 @@ fn exchange(port: u16, path: &str) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
-/// A good request on a fresh connection is answered in full.
-fn assert_served(port: u16) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+/// A connection to the server whose reads give up after a few seconds.
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
+    stream
+}
+
+/// A good request on a fresh connection is answered in full.
+fn assert_served(port: u16) {
+    assert_served_on(connect(port));
+}
+
+/// A good request on `stream` is answered in full, and the connection closed.
+fn assert_served_on(mut stream: TcpStream) {
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .expect("send");
@@ -223,7 +326,16 @@ fn assert_served(port: u16) {
 
 /// What each fault must produce.
 fn assert_answer(fault: Fault, answer: &str) {
-    if fault.after_head() {
+    if let Fault::FileRead = fault {
+        // The head went out with the file's length; then the connection was closed without
+        // a byte of the file.
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{fault:?}: {answer}"
+        );
+        assert!(answer.contains("\r\nContent-Length: 10\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n"), "{fault:?}: {answer}");
+    } else if fault.after_head() {
         // The head and the first chunk went out; then the connection was closed without the
         // last chunk, so the client sees a truncated response.
         assert!(
@@ -244,65 +356,109 @@ fn assert_answer(fault: Fault, answer: &str) {
     }
 }
 
+/// One request that meets `fault` on a fresh server: the answer `assert_answer` expects,
+/// holding each of `texts`; then a good request on a new connection is served.
+fn check_fault(fault: Fault, expose_tracebacks: bool, texts: &[&str]) {
+    let _serial = serial();
+    let server = server(expose_tracebacks);
+    let answer = exchange(port(&server), fault.path());
+    assert_answer(fault, &answer);
+    for text in texts {
+        assert!(answer.contains(text), "{fault:?}: no {text:?} in {answer}");
+    }
+    assert_served(port(&server));
+}
+
 #[test]
 fn body_panic_after_one_chunk_closes_the_connection() {
-    let _serial = serial();
-    let server = server(false);
-    let answer = exchange(port(&server), Fault::AfterOneChunk.path());
-    assert_answer(Fault::AfterOneChunk, &answer);
-    assert_served(port(&server));
+    check_fault(Fault::AfterOneChunk, false, &[]);
 }
 
 #[test]
 fn body_panic_on_first_next_is_a_500() {
+    check_fault(
+        Fault::FirstNext,
+        false,
+        &["The server encountered an unexpected internal server error"],
+    );
+}
+
+/// Without `expose_tracebacks` the panic's text stays out of the answer.
+#[test]
+fn body_panic_text_is_not_shown_by_default() {
     let _serial = serial();
     let server = server(false);
     let answer = exchange(port(&server), Fault::FirstNext.path());
-    assert_answer(Fault::FirstNext, &answer);
-    assert!(
-        answer.contains("The server encountered an unexpected internal server error"),
-        "{answer}"
-    );
-    assert!(
-        !answer.contains(DELIBERATE),
-        "no panic text without expose_tracebacks"
-    );
-    assert_served(port(&server));
+    assert!(!answer.contains(DELIBERATE), "{answer}");
 }
 
 #[test]
 fn body_panic_on_first_next_with_expose_tracebacks_shows_the_panic() {
-    let _serial = serial();
-    let server = server(true);
-    let answer = exchange(port(&server), Fault::FirstNext.path());
-    assert_answer(Fault::FirstNext, &answer);
-    assert!(
-        answer.contains("application panicked: body panicked on the first next()"),
-        "{answer}"
+    check_fault(
+        Fault::FirstNext,
+        true,
+        &["application panicked: body panicked on the first next()"],
     );
-    assert_served(port(&server));
 }
 
 #[test]
 fn body_panic_in_drop_after_the_body_closes_the_connection() {
-    let _serial = serial();
-    let server = server(false);
-    let answer = exchange(port(&server), Fault::InDrop.path());
-    assert_answer(Fault::InDrop, &answer);
-    assert_served(port(&server));
+    check_fault(Fault::InDrop, false, &[]);
 }
 
 #[test]
 fn body_panic_in_drop_before_any_byte_is_a_500() {
-    let _serial = serial();
-    let server = server(true);
-    let answer = exchange(port(&server), Fault::InDropEmpty.path());
-    assert_answer(Fault::InDropEmpty, &answer);
-    assert!(
-        answer.contains("application panicked: body panicked in drop"),
-        "{answer}"
+    check_fault(
+        Fault::InDropEmpty,
+        true,
+        &["application panicked: body panicked in drop"],
     );
-    assert_served(port(&server));
+}
+
+#[test]
+fn file_wrapper_read_panic_closes_the_connection() {
+    check_fault(Fault::FileRead, false, &[]);
+}
+
+#[test]
+fn body_error_whose_display_panics_is_a_500() {
+    check_fault(
+        Fault::ErrorDisplay,
+        true,
+        &["body panicked in the error's Display"],
+    );
+}
+
+#[test]
+fn body_error_whose_drop_panics_is_a_500() {
+    check_fault(
+        Fault::ErrorDrop,
+        true,
+        &[
+            "\r\n\r\na faulty error\n",
+            "body panicked in the error's drop",
+        ],
+    );
+}
+
+/// The channel drops a file wrapper once it has sent it: a panic there is logged, and the
+/// response and the connection are whole.
+#[test]
+fn file_wrapper_drop_panic_leaves_the_connection_alive() {
+    let _serial = serial();
+    let server = server(false);
+    let mut stream = connect(port(&server));
+    stream
+        .write_all(b"GET /file_drop HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut received = Vec::new();
+    while !received.ends_with(b"\r\n\r\n0123456789") {
+        let mut buf = [0; 1024];
+        let n = stream.read(&mut buf).expect("the whole response in time");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert_served_on(stream);
 }
 
 /// How many descriptors the process has open.

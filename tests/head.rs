@@ -116,8 +116,9 @@ struct Connection {
 
 impl Connection {
     fn open(server: &ServerGuard) -> Connection {
-        let Target::Tcp(port) = server.target else {
-            unreachable!("these tests listen on TCP")
+        let port = match server.target {
+            Target::Tcp(port) => port,
+            Target::Unix(_) => unreachable!("these tests listen on TCP"),
         };
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream

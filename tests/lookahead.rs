@@ -39,6 +39,18 @@ fn server() -> ServerGuard {
     serve_fn(app, &[("channel_request_lookahead", "5")], Transport::Tcp)
 }
 
+/// The same with `poll()` semantics, where a hang-up is its own event.
+fn server_with_poll() -> ServerGuard {
+    serve_fn(
+        app,
+        &[
+            ("channel_request_lookahead", "5"),
+            ("asyncore_use_poll", "true"),
+        ],
+        Transport::Tcp,
+    )
+}
+
 /// Send `requests`, half-close, and read everything until the server closes.
 fn half_closed_exchange(server: &ServerGuard, requests: &[u8]) -> Vec<u8> {
     let Target::Tcp(port) = server.target else {
@@ -115,4 +127,17 @@ fn half_closed_client_gets_every_pipelined_response() {
         bodies(&wire),
         [b"/a".to_vec(), b"slow".to_vec(), b"/bb".to_vec()]
     );
+}
+
+#[test]
+fn half_closed_client_gets_a_download_and_pipelined_responses_with_poll() {
+    let server = server_with_poll();
+    let wire = half_closed_exchange(
+        &server,
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /big HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let got = bodies(&wire);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0], b"/a");
+    assert_eq!(got[1].len(), BIG);
 }

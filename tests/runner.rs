@@ -109,7 +109,7 @@ fn bad_command_lines_exit_1_with_one_error_line() {
         (&["--port"][..], "Error: option --port requires argument"),
         (
             &["nope"][..],
-            "Error: unknown application 'nope' (available: demo, echo, hello)",
+            "Error: unknown application 'nope' (available: demo, download, echo, hello)",
         ),
         (&["hello", "echo"][..], "Error: Provide only one WSGI app"),
         (

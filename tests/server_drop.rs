@@ -51,7 +51,7 @@ fn assert_back_to(what: &str, threads_before: usize, fds_before: usize) {
 }
 
 fn port_of(server: &waitress::WsgiServer) -> u16 {
-    server.effective_port().parse().expect("a numeric port")
+    server.effective_port().tcp().expect("a TCP port")
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -81,7 +81,7 @@ fn shutdown_gracefully_answers_every_request_read_and_refuses_new_connections() 
         server.run().unwrap();
     });
     let (port, handle) = rx.recv().unwrap();
-    let port: u16 = port.parse().unwrap();
+    let port = port.tcp().unwrap();
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| std::thread::spawn(move || exchange(port)))
@@ -131,102 +131,204 @@ fn shutdown_gracefully_answers_every_request_read_and_refuses_new_connections() 
     );
 }
 
-/// The server process, killed if the test ends before it exits.
-struct Server(Child);
+#[test]
+fn shutdown_gracefully_closes_what_is_left_at_the_timeout() {
+    support::quiet_logs();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let entered = Arc::clone(&entered);
+        move |_env: &mut Environ, sr: &mut StartResponse<'_>| -> AppResult {
+            entered.fetch_add(1, Ordering::SeqCst);
+            // An application slower than the shutdown timeout.
+            std::thread::sleep(Duration::from_millis(1500));
+            sr.start("200 OK", [("Content-Length", "4")])?;
+            Ok(Body::from("late"))
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    let server_thread = std::thread::spawn(move || {
+        let adj = Adjustments::new([("listen", "127.0.0.1:0"), ("threads", "1")]).unwrap();
+        let server = create_server_with(Arc::new(app), adj).unwrap();
+        tx.send((server.effective_port(), server.shutdown_handle()))
+            .unwrap();
+        server.run().unwrap();
+    });
+    let (port, handle) = rx.recv().unwrap();
+    let port = port.tcp().unwrap();
+    let client = std::thread::spawn(move || exchange(port));
+    wait_until("the request in the application", || {
+        entered.load(Ordering::SeqCst) == 1
+    });
+    let started = Instant::now();
+    assert!(
+        !handle.shutdown_gracefully(Duration::from_millis(500)),
+        "the request did not finish in time"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    server_thread.join().unwrap();
+    let (bytes, _) = client.join().unwrap().expect("it had connected");
+    assert_eq!(bytes, b"", "closed at the timeout, unanswered");
+}
+
+/// A `waitress-serve` process and its log, killed if the test ends before it exits.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    port: u16,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-#[test]
-fn sigterm_with_shutdown_timeout_lets_an_in_flight_response_finish() {
-    const BODY: usize = 8 << 20;
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_waitress-serve"))
+impl Server {
+    /// `waitress-serve --shutdown-timeout=20 echo` on a free port.
+    fn start() -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_waitress-serve"))
             .args(["--listen=127.0.0.1:0", "--shutdown-timeout=20", "echo"])
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
-            .expect("the binary starts"),
-    );
-    let child = &mut server.0;
-    let (lines_tx, lines_rx) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let next_line_with = |needle: &str| -> String {
+            .expect("the binary starts");
+        let (lines_tx, lines) = mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let mut server = Server {
+            child,
+            lines,
+            port: 0,
+        };
+        let serving = server.next_line_with("Serving on http://");
+        server.port = serving.rsplit(':').next().unwrap().parse().unwrap();
+        server
+    }
+
+    /// The next log line that contains `needle`.
+    fn next_line_with(&self, needle: &str) -> String {
         loop {
-            let line = lines_rx
+            let line = self
+                .lines
                 .recv_timeout(WAIT)
                 .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
             if line.contains(needle) {
                 return line;
             }
         }
-    };
-    let serving = next_line_with("Serving on http://");
-    let port: u16 = serving.rsplit(':').next().unwrap().parse().unwrap();
+    }
 
-    let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.set_read_timeout(Some(WAIT)).unwrap();
-    let mut writer = conn.try_clone().unwrap();
-    let sender = std::thread::spawn(move || {
-        let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n");
-        writer.write_all(head.as_bytes()).unwrap();
-        writer.write_all(&vec![b'x'; BODY]).unwrap();
-    });
-    let mut reader = BufReader::new(conn);
-    let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
-    assert_eq!(status, "HTTP/1.1 200 OK\r\n", "the request was read");
-    sender.join().unwrap();
-    // The response (more than 8 MiB) is still on its way: the client has not read it.
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let line = next_line_with("Shutting down: ");
+    fn signal(&self, name: &str) {
+        let kill = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Send an 8 MiB body to echo and read only the status line: the request has been read,
+    /// and its response (more than 8 MiB) waits on a client that does not read. Returns the
+    /// reader and the response's Content-Length.
+    fn stuck_response(&self) -> (BufReader<TcpStream>, usize) {
+        let conn = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        let mut writer = conn.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n");
+            writer.write_all(head.as_bytes()).unwrap();
+            writer.write_all(&vec![b'x'; BODY]).unwrap();
+        });
+        let mut reader = BufReader::new(conn);
+        let mut length = None;
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK\r\n", "the request was read");
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length: ") {
+                length = Some(value.trim().parse::<usize>().unwrap());
+            }
+        }
+        sender.join().unwrap();
+        let length = length.expect("a Content-Length");
+        assert!(length > BODY);
+        (reader, length)
+    }
+}
+
+/// The request body echoed in the binary tests.
+const BODY: usize = 8 << 20;
+
+/// Read to the end of the stream, whether it ends cleanly or with a reset.
+fn read_until_closed(reader: &mut impl Read) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                assert_ne!(e.kind(), ErrorKind::WouldBlock, "never closed");
+                return out;
+            }
+        }
+    }
+}
+
+#[test]
+fn sigterm_with_shutdown_timeout_lets_an_in_flight_response_finish() {
+    let mut server = Server::start();
+    let (mut reader, length) = server.stuck_response();
+    server.signal("TERM");
+    let line = server.next_line_with("Shutting down: ");
     assert!(
         line.ends_with("Shutting down: 1 request in flight"),
         "{line}"
     );
     // New connections are refused at once.
     wait_until("new connections refused", || {
-        TcpStream::connect(("127.0.0.1", port)).is_err()
+        TcpStream::connect(("127.0.0.1", server.port)).is_err()
     });
-
-    let mut length = None;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length: ") {
-            length = Some(value.trim().parse::<usize>().unwrap());
-        }
-    }
-    let length = length.expect("a Content-Length");
-    assert!(length > BODY);
-    let mut body = Vec::new();
-    reader.read_to_end(&mut body).unwrap();
+    let body = read_until_closed(&mut reader);
     assert_eq!(body.len(), length, "the whole response, then the close");
     assert!(body.ends_with(&vec![b'x'; BODY]));
-    assert!(next_line_with("Shutting down: ").ends_with("Shutting down: finished"));
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the server did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let line = server.next_line_with("Shutting down: ");
+    assert!(line.ends_with("Shutting down: finished"), "{line}");
+    let status = server.wait_exit();
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let mut server = Server::start();
+    let (mut reader, length) = server.stuck_response();
+    server.signal("TERM");
+    server.next_line_with("Shutting down: 1 request in flight");
+    server.signal("INT");
+    // The server exits with the response still unread (the client reads nothing meanwhile).
+    let status = server.wait_exit();
+    assert!(status.success(), "{status}");
+    let body = read_until_closed(&mut reader);
+    assert!(body.len() < length, "the response was cut short");
 }

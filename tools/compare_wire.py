@@ -153,6 +153,7 @@ KNOWN = {
     "bracket": "An unbalanced [ or ], a bracketed host that is not IPv6",
     "expect": "Expect: 100-continue on a request complete with its head",
     "long-chunk-line": "A chunk-size line longer than 4096 bytes",
+    "head": "No response body for HEAD, 1xx, 204 and 304",
 }
 # What waitress's main checks and its 3.0.2 release does not (`--release` counts them as known).
 KNOWN_RELEASE = {
@@ -160,7 +161,7 @@ KNOWN_RELEASE = {
     "chunked-twice": "(3.0.2) no check of chunked named twice",
 }
 
-METHODS = [(8, b"GET", ""), (6, b"POST", ""), (1, b"PUT", ""), (1, b"HEAD", ""),
+METHODS = [(8, b"GET", ""), (6, b"POST", ""), (1, b"PUT", ""), (1, b"HEAD", "head"),
            (1, b"get", ""), (1, b"G\x00T", ""), (1, b"OPTIONS", "")]
 TARGETS = [(8, b"/", ""), (3, b"/a/b?x=1&y#frag", ""), (1, b"/%41%zz%4", ""), (1, b"*", ""),
            (2, b"//x/y?z", ""), (2, b"http://example.com/p?q", ""), (1, b"HTTP://EX:80/p", ""),

@@ -4,6 +4,8 @@
 #[cfg(test)]
 mod buffers;
 #[cfg(test)]
+mod connection;
+#[cfg(test)]
 mod parser;
 #[cfg(test)]
 mod receiver;

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use waitress::adjustments::Adjustments;
-use waitress::server::{create_server_with, ShutdownHandle};
+use waitress::server::{create_server_with, EffectivePort, ShutdownHandle};
 use waitress::utilities::{set_log_sink, Level, LogSink};
 use waitress::{AppResult, Body, Environ, SharedApp, StartResponse};
 
@@ -274,9 +274,9 @@ pub fn serve(app: SharedApp, kw: &[(&str, &str)], transport: Transport) -> Serve
         server.run().expect("the loop runs");
     });
     let (port, handle) = rx.recv().expect("the server thread reports its port");
-    let target = match transport {
-        Transport::Tcp => Target::Tcp(port.parse().expect("a numeric port")),
-        Transport::Unix => Target::Unix(PathBuf::from(port)),
+    let target = match port {
+        EffectivePort::Tcp(port) => Target::Tcp(port),
+        EffectivePort::Unix(path) => Target::Unix(path),
     };
     ServerGuard {
         target,

@@ -324,7 +324,8 @@ fn discard_upload(environ: &mut Environ, start_response: &mut StartResponse<'_>)
 }
 
 /// A file of `QUERY_STRING` bytes, streamed by the server through `wsgi.file_wrapper`. The
-/// file is sparse (nothing on disk, zeros when read) and unlinked at once, so nothing is left
+/// file is written with real bytes before the answer starts (a sparse file would measure the
+/// kernel zero-filling its holes, not the server) and unlinked at once, so nothing is left
 /// behind; the server reads it block by block as it would any file.
 fn download(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -340,7 +341,15 @@ fn download(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> Ap
         .create_new(true)
         .open(&path)?;
     fs::remove_file(&path)?;
-    file.set_len(bytes)?;
+    let mut file = file;
+    let block: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    io::Seek::seek(&mut file, io::SeekFrom::Start(0))?;
     start_response.start(
         "200 OK",
         [
@@ -1059,7 +1068,6 @@ fn upload(server: &ServerProcess, chunked: bool, bytes: u64) -> io::Result<Row> 
 /// `bytes` downloaded in one response that the server streams from a file wrapper.
 fn download_bulk(server: &ServerProcess, bytes: u64) -> io::Result<Row> {
     let mut stream = blocking_connection(server.addr)?;
-    let started = Instant::now();
     write!(
         stream,
         "GET /download?{bytes} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -1081,6 +1089,8 @@ fn download_bulk(server: &ServerProcess, bytes: u64) -> io::Result<Row> {
             break head;
         }
     };
+    // Timed from the head on: the application writes its file before it answers.
+    let started = Instant::now();
     // Read the rest of the body straight through the same buffer.
     let mut received = (filled - head.len) as u64;
     while received < head.content_length {

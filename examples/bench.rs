@@ -100,7 +100,9 @@ const USAGE: &str = "usage: cargo run --release --example bench -- [options]
   --pipeline N       requests in flight per connection in the hello scenarios (default 1)
   --backend B        the server's event loop: poll (asyncore_use_poll, the default) or
                      epoll (asyncore_use_epoll, Linux)
-  --client B         how the load generator waits: poll (the default) or epoll";
+  --client B         how the load generator waits: poll (the default) or epoll
+  --recv-bytes N     the server's recv_bytes setting (default waitress's 8192; bulk uploads
+                     go faster with larger reads, e.g. 65536)";
 
 // ---- the command line ----
 
@@ -192,6 +194,14 @@ impl Options {
                 }
                 "--backend" => backend = Backend::parse(&value("--backend")?)?,
                 "--client" => client = Backend::parse(&value("--client")?)?,
+                "--recv-bytes" => {
+                    let n = value("--recv-bytes")?;
+                    if !n.parse::<usize>().map_or(false, |n| n > 0) {
+                        return Err("--recv-bytes takes a positive number".to_string());
+                    }
+                    // The server child reads it from its environment (see `serve_for_bench`).
+                    std::env::set_var(RECV_BYTES_VAR, n);
+                }
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -268,7 +278,11 @@ impl Scenario {
 
 /// `bench --serve`: serve the benchmark applications on a free loopback port, print the
 /// address on stdout, and run until stdin closes (the parent ends or stops us).
+/// How `--recv-bytes` reaches the server child.
+const RECV_BYTES_VAR: &str = "WAITRESS_BENCH_RECV_BYTES";
+
 fn serve_for_bench(backend: Backend) -> Result<(), Box<dyn std::error::Error>> {
+    let recv_bytes = std::env::var(RECV_BYTES_VAR).unwrap_or_else(|_| "8192".to_string());
     // Room for 10,000 connections and more; a child process inherits the parent's limit,
     // raised in `run_benchmark`, and this covers a server started by hand.
     waitress::compat::raise_open_files_limit(65_536)?;
@@ -285,6 +299,7 @@ fn serve_for_bench(backend: Backend) -> Result<(), Box<dyn std::error::Error>> {
             (backend.setting(), "true"),
             ("connection_limit", "20000"),
             ("backlog", "4096"),
+            ("recv_bytes", recv_bytes.as_str()),
             // Above the 1 GiB upload (waitress answers 413 from max_request_body_size on).
             ("max_request_body_size", "4294967296"),
         ],

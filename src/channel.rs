@@ -29,7 +29,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::unix::io::{AsRawFd, RawFd};
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -39,6 +39,7 @@ use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{ClientDisconnected, DisconnectCheck};
 use crate::buffers::{OverflowableBuffer, ReadOnlyFileBasedBuffer};
+use crate::compat::{self, RawSocket};
 use crate::parser::HttpRequestParser;
 use crate::profiling::{self, Stage};
 use crate::task::{
@@ -60,6 +61,7 @@ pub enum ChannelStream {
     /// A TCP connection.
     Tcp(TcpStream),
     /// A Unix-domain connection.
+    #[cfg(unix)]
     Unix(UnixStream),
 }
 
@@ -67,6 +69,7 @@ impl ChannelStream {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             ChannelStream::Tcp(s) => (&*s).read(buf),
+            #[cfg(unix)]
             ChannelStream::Unix(s) => (&*s).read(buf),
         }
     }
@@ -74,6 +77,7 @@ impl ChannelStream {
     fn send(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             ChannelStream::Tcp(s) => (&*s).write(buf),
+            #[cfg(unix)]
             ChannelStream::Unix(s) => (&*s).write(buf),
         }
     }
@@ -81,16 +85,20 @@ impl ChannelStream {
     fn shutdown(&self) {
         let _ = match self {
             ChannelStream::Tcp(s) => s.shutdown(Shutdown::Both),
+            #[cfg(unix)]
             ChannelStream::Unix(s) => s.shutdown(Shutdown::Both),
         };
     }
 }
 
-impl AsRawFd for ChannelStream {
-    fn as_raw_fd(&self) -> RawFd {
+impl ChannelStream {
+    /// The socket's handle, the channel's key in the socket map.
+    pub(crate) fn raw_socket(&self) -> RawSocket {
         match self {
-            ChannelStream::Tcp(s) => s.as_raw_fd(),
-            ChannelStream::Unix(s) => s.as_raw_fd(),
+            ChannelStream::Tcp(s) => compat::raw_socket(s),
+            #[cfg(unix)]
+            #[cfg(unix)]
+            ChannelStream::Unix(s) => compat::raw_socket(s),
         }
     }
 }
@@ -210,7 +218,7 @@ pub struct ChannelServer {
     /// Wakes the I/O thread (`pull_trigger`).
     pub trigger: TriggerHandle,
     /// Open channels by descriptor, for the idle sweep (waitress: `active_channels`).
-    pub active_channels: RefCell<BTreeMap<RawFd, Arc<HttpChannel>>>,
+    pub active_channels: RefCell<BTreeMap<RawSocket, Arc<HttpChannel>>>,
     /// One receive buffer for every channel of the I/O thread: a connection costs no read
     /// buffer of its own while idle.
     read_buffer: RefCell<Vec<u8>>,
@@ -340,7 +348,7 @@ impl State {
 /// One client connection (waitress: `HTTPChannel`).
 pub struct HttpChannel {
     stream: ChannelStream,
-    fd: RawFd,
+    fd: RawSocket,
     addr: PeerAddr,
     adj: Arc<Adjustments>,
     info: Arc<ServerInfo>,
@@ -378,9 +386,10 @@ impl HttpChannel {
     ) -> io::Result<Arc<HttpChannel>> {
         match &stream {
             ChannelStream::Tcp(s) => s.set_nonblocking(true)?,
+            #[cfg(unix)]
             ChannelStream::Unix(s) => s.set_nonblocking(true)?,
         }
-        let fd = stream.as_raw_fd();
+        let fd = stream.raw_socket();
         let channel = Arc::new_cyclic(|me| HttpChannel {
             stream,
             fd,
@@ -494,8 +503,9 @@ impl HttpChannel {
     /// `asyncore_loop_timeout`.
     fn check_header_deadline(&self, st: &mut State) {
         let timeout = self.adj.request_header_timeout;
-        let Some(started) = st.head_started else {
-            return;
+        let started = match st.head_started {
+            Some(started) => started,
+            None => return,
         };
         if timeout == 0 || st.will_close || started.elapsed().as_secs() < timeout {
             return;
@@ -926,7 +936,7 @@ impl HttpChannel {
                 && st
                     .request
                     .as_ref()
-                    .is_some_and(|r| r.expect_continue && r.headers_finished)
+                    .map_or(false, |r| r.expect_continue && r.headers_finished)
             {
                 // A request waits for its `100 Continue`, held back until now to keep the
                 // responses in order.
@@ -1142,7 +1152,7 @@ pub struct ChannelDispatcher {
 }
 
 impl Dispatcher for ChannelDispatcher {
-    fn fileno(&self) -> RawFd {
+    fn fileno(&self) -> RawSocket {
         self.channel.fd
     }
 
@@ -1218,17 +1228,25 @@ mod tests {
     use super::*;
     use crate::app::{AppResult, Body, Environ, FileWrapper, StartResponse};
     use crate::compat::{poll_fds, PollFd, POLLIN};
-    use crate::trigger::Trigger;
+    use crate::trigger::{socket_pair, PairStream, Trigger};
     use crate::wasyncore::new_map;
     use std::io::{Read, Seek, SeekFrom};
     use std::time::Duration;
 
     struct Fixture {
         channel: Arc<HttpChannel>,
-        peer: UnixStream,
+        peer: PairStream,
         map: SocketMap,
         trigger: Rc<Trigger>,
         server: Rc<ChannelServer>,
+    }
+
+    /// One end of a socket pair as a connection: a Unix-domain one, or TCP on Windows.
+    fn channel_stream(stream: PairStream) -> ChannelStream {
+        #[cfg(unix)]
+        return ChannelStream::Unix(stream);
+        #[cfg(windows)]
+        return ChannelStream::Tcp(stream);
     }
 
     fn fixture_with(
@@ -1251,12 +1269,12 @@ mod tests {
             ThreadedTaskDispatcher::new(),
             trigger.handle(),
         ));
-        let (ours, peer) = UnixStream::pair().unwrap();
+        let (ours, peer) = socket_pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let channel = HttpChannel::create(
             &server,
-            ChannelStream::Unix(ours),
+            channel_stream(ours),
             PeerAddr {
                 host: "127.0.0.1".into(),
                 port: None,
@@ -1331,6 +1349,32 @@ mod tests {
         }
     }
 
+    /// Makes the channel's next `send` fail as it does once the client has gone. On a Unix
+    /// socket pair the peer shuts its end (EPIPE). Over loopback TCP (the pair on Windows) a
+    /// closed peer shows only after a round trip, so the channel's own side is shut for
+    /// writing instead (WSAESHUTDOWN, a disconnect as well).
+    struct Hangup(PairStream);
+
+    impl Hangup {
+        fn of(f: &Fixture) -> Hangup {
+            #[cfg(unix)]
+            return Hangup(f.peer.try_clone().unwrap());
+            #[cfg(windows)]
+            return match &f.channel.stream {
+                ChannelStream::Tcp(ours) => Hangup(ours.try_clone().unwrap()),
+            };
+        }
+
+        fn now(&self) {
+            let how = if cfg!(unix) {
+                Shutdown::Both
+            } else {
+                Shutdown::Write
+            };
+            self.0.shutdown(how).unwrap();
+        }
+    }
+
     /// Fill the channel's socket until it takes no more: from then on a `send` sends nothing
     /// (waitress's tests make `send` return 0).
     fn fill_socket(channel: &HttpChannel) {
@@ -1338,7 +1382,7 @@ mod tests {
         while channel.stream.send(&junk).is_ok() {}
     }
 
-    fn read_available(peer: &mut UnixStream) -> Vec<u8> {
+    fn read_available(peer: &mut PairStream) -> Vec<u8> {
         peer.set_nonblocking(true).unwrap();
         let mut out = Vec::new();
         let mut buf = [0u8; 65536];
@@ -1353,7 +1397,7 @@ mod tests {
     }
 
     /// Whether the channel's side of the pair has been shut (the peer reads the end).
-    fn peer_sees_close(peer: &mut UnixStream) -> bool {
+    fn peer_sees_close(peer: &mut PairStream) -> bool {
         let mut buf = [0u8; 1024];
         loop {
             match peer.read(&mut buf) {
@@ -1596,10 +1640,12 @@ mod tests {
         assert_eq!(f.outbufs(), [b"xyz".to_vec()]);
     }
 
-    const BIG: usize = 4 << 20;
+    /// Loopback TCP (the socket pair on Windows) can hold several MiB in its buffers.
+    const BIG: usize = if cfg!(windows) { 32 << 20 } else { 4 << 20 };
 
-    /// A 4 MiB response, sent in 64 KiB chunks, with a 256 KiB high watermark: far more than
-    /// a socket buffer holds, so the worker has to wait for the I/O side.
+    /// A 4 MiB response (32 MiB on Windows), sent in 64 KiB chunks, with a 256 KiB high
+    /// watermark: far more than a socket buffer holds, so the worker has to wait for the I/O
+    /// side.
     fn big_response_fixture() -> Fixture {
         fixture_with(
             |_e, sr| {
@@ -1663,7 +1709,7 @@ mod tests {
         let f = fixture_with(hello, |a| a.outbuf_high_watermark = 3);
         f.queue(b"test");
         // The peer is gone: the flush that tries to get under the watermark fails.
-        f.peer.shutdown(Shutdown::Both).unwrap();
+        Hangup::of(&f).now();
         assert_eq!(f.channel.write_soon(b"xyz"), Err(ClientDisconnected));
         assert!(f.trigger_pulled(), "the I/O thread is woken to close");
         assert!(f.channel.will_close());
@@ -1672,7 +1718,7 @@ mod tests {
     #[test]
     fn test_write_soon_flush_and_exception() {
         let f = fixture();
-        f.peer.shutdown(Shutdown::Both).unwrap();
+        Hangup::of(&f).now();
         assert_eq!(f.channel.write_soon(b"xyz"), Ok(3));
         assert!(f.trigger_pulled(), "the I/O thread is woken to close");
         assert!(!f.channel.connected());
@@ -1802,7 +1848,7 @@ mod tests {
         let st = f.channel.lock();
         assert_eq!(st.request.is_some(), reading, "a request being read");
         assert_eq!(st.request_count(), requests, "complete requests");
-        let first_is_error = st.requests.front().is_some_and(|r| r.error.is_some());
+        let first_is_error = st.requests.front().map_or(false, |r| r.error.is_some());
         assert_eq!(first_is_error, error, "the request is an error");
         drop(st);
         assert_eq!(f.task_queued(), task, "a task queued");
@@ -2022,21 +2068,21 @@ mod tests {
     #[test]
     fn test_service_with_request_error_raises_disconnect() {
         // The application fails, and the client is gone by the time the 500 is written.
-        let peer_slot: Arc<Mutex<Option<UnixStream>>> = Arc::default();
+        let peer_slot: Arc<Mutex<Option<Hangup>>> = Arc::default();
         let slot = Arc::clone(&peer_slot);
         let called = Arc::new(Mutex::new(false));
         let app_called = Arc::clone(&called);
         let f = fixture_with(
             move |_e, _sr| {
                 *app_called.lock().unwrap() = true;
-                if let Some(peer) = slot.lock().unwrap().take() {
-                    let _ = peer.shutdown(Shutdown::Both);
+                if let Some(hangup) = slot.lock().unwrap().take() {
+                    hangup.now();
                 }
                 Err("nope".into())
             },
             |_| {},
         );
-        *peer_slot.lock().unwrap() = Some(f.peer.try_clone().unwrap());
+        *peer_slot.lock().unwrap() = Some(Hangup::of(&f));
         f.channel.received(b"GET / HTTP/1.1\r\n\r\n");
         let then = f.age();
         f.channel.service();
@@ -2173,8 +2219,12 @@ mod tests {
         f.dispatcher().handle_read_event();
         let mut rest = [0u8; 1];
         let ours = match &f.channel.stream {
+            #[cfg(unix)]
             ChannelStream::Unix(s) => s,
+            #[cfg(unix)]
             ChannelStream::Tcp(_) => unreachable!(),
+            #[cfg(windows)]
+            ChannelStream::Tcp(s) => s,
         };
         assert!(
             (&*ours).read(&mut rest).is_err(),

@@ -713,8 +713,8 @@ extern "system" fn write_console_byte(event: u32) -> i32 {
 /// program on Windows, where SIGINT and SIGTERM do not exist) write one byte to `pipe` (one
 /// end of a connected socket pair, made non-blocking here), which the caller reads from the
 /// other end. As on Unix, the socket stays open for the life of the process. When the
-/// console window closes, Windows ends the process once the handler returns (at the latest
-/// a few seconds later), whatever the server is doing.
+/// console window closes, Windows ends the process as soon as the handler has returned,
+/// whatever the server is doing.
 #[cfg(windows)]
 pub fn write_byte_on_console_events(pipe: std::net::TcpStream) -> io::Result<()> {
     use std::os::windows::io::IntoRawSocket;

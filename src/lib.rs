@@ -91,9 +91,6 @@ pub mod adjustments;
 pub mod app;
 pub mod apps;
 pub mod buffers;
-// TEMPORARY (portability work in progress): channel.rs and task.rs still use std items newer
-// than the MSRV; they are converted once their current edits have merged.
-#[allow(clippy::incompatible_msrv)]
 pub mod channel;
 #[allow(unsafe_code)]
 pub mod compat;
@@ -105,7 +102,6 @@ pub mod rfc7230;
 pub mod runner;
 pub mod server;
 pub mod socket_activation;
-#[allow(clippy::incompatible_msrv)]
 pub mod task;
 pub mod trigger;
 pub mod utilities;

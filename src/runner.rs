@@ -74,7 +74,7 @@ Standard options:
     --unix-socket=PATH
         Listen on a Unix domain socket at PATH instead of TCP. A stale socket
         file left at PATH is replaced; the file is removed when the server
-        stops.
+        stops. Not available on Windows.
 
     --unix-socket-perms=PERMS
         Octal permissions of the Unix socket file. Default: 600.
@@ -415,20 +415,19 @@ impl AppRegistry {
 /// The application served when none is named.
 pub const DEFAULT_APP: &str = "demo";
 
-/// SIGINT and SIGTERM stop the server: the handler (in `compat`) only writes one byte to a
-/// pipe; a watcher thread reads it and calls the shutdown handle. With `--shutdown-timeout`
+/// SIGINT and SIGTERM stop the server (on Windows: Ctrl-C, Ctrl-Break and closing the
+/// console window): the handler (in `compat`) only writes one byte to a socket pair; a watcher thread reads it and calls the shutdown handle. With `--shutdown-timeout`
 /// the first signal starts a graceful shutdown and a second one stops at once.
 mod signals {
     use std::io::{self, Read};
-    use std::os::unix::net::UnixStream;
     use std::time::Duration;
 
-    use crate::compat::{self, SIGINT, SIGTERM};
+    use crate::compat;
     use crate::server::ShutdownHandle;
 
     /// Start the watcher thread, then install the handlers.
     pub fn stop_on_signals(handle: ShutdownHandle, grace: Duration) -> io::Result<()> {
-        let (mut reader, writer) = UnixStream::pair()?;
+        let (mut reader, writer) = crate::trigger::socket_pair()?;
         std::thread::Builder::new()
             .name("waitress-signals".to_string())
             .spawn(move || {
@@ -445,7 +444,12 @@ mod signals {
                     signals += 1;
                 }
             })?;
-        compat::write_byte_on_signals(&[SIGINT, SIGTERM], writer)
+        #[cfg(unix)]
+        return compat::write_byte_on_signals(&[compat::SIGINT, compat::SIGTERM], writer);
+        // Windows has no SIGINT/SIGTERM for a console program: Ctrl-C, Ctrl-Break and
+        // closing the console window ask it to stop.
+        #[cfg(windows)]
+        return compat::write_byte_on_console_events(writer);
     }
 }
 

@@ -37,10 +37,13 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::io::{AsFd, AsRawFd, RawFd};
+#[cfg(unix)]
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(unix)]
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -50,13 +53,16 @@ use crate::adjustments::{Adjustments, AdjustmentsError, PreboundSocket};
 use crate::app::{App, SharedApp};
 use crate::channel::{ChannelServer, ChannelStream, HttpChannel};
 use crate::compat::{
-    self, IPPROTO_IPV6, IPPROTO_TCP, IPV6_V6ONLY, SOL_SOCKET, SO_REUSEADDR, TCP_NODELAY,
+    self, AsSocket, RawSocket, IPPROTO_IPV6, IPPROTO_TCP, IPV6_V6ONLY, SOL_SOCKET, SO_REUSEADDR,
+    TCP_NODELAY,
 };
 use crate::profiling::{self, Stage};
 use crate::proxy_headers::proxy_headers_middleware;
 use crate::task::{PeerAddr, ServerInfo, ThreadedTaskDispatcher};
 use crate::trigger::{Trigger, TriggerHandle};
-use crate::utilities::{cleanup_unix_socket, LOGGER};
+#[cfg(unix)]
+use crate::utilities::cleanup_unix_socket;
+use crate::utilities::LOGGER;
 use crate::wasyncore::{self, Dispatcher, SocketMap, WeakSocketMap};
 
 /// Why a server could not be built or run.
@@ -151,9 +157,7 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
     // Bind everything before starting anything: a bind that fails leaves nothing behind.
     let mut bound: Vec<ServerSocket> = Vec::new();
     if let Some(path) = &adj.unix_socket {
-        bound.push(ServerSocket::Unix(UnixWsgiServer::bind_server_socket(
-            path, &adj,
-        )?));
+        bound.push(bind_unix_socket(path, &adj)?);
     } else if sockets.is_empty() {
         for addr in &adj.listen {
             bound.push(ServerSocket::Tcp(TcpWsgiServer::bind_server_socket(
@@ -209,6 +213,7 @@ pub enum EffectivePort {
     /// A TCP listener's port.
     Tcp(u16),
     /// A Unix-domain listener's socket path.
+    #[cfg(unix)]
     Unix(std::path::PathBuf),
 }
 
@@ -217,6 +222,7 @@ impl EffectivePort {
     pub fn tcp(&self) -> Option<u16> {
         match self {
             EffectivePort::Tcp(port) => Some(*port),
+            #[cfg(unix)]
             EffectivePort::Unix(_) => None,
         }
     }
@@ -226,6 +232,7 @@ impl std::fmt::Display for EffectivePort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             EffectivePort::Tcp(port) => write!(f, "{port}"),
+            #[cfg(unix)]
             EffectivePort::Unix(path) => write!(f, "{}", path.display()),
         }
     }
@@ -523,7 +530,7 @@ fn plural(count: usize, noun: &str, tail: &str) -> String {
 /// One listening socket in the map (waitress: `BaseWSGIServer` as a dispatcher).
 struct BaseWsgiServer {
     /// The socket's descriptor, its key in the map (kept after the socket is closed).
-    fd: RawFd,
+    fd: RawSocket,
     /// The socket; `None` once closed.
     socket: RefCell<Option<ServerSocket>>,
     /// What the channels of this listener share: application, worker pool, trigger, and the
@@ -547,7 +554,7 @@ impl BaseWsgiServer {
         adj: Arc<Adjustments>,
     ) -> Rc<BaseWsgiServer> {
         let listener = Rc::new(BaseWsgiServer {
-            fd: socket.as_raw_fd(),
+            fd: socket.raw_socket(),
             socket: RefCell::new(Some(socket)),
             server,
             map: Rc::downgrade(map),
@@ -571,14 +578,15 @@ impl BaseWsgiServer {
         match accepted {
             Ok((stream, _))
                 if !wasyncore::can_watch(
-                    stream.as_raw_fd(),
+                    stream.raw_socket(),
                     self.adj.asyncore_use_poll || self.adj.asyncore_use_epoll,
                 ) =>
             {
                 // Past select()'s limit the whole loop would fail; refuse this one connection.
+                #[cfg(unix)]
                 LOGGER.warning(&format!(
                     "refused a connection: descriptor {} is beyond select()'s limit of {}; set asyncore_use_poll to serve more connections",
-                    stream.as_raw_fd(),
+                    stream.raw_socket(),
                     compat::FD_SETSIZE
                 ));
             }
@@ -616,7 +624,7 @@ impl BaseWsgiServer {
 }
 
 impl Dispatcher for BaseWsgiServer {
-    fn fileno(&self) -> RawFd {
+    fn fileno(&self) -> RawSocket {
         self.fd
     }
 
@@ -671,14 +679,16 @@ impl Dispatcher for BaseWsgiServer {
 /// The socket of a `BaseWsgiServer`: waitress's two subclasses become two variants.
 enum ServerSocket {
     Tcp(TcpWsgiServer),
+    #[cfg(unix)]
     Unix(UnixWsgiServer),
 }
 
 impl ServerSocket {
-    fn as_raw_fd(&self) -> RawFd {
+    fn raw_socket(&self) -> RawSocket {
         match self {
-            ServerSocket::Tcp(s) => s.listener.as_raw_fd(),
-            ServerSocket::Unix(s) => s.listener.as_raw_fd(),
+            ServerSocket::Tcp(s) => compat::raw_socket(&s.listener),
+            #[cfg(unix)]
+            ServerSocket::Unix(s) => compat::raw_socket(&s.listener),
         }
     }
 
@@ -686,6 +696,7 @@ impl ServerSocket {
     fn getsockname(&self) -> (String, EffectivePort) {
         match self {
             ServerSocket::Tcp(s) => s.getsockname(),
+            #[cfg(unix)]
             ServerSocket::Unix(s) => s.getsockname(),
         }
     }
@@ -698,6 +709,7 @@ impl ServerSocket {
                 TcpWsgiServer::set_socket_options(&conn, adj)?;
                 Ok((ChannelStream::Tcp(conn), TcpWsgiServer::fix_addr(addr)))
             }
+            #[cfg(unix)]
             ServerSocket::Unix(s) => {
                 let (conn, _) = s.listener.accept()?;
                 Ok((ChannelStream::Unix(conn), UnixWsgiServer::fix_addr()))
@@ -708,7 +720,7 @@ impl ServerSocket {
 
 /// Put a bound socket in listening mode with the configured backlog (waitress:
 /// `accept_connections`). The caller makes it non-blocking, as waitress's `set_socket` does.
-fn accept_connections(socket: &impl AsFd, backlog: i32) -> io::Result<()> {
+fn accept_connections(socket: &impl AsSocket, backlog: i32) -> io::Result<()> {
     compat::listen_on(socket, backlog)
 }
 
@@ -768,7 +780,29 @@ impl TcpWsgiServer {
     }
 }
 
+/// The listener for the `unix_socket` setting.
+#[cfg(unix)]
+fn bind_unix_socket(path: &Path, adj: &Adjustments) -> Result<ServerSocket, ServerError> {
+    Ok(ServerSocket::Unix(UnixWsgiServer::bind_server_socket(
+        path, adj,
+    )?))
+}
+
+/// The `unix_socket` setting on Windows, which has no Unix sockets to offer: `Adjustments`
+/// refuses the setting already, this answers for settings built as a typed value.
+#[cfg(windows)]
+fn bind_unix_socket(path: &Path, _adj: &Adjustments) -> Result<ServerSocket, ServerError> {
+    Err(ServerError::Bind {
+        address: path.display().to_string(),
+        source: io::Error::new(
+            io::ErrorKind::Unsupported,
+            "Unix domain sockets are not available on Windows",
+        ),
+    })
+}
+
 /// A Unix-domain listening socket (waitress: `UnixWSGIServer`).
+#[cfg(unix)]
 struct UnixWsgiServer {
     listener: UnixListener,
     path: PathBuf,
@@ -776,6 +810,7 @@ struct UnixWsgiServer {
     owned: bool,
 }
 
+#[cfg(unix)]
 impl UnixWsgiServer {
     /// Bind the socket file: a stale socket file is removed first, then `unix_socket_perms` is
     /// applied (waitress: `bind_server_socket`), then listen.
@@ -815,6 +850,7 @@ impl UnixWsgiServer {
 
 /// Closing a Unix listener removes its socket file if this server made it (waitress leaves
 /// it, see the README), also when a later step of `create_server` fails.
+#[cfg(unix)]
 impl Drop for UnixWsgiServer {
     fn drop(&mut self) {
         if self.owned {
@@ -831,6 +867,7 @@ fn adopt(socket: PreboundSocket, backlog: i32) -> Result<ServerSocket, ServerErr
             listener.set_nonblocking(true)?;
             Ok(ServerSocket::Tcp(TcpWsgiServer { listener }))
         }
+        #[cfg(unix)]
         PreboundSocket::Unix(listener) => {
             accept_connections(&listener, backlog)?;
             listener.set_nonblocking(true)?;
@@ -863,6 +900,7 @@ mod tests {
     use crate::task::Service;
     use crate::utilities::capture_logs;
     use std::io::{Read, Write};
+    #[cfg(unix)]
     use std::os::unix::net::UnixStream;
 
     fn hello(_e: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
@@ -885,7 +923,7 @@ mod tests {
     }
 
     /// Accept until the connection the kernel queued shows up as a channel.
-    fn accept_one(l: &BaseWsgiServer) -> (RawFd, Arc<HttpChannel>) {
+    fn accept_one(l: &BaseWsgiServer) -> (RawSocket, Arc<HttpChannel>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             l.handle_accept();
@@ -1154,6 +1192,7 @@ mod tests {
         };
         match stream {
             ChannelStream::Tcp(conn) => assert!(conn.nodelay().unwrap()),
+            #[cfg(unix)]
             ChannelStream::Unix(_) => panic!("a TCP listener gave a Unix stream"),
         }
         let local = other.local_addr().unwrap();
@@ -1240,8 +1279,10 @@ mod tests {
     }
 
     /// A fresh directory for Unix sockets, removed with the value.
+    #[cfg(unix)]
     struct TempDir(PathBuf);
 
+    #[cfg(unix)]
     impl TempDir {
         fn new(name: &str) -> TempDir {
             let dir =
@@ -1251,6 +1292,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
@@ -1258,6 +1300,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn test_unix() {
         let dir = TempDir::new("unix");
         let path = dir.0.join("u.sock");
@@ -1272,6 +1315,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn test_handle_accept() {
         let dir = TempDir::new("accept");
         let path = dir.0.join("u.sock");
@@ -1298,6 +1342,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn test_create_with_unix_socket() {
         let dir = TempDir::new("prebound");
         let sockets = vec![
@@ -1319,6 +1364,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn unix_socket_setting_replaces_a_stale_file_and_removes_it_on_close() {
         let dir = TempDir::new("stale");
         let path = dir.0.join("u.sock");

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use support::{serve_fn, Client, Response, ServerGuard, Target, Transport};
+use support::{serve_fn, Client, Response, ServerGuard, Transport};
 use waitress::adjustments::Adjustments;
 use waitress::utilities::{set_log_sink, Level, LogSink};
 use waitress::{AppResult, Body, Environ, StartResponse};
@@ -80,13 +80,6 @@ fn ask(server: &ServerGuard, request: &[u8]) -> Response {
     client.read_response().expect("a response")
 }
 
-fn port(target: &Target) -> u16 {
-    match target {
-        Target::Tcp(port) => *port,
-        Target::Unix(_) => unreachable!("these tests use TCP"),
-    }
-}
-
 fn hello(environ: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
     if environ.get("PATH_INFO") == Some("/user") {
         environ.set("REMOTE_USER", "ann");
@@ -100,7 +93,7 @@ fn each_field_of_a_real_request() {
     let format =
         "%h|%a|%l|%u|%t|%r|%m|%U|%q|%H|%s|%>s|%b|%B|%D|%T|%X|%{X-Marker}i|%{Missing}i|%%|%{remote}p";
     let server = serve_logged(hello, format, &[]);
-    let mut stream = TcpStream::connect(("127.0.0.1", port(&server.target))).unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.tcp_port())).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -267,7 +260,7 @@ fn a_client_that_goes_away_is_logged_as_such() {
         ))
     };
     let server = serve_logged(app, "%r %s %B %X", &[("outbuf_high_watermark", "1048576")]);
-    let mut stream = TcpStream::connect(("127.0.0.1", port(&server.target))).unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.tcp_port())).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();

@@ -17,7 +17,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
-use support::{serve_fn, ServerGuard, Target, Transport};
+use support::{serve_fn, ServerGuard, Transport};
 use waitress::{AppError, AppResult, Body, Environ, StartResponse};
 
 /// Serialises the tests of this binary (see the module doc).
@@ -270,10 +270,7 @@ fn server(expose_tracebacks: bool) -> ServerGuard {
 }
 
 fn port(server: &ServerGuard) -> u16 {
-    match server.target {
-        Target::Tcp(port) => port,
-        Target::Unix(_) => unreachable!("these tests listen on TCP"),
-    }
+    server.tcp_port()
 }
 
 /// Send one request (keep-alive unless `path` is `/together`) and read until the server

@@ -1067,6 +1067,7 @@ macro_rules! both_transports {
         mod tcp {
             $( #[test] fn $name() { super::$name(super::Transport::Tcp) } )*
         }
+        #[cfg(unix)]
         mod unix {
             $( #[test] fn $name() { super::$name(super::Transport::Unix) } )*
         }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{serve_fn, ServerGuard, Target, Transport};
+use support::{serve_fn, ServerGuard, Transport};
 use waitress::{AppError, AppResult, Body, Environ, FileWrapper, StartResponse};
 
 /// What the lazy bodies of the test application did.
@@ -116,10 +116,7 @@ struct Connection {
 
 impl Connection {
     fn open(server: &ServerGuard) -> Connection {
-        let port = match server.target {
-            Target::Tcp(port) => port,
-            Target::Unix(_) => unreachable!("these tests listen on TCP"),
-        };
+        let port = server.tcp_port();
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))

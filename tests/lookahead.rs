@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use support::{serve_fn, ServerGuard, Target, Transport};
+use support::{serve_fn, ServerGuard, Transport};
 use waitress::{AppResult, Body, Environ, StartResponse};
 
 const BIG: usize = 32 << 20;
@@ -53,9 +53,7 @@ fn server_with_poll() -> ServerGuard {
 
 /// Send `requests`, half-close, and read everything until the server closes.
 fn half_closed_exchange(server: &ServerGuard, requests: &[u8]) -> Vec<u8> {
-    let Target::Tcp(port) = server.target else {
-        unreachable!("a TCP server")
-    };
+    let port = server.tcp_port();
     let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{serve_fn, Client, ServerGuard, Target, Transport};
+use support::{serve_fn, Client, ServerGuard, Transport};
 use waitress::{AppResult, Body, Environ, StartResponse};
 
 const TRICKLERS: usize = 50;
@@ -21,10 +21,7 @@ fn hello(_env: &mut Environ, sr: &mut StartResponse<'_>) -> AppResult {
 }
 
 fn port(server: &ServerGuard) -> u16 {
-    match server.target {
-        Target::Tcp(port) => port,
-        Target::Unix(_) => unreachable!("a TCP server"),
-    }
+    server.tcp_port()
 }
 
 /// Whether the server has closed `conn` (read sees the end, or an error).

@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{serve_fn, ServerGuard, Target, Transport};
+use support::{serve_fn, ServerGuard, Transport};
 
 /// How long a test waits for the server before it fails.
 const WAIT: Duration = Duration::from_secs(10);
@@ -19,10 +19,7 @@ fn echo_server() -> ServerGuard {
 }
 
 fn port(server: &ServerGuard) -> u16 {
-    match server.target {
-        Target::Tcp(port) => port,
-        Target::Unix(_) => unreachable!("the wire tests listen on TCP"),
-    }
+    server.tcp_port()
 }
 
 fn connect(server: &ServerGuard) -> TcpStream {

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -188,12 +189,14 @@ pub enum Transport {
     /// 127.0.0.1 on a free port.
     Tcp,
     /// A Unix socket in a fresh temporary directory.
+    #[cfg(unix)]
     Unix,
 }
 
 #[derive(Debug, Clone)]
 pub enum Target {
     Tcp(u16),
+    #[cfg(unix)]
     Unix(PathBuf),
 }
 
@@ -219,6 +222,17 @@ pub struct ServerGuard {
     handle: ShutdownHandle,
     thread: Option<JoinHandle<()>>,
     dir: Option<PathBuf>,
+}
+
+impl ServerGuard {
+    /// The port of a server started with `Transport::Tcp`.
+    pub fn tcp_port(&self) -> u16 {
+        match self.target {
+            Target::Tcp(port) => port,
+            #[cfg(unix)]
+            Target::Unix(_) => panic!("this test serves over TCP"),
+        }
+    }
 }
 
 impl Drop for ServerGuard {
@@ -256,6 +270,7 @@ pub fn serve(app: SharedApp, kw: &[(&str, &str)], transport: Transport) -> Serve
             settings.push(("listen".into(), "127.0.0.1:0".into()));
             None
         }
+        #[cfg(unix)]
         Transport::Unix => {
             let dir = fresh_dir();
             settings.push((
@@ -276,6 +291,7 @@ pub fn serve(app: SharedApp, kw: &[(&str, &str)], transport: Transport) -> Serve
     let (port, handle) = rx.recv().expect("the server thread reports its port");
     let target = match port {
         EffectivePort::Tcp(port) => Target::Tcp(port),
+        #[cfg(unix)]
         EffectivePort::Unix(path) => Target::Unix(path),
     };
     ServerGuard {
@@ -300,6 +316,7 @@ where
 
 enum Stream {
     Tcp(TcpStream),
+    #[cfg(unix)]
     Unix(UnixStream),
 }
 
@@ -307,6 +324,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
+            #[cfg(unix)]
             Stream::Unix(s) => s.read(buf),
         }
     }
@@ -316,6 +334,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write(buf),
+            #[cfg(unix)]
             Stream::Unix(s) => s.write(buf),
         }
     }
@@ -389,6 +408,7 @@ impl Client {
                 s.set_read_timeout(timeout).unwrap();
                 (Stream::Tcp(s.try_clone().unwrap()), Stream::Tcp(s))
             }
+            #[cfg(unix)]
             Target::Unix(path) => {
                 let s = UnixStream::connect(path).expect("connect");
                 s.set_read_timeout(timeout).unwrap();

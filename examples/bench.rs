@@ -3,11 +3,14 @@
 //!     cargo run --release --example bench                       # every scenario
 //!     cargo run --release --example bench -- --quick            # a short smoke run
 //!     cargo run --release --example bench -- --scenario hello   # only the hello-* scenarios
+//!     cargo run --release --example bench -- --backend epoll    # the server on epoll(7)
 //!
 //! For each scenario the program starts a fresh server in a child process (this same binary,
 //! run as `bench --serve`), drives it over loopback, stops it, and prints one row: throughput,
 //! median and 99th-percentile latency, and the server's resident memory (`VmRSS` at the end of
-//! the load and the peak `VmHWM`, both read from `/proc/PID/status`, so Linux only).
+//! the load and the peak `VmHWM`, both read from `/proc/PID/status`, so Linux only). The hello
+//! rows also note the server's processor time per response (`/proc/PID/stat`), a figure that
+//! other load on a shared machine disturbs less than the rate.
 //!
 //! Why a child process rather than a server thread: the memory figures must be the server's
 //! alone, not the load generator's; and 10,000 connections need 10,000 descriptors on each
@@ -37,13 +40,15 @@ use std::collections::VecDeque;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[cfg(target_os = "linux")]
+use waitress::compat::epoll::{Epoll, EpollEvent, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT};
 use waitress::compat::{poll_fds, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
 use waitress::{AppResult, Environ, StartResponse};
 
@@ -66,7 +71,11 @@ const HELLO_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--serve") {
-        if let Err(e) = serve_for_bench() {
+        let backend = match args.get(1).map(String::as_str) {
+            Some("epoll") => Backend::Epoll,
+            _ => Backend::Poll,
+        };
+        if let Err(e) = serve_for_bench(backend) {
             eprintln!("bench --serve: {e}");
             std::process::exit(1);
         }
@@ -88,7 +97,12 @@ const USAGE: &str = "usage: cargo run --release --example bench -- [options]
                      (hello-16 hello-100 hello-1000 hello-10000 upload-cl upload-chunked
                       download idle-10000)
   --duration SECS    measured seconds per hello scenario (default 10, 2 with --quick)
-  --pipeline N       requests in flight per connection in the hello scenarios (default 1)";
+  --pipeline N       requests in flight per connection in the hello scenarios (default 1)
+  --backend B        the server's event loop: poll (asyncore_use_poll, the default) or
+                     epoll (asyncore_use_epoll, Linux)
+  --client B         how the load generator waits: poll (the default) or epoll
+  --recv-bytes N     the server's recv_bytes setting (default waitress's 8192; bulk uploads
+                     go faster with larger reads, e.g. 65536)";
 
 // ---- the command line ----
 
@@ -100,7 +114,46 @@ struct Options {
     bulk_bytes: u64,
     /// Requests in flight per connection.
     pipeline: usize,
+    /// The server's event loop.
+    backend: Backend,
+    /// How the load generator waits on its connections.
+    client: Backend,
     scenarios: Vec<Scenario>,
+}
+
+/// The server's event loop, by the setting that picks it.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    /// `asyncore_use_poll`: `poll(2)`, every descriptor handed over each round.
+    Poll,
+    /// `asyncore_use_epoll`: `epoll(7)`, the interest set kept in the kernel.
+    Epoll,
+}
+
+impl Backend {
+    fn parse(name: &str) -> Result<Backend, String> {
+        match name {
+            "poll" => Ok(Backend::Poll),
+            "epoll" => Ok(Backend::Epoll),
+            _ => Err(format!("{name:?} is neither poll nor epoll")),
+        }
+    }
+
+    /// The name on the command line (`--backend NAME`, and `bench --serve NAME`).
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Poll => "poll",
+            Backend::Epoll => "epoll",
+        }
+    }
+
+    /// The server setting that selects it.
+    fn setting(self) -> &'static str {
+        match self {
+            Backend::Poll => "asyncore_use_poll",
+            Backend::Epoll => "asyncore_use_epoll",
+        }
+    }
 }
 
 impl Options {
@@ -108,6 +161,8 @@ impl Options {
         let mut quick = false;
         let mut duration = None;
         let mut pipeline = 1;
+        let mut backend = Backend::Poll;
+        let mut client = Backend::Poll;
         let mut filter = String::new();
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -136,6 +191,16 @@ impl Options {
                         .ok()
                         .filter(|n| (1..=256).contains(n))
                         .ok_or_else(|| "--pipeline takes a number from 1 to 256".to_string())?;
+                }
+                "--backend" => backend = Backend::parse(&value("--backend")?)?,
+                "--client" => client = Backend::parse(&value("--client")?)?,
+                "--recv-bytes" => {
+                    let n = value("--recv-bytes")?;
+                    if !n.parse::<usize>().map_or(false, |n| n > 0) {
+                        return Err("--recv-bytes takes a positive number".to_string());
+                    }
+                    // The server child reads it from its environment (see `serve_for_bench`).
+                    std::env::set_var(RECV_BYTES_VAR, n);
                 }
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -166,6 +231,8 @@ impl Options {
             duration: duration.unwrap_or(Duration::from_secs(default_secs)),
             bulk_bytes: if quick { QUICK_BULK_BYTES } else { BULK_BYTES },
             pipeline,
+            backend,
+            client,
             scenarios,
         })
     }
@@ -211,7 +278,11 @@ impl Scenario {
 
 /// `bench --serve`: serve the benchmark applications on a free loopback port, print the
 /// address on stdout, and run until stdin closes (the parent ends or stops us).
-fn serve_for_bench() -> Result<(), Box<dyn std::error::Error>> {
+/// How `--recv-bytes` reaches the server child.
+const RECV_BYTES_VAR: &str = "WAITRESS_BENCH_RECV_BYTES";
+
+fn serve_for_bench(backend: Backend) -> Result<(), Box<dyn std::error::Error>> {
+    let recv_bytes = std::env::var(RECV_BYTES_VAR).unwrap_or_else(|_| "8192".to_string());
     // Room for 10,000 connections and more; a child process inherits the parent's limit,
     // raised in `run_benchmark`, and this covers a server started by hand.
     waitress::compat::raise_open_files_limit(65_536)?;
@@ -223,11 +294,12 @@ fn serve_for_bench() -> Result<(), Box<dyn std::error::Error>> {
         [
             ("listen", "127.0.0.1:0"),
             ("threads", SERVER_THREADS),
-            // poll(2) rather than select()'s semantics, which refuse descriptors from 1024 on;
-            // and room for the 10,000-connection scenarios.
-            ("asyncore_use_poll", "true"),
+            // poll(2) or epoll(7) rather than select()'s semantics, which refuse descriptors
+            // from 1024 on; and room for the 10,000-connection scenarios.
+            (backend.setting(), "true"),
             ("connection_limit", "20000"),
             ("backlog", "4096"),
+            ("recv_bytes", recv_bytes.as_str()),
             // Above the 1 GiB upload (waitress answers 413 from max_request_body_size on).
             ("max_request_body_size", "4294967296"),
         ],
@@ -267,7 +339,8 @@ fn discard_upload(environ: &mut Environ, start_response: &mut StartResponse<'_>)
 }
 
 /// A file of `QUERY_STRING` bytes, streamed by the server through `wsgi.file_wrapper`. The
-/// file is sparse (nothing on disk, zeros when read) and unlinked at once, so nothing is left
+/// file is written with real bytes before the answer starts (a sparse file would measure the
+/// kernel zero-filling its holes, not the server) and unlinked at once, so nothing is left
 /// behind; the server reads it block by block as it would any file.
 fn download(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -283,7 +356,15 @@ fn download(environ: &mut Environ, start_response: &mut StartResponse<'_>) -> Ap
         .create_new(true)
         .open(&path)?;
     fs::remove_file(&path)?;
-    file.set_len(bytes)?;
+    let mut file = file;
+    let block: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    io::Seek::seek(&mut file, io::SeekFrom::Start(0))?;
     start_response.start(
         "200 OK",
         [
@@ -302,9 +383,10 @@ struct ServerProcess {
 
 impl ServerProcess {
     /// Start the server and wait (at most 10 s) for the address it listens on.
-    fn start() -> io::Result<ServerProcess> {
+    fn start(backend: Backend) -> io::Result<ServerProcess> {
         let mut child = Command::new(std::env::current_exe()?)
             .arg("--serve")
+            .arg(backend.name())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -339,6 +421,18 @@ impl ServerProcess {
     /// The server's resident memory now and at its peak.
     fn memory(&self) -> Memory {
         Memory::of(self.child.id())
+    }
+
+    /// The processor time the server has used so far, user and system, in clock ticks
+    /// (`utime` + `stime` of `/proc/PID/stat`; `USER_HZ`, 100 a second on Linux).
+    fn cpu_ticks(&self) -> Option<u64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // The fields after the command name (which may hold spaces), from field 3 on.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(utime + stime)
     }
 }
 
@@ -570,13 +664,157 @@ impl Conn {
     }
 }
 
+/// How the load generator waits on its connections (`--client`): `poll(2)` over all of
+/// them each round, as before, or `epoll(7)`, whose cost does not grow with their number, so
+/// that at 10,000 connections the figure is the server's rather than the client's.
+enum Waiter {
+    /// One `pollfd` per connection, by index; a negative descriptor is skipped.
+    Poll(Vec<PollFd>),
+    /// The connections registered by descriptor (the `data` of their events); `interest` is
+    /// what each connection, by index, is registered for; `index_of` maps descriptors back.
+    #[cfg(target_os = "linux")]
+    Epoll {
+        epoll: Epoll,
+        events: Vec<EpollEvent>,
+        interest: Vec<i16>,
+        index_of: Vec<usize>,
+    },
+}
+
+impl Waiter {
+    fn new(client: Backend, connections: usize) -> io::Result<Waiter> {
+        Ok(match client {
+            Backend::Poll => Waiter::Poll(vec![
+                PollFd {
+                    fd: -1,
+                    events: 0,
+                    revents: 0,
+                };
+                connections
+            ]),
+            #[cfg(target_os = "linux")]
+            Backend::Epoll => Waiter::Epoll {
+                epoll: Epoll::new()?,
+                events: vec![EpollEvent::default(); connections.max(1)],
+                interest: vec![0; connections],
+                index_of: Vec::new(),
+            },
+            #[cfg(not(target_os = "linux"))]
+            Backend::Epoll => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "epoll is Linux only",
+                ))
+            }
+        })
+    }
+
+    /// Wait for `events` (`POLL*` flags; 0: no longer) on connection `index`, descriptor `fd`.
+    fn watch(&mut self, index: usize, fd: RawFd, events: i16) -> io::Result<()> {
+        match self {
+            Waiter::Poll(fds) => {
+                fds[index] = PollFd {
+                    fd: if events == 0 { -1 } else { fd },
+                    events,
+                    revents: 0,
+                };
+            }
+            #[cfg(target_os = "linux")]
+            Waiter::Epoll {
+                epoll,
+                interest,
+                index_of,
+                ..
+            } => {
+                let slot = usize::try_from(fd).expect("descriptors are not negative");
+                if index_of.len() <= slot {
+                    index_of.resize(slot + 1, usize::MAX);
+                }
+                index_of[slot] = index;
+                let bits = |flags: i16| {
+                    let mut bits = 0;
+                    if flags & POLLIN != 0 {
+                        bits |= EPOLLIN;
+                    }
+                    if flags & POLLOUT != 0 {
+                        bits |= EPOLLOUT;
+                    }
+                    bits
+                };
+                match (interest[index], events) {
+                    (before, after) if before == after => {}
+                    (_, 0) => epoll.delete(fd)?,
+                    (0, after) => epoll.add(fd, bits(after))?,
+                    (_, after) => epoll.modify(fd, bits(after))?,
+                }
+                interest[index] = events;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait at most `timeout`; `ready` gets each ready connection's index and `POLL*` flags.
+    fn wait(&mut self, timeout: Duration, ready: &mut Vec<(usize, i16)>) -> io::Result<()> {
+        ready.clear();
+        match self {
+            Waiter::Poll(fds) => {
+                poll_fds(fds, timeout)?;
+                for (index, pollfd) in fds.iter_mut().enumerate() {
+                    if pollfd.revents != 0 {
+                        ready.push((index, pollfd.revents));
+                        pollfd.revents = 0;
+                    }
+                }
+            }
+            #[cfg(target_os = "linux")]
+            Waiter::Epoll {
+                epoll,
+                events,
+                index_of,
+                ..
+            } => {
+                let count = epoll.wait(events, timeout)?;
+                for event in &events[..count] {
+                    let (bits, fd) = (event.events, event.data);
+                    let index = index_of[fd as usize];
+                    let mut flags = 0;
+                    for (epoll_bit, poll_flag) in [
+                        (EPOLLIN, POLLIN),
+                        (EPOLLOUT, POLLOUT),
+                        (EPOLLHUP, POLLHUP),
+                        (EPOLLERR, POLLERR),
+                    ] {
+                        if bits & epoll_bit != 0 {
+                            flags |= poll_flag;
+                        }
+                    }
+                    ready.push((index, flags));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Drive `streams` until `until`, `depth` requests in flight on each; responses that complete
-/// from `count_from` on are counted.
-fn drive(streams: Vec<TcpStream>, depth: usize, count_from: Instant, until: Instant) -> Tally {
+/// from `count_from` on are counted. `client` says how to wait on them.
+fn drive(
+    streams: Vec<TcpStream>,
+    depth: usize,
+    client: Backend,
+    count_from: Instant,
+    until: Instant,
+) -> Tally {
     let mut tally = Tally::default();
+    let mut waiter = match Waiter::new(client, streams.len()) {
+        Ok(waiter) => waiter,
+        Err(e) => {
+            tally.first_error = Some(format!("{}: {e}", client.name()));
+            return tally;
+        }
+    };
     let mut conns = Vec::with_capacity(streams.len());
-    let mut fds = Vec::with_capacity(streams.len());
-    for stream in streams {
+    for (index, stream) in streams.into_iter().enumerate() {
         let fd = stream.as_raw_fd();
         let mut conn = Conn {
             stream,
@@ -588,56 +826,48 @@ fn drive(streams: Vec<TcpStream>, depth: usize, count_from: Instant, until: Inst
             .stream
             .set_nonblocking(true)
             .map_err(|e| e.to_string())
-            .and_then(|()| (0..depth).try_for_each(|_| conn.send()));
-        match started {
-            Ok(()) => fds.push(PollFd {
-                fd,
-                events: conn.events(),
-                revents: 0,
-            }),
-            // A negative descriptor is one that poll(2) skips.
-            Err(why) => {
-                tally.lose(why);
-                fds.push(PollFd {
-                    fd: -1,
-                    events: 0,
-                    revents: 0,
-                });
-            }
+            .and_then(|()| (0..depth).try_for_each(|_| conn.send()))
+            .and_then(|()| {
+                waiter
+                    .watch(index, fd, conn.events())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(why) = started {
+            tally.lose(why);
         }
         conns.push(conn);
     }
     let mut scratch = vec![0u8; 64 * 1024];
+    let mut ready = Vec::new();
     loop {
         let now = Instant::now();
         if now >= until {
             break;
         }
         let wait = (until - now).min(Duration::from_millis(100));
-        if let Err(e) = poll_fds(&mut fds, wait) {
-            tally.first_error.get_or_insert(format!("poll: {e}"));
+        if let Err(e) = waiter.wait(wait, &mut ready) {
+            tally
+                .first_error
+                .get_or_insert(format!("{}: {e}", client.name()));
             break;
         }
         let counting = Instant::now() >= count_from;
-        for (pollfd, conn) in fds.iter_mut().zip(&mut conns) {
-            if pollfd.revents == 0 {
-                continue;
-            }
+        for &(index, revents) in &ready {
+            let conn = &mut conns[index];
             let mut result = Ok(());
-            if pollfd.revents & POLLOUT != 0 {
+            if revents & POLLOUT != 0 {
                 result = conn.flush();
             }
-            if result.is_ok() && pollfd.revents & (POLLIN | POLLHUP | POLLERR) != 0 {
+            if result.is_ok() && revents & (POLLIN | POLLHUP | POLLERR) != 0 {
                 result = conn.receive(&mut scratch, counting, &mut tally);
             }
-            pollfd.revents = 0;
-            match result {
-                Ok(()) => pollfd.events = conn.events(),
-                Err(why) => {
-                    tally.lose(why);
-                    pollfd.fd = -1;
-                    pollfd.events = 0;
-                }
+            let fd = conn.stream.as_raw_fd();
+            let events = if result.is_ok() { conn.events() } else { 0 };
+            let result =
+                result.and_then(|()| waiter.watch(index, fd, events).map_err(|e| e.to_string()));
+            if let Err(why) = result {
+                tally.lose(why);
+                let _ = waiter.watch(index, fd, 0);
             }
         }
     }
@@ -672,9 +902,11 @@ fn run_benchmark(options: &Options) -> i32 {
     }
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "waitress-rs bench, {} ({cores} cores): server with {SERVER_THREADS} worker threads and asyncore_use_poll, \
-         {CLIENT_THREADS} client threads, pipeline {}, {:.0} s per hello scenario\n",
+        "waitress-rs bench, {} ({cores} cores): server with {SERVER_THREADS} worker threads and {}, \
+         {CLIENT_THREADS} client threads waiting with {}, pipeline {}, {:.0} s per hello scenario\n",
         waitress::utilities::http_date_now(),
+        options.backend.setting(),
+        options.client.name(),
         options.pipeline,
         options.duration.as_secs_f64()
     );
@@ -682,7 +914,7 @@ fn run_benchmark(options: &Options) -> i32 {
     let mut failed = false;
     for &scenario in &options.scenarios {
         eprintln!("bench: running {} ...", scenario.name());
-        let row = ServerProcess::start().and_then(|server| match scenario {
+        let row = ServerProcess::start(options.backend).and_then(|server| match scenario {
             Scenario::Hello { connections } => hello(&server, connections, options),
             Scenario::Upload { chunked } => upload(&server, chunked, options.bulk_bytes),
             Scenario::Download => download_bulk(&server, options.bulk_bytes),
@@ -719,7 +951,7 @@ fn hello(server: &ServerProcess, connections: usize, options: &Options) -> io::R
     let warm_up = (options.duration / 5).min(Duration::from_secs(1));
     // Every thread opens its connections, then all start together.
     let ready = Barrier::new(threads + 1);
-    let (tally, opened, open_error, memory) = thread::scope(|scope| {
+    let (tally, opened, open_error, memory, cpu_ticks) = thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|i| {
                 let share = connections / threads + usize::from(i < connections % threads);
@@ -732,6 +964,7 @@ fn hello(server: &ServerProcess, connections: usize, options: &Options) -> io::R
                     let tally = drive(
                         streams,
                         options.pipeline,
+                        options.client,
                         count_from,
                         count_from + options.duration,
                     );
@@ -740,8 +973,10 @@ fn hello(server: &ServerProcess, connections: usize, options: &Options) -> io::R
             })
             .collect();
         ready.wait();
+        thread::sleep(warm_up);
+        let cpu_before = server.cpu_ticks();
         // Read the server's memory near the end of the load, connections still open.
-        thread::sleep(warm_up + options.duration * 9 / 10);
+        thread::sleep(options.duration * 9 / 10);
         let memory = server.memory();
         let mut total = Tally::default();
         let (mut opened, mut open_error) = (0, None);
@@ -751,11 +986,17 @@ fn hello(server: &ServerProcess, connections: usize, options: &Options) -> io::R
             opened += n;
             open_error = open_error.or(error);
         }
-        (total, opened, open_error, memory)
+        let cpu = cpu_before.zip(server.cpu_ticks()).map(|(a, b)| b - a);
+        (total, opened, open_error, memory, cpu)
     });
     let mut latencies = tally.latencies_us;
     latencies.sort_unstable();
     let mut notes = Vec::new();
+    // The server's processor time per response: steadier than the rate on a shared machine.
+    if let (Some(ticks), true) = (cpu_ticks, tally.responses > 0) {
+        let micros = ticks as f64 * 10_000.0 / tally.responses as f64;
+        notes.push(format!("server CPU {micros:.1} µs/req"));
+    }
     if opened < connections {
         notes.push(format!(
             "opened {opened} of {connections}: {}",
@@ -842,7 +1083,6 @@ fn upload(server: &ServerProcess, chunked: bool, bytes: u64) -> io::Result<Row> 
 /// `bytes` downloaded in one response that the server streams from a file wrapper.
 fn download_bulk(server: &ServerProcess, bytes: u64) -> io::Result<Row> {
     let mut stream = blocking_connection(server.addr)?;
-    let started = Instant::now();
     write!(
         stream,
         "GET /download?{bytes} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -864,6 +1104,8 @@ fn download_bulk(server: &ServerProcess, bytes: u64) -> io::Result<Row> {
             break head;
         }
     };
+    // Timed from the head on: the application writes its file before it answers.
+    let started = Instant::now();
     // Read the rest of the body straight through the same buffer.
     let mut received = (filled - head.len) as u64;
     while received < head.content_length {

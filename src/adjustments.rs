@@ -125,6 +125,11 @@ pub struct Adjustments {
     pub asyncore_loop_timeout: u64,
     /// Use `poll` rather than `select` semantics (`asbool`, default false).
     pub asyncore_use_poll: bool,
+    /// Rust-only: run the event loop over Linux's `epoll(7)` rather than `poll(2)`, with
+    /// `poll` semantics whatever `asyncore_use_poll` says (`asbool`, default false). A round
+    /// then costs what is ready rather than what is open, which counts with thousands of
+    /// connections. Setting it true anywhere but Linux is an error.
+    pub asyncore_use_epoll: bool,
     /// Path of a Unix-domain socket to listen on (`str`, default none).
     pub unix_socket: Option<PathBuf>,
     /// Permissions of the Unix-domain socket file (`asoctal`, default `0o600`).
@@ -182,6 +187,7 @@ impl Default for Adjustments {
             expose_tracebacks: false,
             asyncore_loop_timeout: 1,
             asyncore_use_poll: false,
+            asyncore_use_epoll: false,
             unix_socket: None,
             unix_socket_perms: 0o600,
             sockets: Vec::new(),
@@ -538,6 +544,12 @@ impl Adjustments {
             "ident" => self.ident = str_iftruthy(value),
             "asyncore_loop_timeout" => self.asyncore_loop_timeout = bad(name, asint(value))?,
             "asyncore_use_poll" => self.asyncore_use_poll = asbool(value),
+            "asyncore_use_epoll" => {
+                self.asyncore_use_epoll = asbool(value);
+                if self.asyncore_use_epoll && !cfg!(target_os = "linux") {
+                    return bad(name, Err("epoll is only available on Linux".to_string()));
+                }
+            }
             "unix_socket" => self.unix_socket = str_iftruthy(value).map(PathBuf::from),
             "unix_socket_perms" => self.unix_socket_perms = bad(name, asoctal(value))?,
             "sockets" => {
@@ -682,7 +694,7 @@ impl Adjustments {
 }
 
 /// Every setting name with whether it is a boolean (waitress: `Adjustments._params`).
-const PARAMS: [(&str, bool); 39] = [
+const PARAMS: [(&str, bool); 40] = [
     ("host", false),
     ("port", false),
     ("ipv4", true),
@@ -717,6 +729,7 @@ const PARAMS: [(&str, bool); 39] = [
     ("ident", false),
     ("asyncore_loop_timeout", false),
     ("asyncore_use_poll", true),
+    ("asyncore_use_epoll", true),
     ("unix_socket", false),
     ("unix_socket_perms", false),
     ("sockets", false),
@@ -1097,6 +1110,20 @@ mod tests {
         let v4: Vec<_> = pairs(&inst);
         assert_eq!(v4[0], ("127.0.0.1".to_string(), 8080));
         assert!(inst.listen.iter().all(|a| a.is_ipv4()));
+    }
+
+    #[test]
+    fn asyncore_use_epoll_is_linux_only() {
+        let inst = make(&[("asyncore_use_epoll", "true")]);
+        if cfg!(target_os = "linux") {
+            assert!(inst.unwrap().asyncore_use_epoll);
+        } else {
+            let err = inst.unwrap_err().to_string();
+            assert!(err.contains("only available on Linux"), "{err}");
+        }
+        assert!(!make(&[]).unwrap().asyncore_use_epoll);
+        let off = make(&[("asyncore_use_epoll", "false")]).unwrap();
+        assert!(!off.asyncore_use_epoll);
     }
 
     #[test]

@@ -437,7 +437,7 @@ pub struct PollFd {
 /// `timeout` (rounded down to milliseconds, capped at `i32::MAX`); returns how many
 /// descriptors have events. Interrupted calls are retried with the same timeout.
 pub fn poll_fds(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
-    let millis = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
+    let millis = poll_millis(timeout);
     let nfds = NfdsT::try_from(fds.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"))?;
     #[cfg(unix)]
@@ -448,6 +448,12 @@ pub fn poll_fds(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
     // SAFETY: as for poll(2): a slice of `repr(C)` WSAPOLLFD structs and its exact length.
     let ready = retry(|| unsafe { WSAPoll(fds.as_mut_ptr(), nfds, millis) })?;
     Ok(usize::try_from(ready).unwrap_or(0))
+}
+
+/// A timeout in whole milliseconds, as `poll` and `epoll_wait` take it: rounded down, capped
+/// at `i32::MAX`.
+fn poll_millis(timeout: Duration) -> c_int {
+    c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX)
 }
 
 // ---- sockets ----
@@ -934,6 +940,163 @@ pub mod tmpfile {
     pub const FILE_FLAG_DELETE_ON_CLOSE: u32 = 0x0400_0000;
     /// `FILE_ATTRIBUTE_TEMPORARY`, `winnt.h`.
     pub const FILE_ATTRIBUTE_TEMPORARY: u32 = 0x0000_0100;
+}
+
+// ---- epoll ----
+
+/// Linux's `epoll(7)`, for the event loop's `asyncore_use_epoll` backend
+/// (`wasyncore::EpollSelector`): an interest set kept in the kernel, so a round costs what is
+/// ready rather than what is open. Level-triggered only, as `poll(2)` is.
+#[cfg(target_os = "linux")]
+pub mod epoll {
+    use super::{retry, RawSocket};
+    use std::io;
+    use std::os::raw::c_int;
+    use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::Duration;
+
+    // The event bits of `<linux/eventpoll.h>` (`<sys/epoll.h>`): the same values as `POLL*`.
+    /// `EPOLLIN`: input is waiting.
+    pub const EPOLLIN: u32 = 0x001;
+    /// `EPOLLPRI`: urgent data.
+    pub const EPOLLPRI: u32 = 0x002;
+    /// `EPOLLOUT`: room to write.
+    pub const EPOLLOUT: u32 = 0x004;
+    /// `EPOLLERR`: an error; always reported while registered.
+    pub const EPOLLERR: u32 = 0x008;
+    /// `EPOLLHUP`: hang-up; always reported while registered.
+    pub const EPOLLHUP: u32 = 0x010;
+
+    /// `EPOLL_CLOEXEC` (= `O_CLOEXEC`, 02000000 on the generic and x86 ABIs), `<bits/epoll.h>`.
+    const EPOLL_CLOEXEC: c_int = 0o2000000;
+    /// `EPOLL_CTL_ADD`, `EPOLL_CTL_DEL`, `EPOLL_CTL_MOD`, `<linux/eventpoll.h>`.
+    const EPOLL_CTL_ADD: c_int = 1;
+    const EPOLL_CTL_DEL: c_int = 2;
+    const EPOLL_CTL_MOD: c_int = 3;
+    /// `ENOENT`, `<asm-generic/errno-base.h>`: `epoll_ctl`'s "not registered".
+    pub const ENOENT: c_int = 2;
+    /// `EEXIST`, `<asm-generic/errno-base.h>`: `epoll_ctl`'s "already registered".
+    pub const EEXIST: c_int = 17;
+
+    /// `struct epoll_event` of `<linux/eventpoll.h>`: `__u32 events; __u64 data;`, packed on
+    /// x86_64 only (`EPOLL_PACKED` there; glibc's `__EPOLL_PACKED` in `<bits/epoll.h>`), so 12
+    /// bytes there and 16 elsewhere. `data` holds the descriptor it was registered for.
+    #[cfg_attr(target_arch = "x86_64", repr(C, packed))]
+    #[cfg_attr(not(target_arch = "x86_64"), repr(C))]
+    #[derive(Clone, Copy, Default)]
+    pub struct EpollEvent {
+        /// `EPOLL*` bits: what to wait for, or what happened.
+        pub events: u32,
+        /// The caller's word (here: the descriptor).
+        pub data: u64,
+    }
+
+    extern "C" {
+        fn epoll_create1(flags: c_int) -> c_int;
+        fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut EpollEvent) -> c_int;
+        fn epoll_wait(
+            epfd: c_int,
+            events: *mut EpollEvent,
+            maxevents: c_int,
+            timeout: c_int,
+        ) -> c_int;
+    }
+
+    /// An epoll instance, closed on drop and not inherited by child processes.
+    #[derive(Debug)]
+    pub struct Epoll {
+        fd: OwnedFd,
+    }
+
+    impl Epoll {
+        /// `epoll_create1(EPOLL_CLOEXEC)`.
+        pub fn new() -> io::Result<Epoll> {
+            // SAFETY: epoll_create1 takes a flag word and touches no memory of ours.
+            let fd = retry(|| unsafe { epoll_create1(EPOLL_CLOEXEC) })?;
+            // SAFETY: `fd` was just returned by epoll_create1, is open, and nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            Ok(Epoll { fd })
+        }
+
+        fn ctl(&self, op: c_int, fd: RawSocket, events: u32) -> io::Result<()> {
+            let mut event = EpollEvent {
+                events,
+                data: u64::try_from(fd).unwrap_or(u64::MAX),
+            };
+            // SAFETY: `event` is a live, exclusively borrowed epoll_event of the kernel's layout
+            // (the kernel only reads it; DEL ignores it); the descriptors are plain integers and
+            // a bad one is an error, not undefined behaviour.
+            retry(|| unsafe { epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) })?;
+            Ok(())
+        }
+
+        /// `EPOLL_CTL_ADD`: watch `fd` for `events` (level-triggered).
+        pub fn add(&self, fd: RawSocket, events: u32) -> io::Result<()> {
+            self.ctl(EPOLL_CTL_ADD, fd, events)
+        }
+
+        /// `EPOLL_CTL_MOD`: watch the registered `fd` for `events` instead.
+        pub fn modify(&self, fd: RawSocket, events: u32) -> io::Result<()> {
+            self.ctl(EPOLL_CTL_MOD, fd, events)
+        }
+
+        /// `EPOLL_CTL_DEL`: stop watching `fd`.
+        pub fn delete(&self, fd: RawSocket) -> io::Result<()> {
+            self.ctl(EPOLL_CTL_DEL, fd, 0)
+        }
+
+        /// `epoll_wait(2)`: fill the front of `events` with what is ready, waiting at most
+        /// `timeout` (as [`super::poll_fds`] rounds it); returns how many were filled.
+        /// Interrupted calls are retried with the same timeout.
+        pub fn wait(&self, events: &mut [EpollEvent], timeout: Duration) -> io::Result<usize> {
+            let millis = super::poll_millis(timeout);
+            let max = c_int::try_from(events.len()).unwrap_or(c_int::MAX);
+            // SAFETY: `events` is an exclusively borrowed slice of epoll_event structs of the
+            // kernel's layout and `max` is at most its length, so the kernel writes inside it.
+            let ready = retry(|| unsafe {
+                epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, millis)
+            })?;
+            Ok(usize::try_from(ready).unwrap_or(0))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+
+        #[test]
+        fn epoll_event_has_the_kernel_layout() {
+            let size = if cfg!(target_arch = "x86_64") { 12 } else { 16 };
+            assert_eq!(std::mem::size_of::<EpollEvent>(), size);
+        }
+
+        #[test]
+        fn epoll_reports_what_is_registered_and_nothing_after_delete() {
+            let epoll = Epoll::new().unwrap();
+            let (mut a, b) = UnixStream::pair().unwrap();
+            let fd = b.as_raw_fd();
+            let mut events = [EpollEvent::default(); 4];
+            epoll.add(fd, EPOLLIN).unwrap();
+            let err = epoll.add(fd, EPOLLIN).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(EEXIST));
+            assert_eq!(epoll.wait(&mut events, Duration::ZERO).unwrap(), 0);
+            a.write_all(b"x").unwrap();
+            assert_eq!(epoll.wait(&mut events, Duration::from_secs(30)).unwrap(), 1);
+            let (bits, data) = (events[0].events, events[0].data);
+            assert_eq!((bits, data), (EPOLLIN, fd as u64));
+            // MOD to "room to write" only: the waiting input no longer shows.
+            epoll.modify(fd, EPOLLOUT).unwrap();
+            assert_eq!(epoll.wait(&mut events, Duration::ZERO).unwrap(), 1);
+            let bits = events[0].events;
+            assert_eq!(bits, EPOLLOUT);
+            epoll.delete(fd).unwrap();
+            assert_eq!(epoll.wait(&mut events, Duration::ZERO).unwrap(), 0);
+            let err = epoll.delete(fd).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(ENOENT));
+        }
+    }
 }
 
 // ---- socket activation ----

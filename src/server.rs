@@ -287,6 +287,15 @@ impl WsgiServer {
         let loop_timeout = Duration::from_secs(self.adj.asyncore_loop_timeout);
         let mut result = Ok(());
         let mut drain_deadline = None;
+        let selector =
+            wasyncore::Selector::new(self.adj.asyncore_use_poll, self.adj.asyncore_use_epoll);
+        let mut selector = match selector {
+            Ok(selector) => selector,
+            Err(e) => {
+                self.close();
+                return Err(e);
+            }
+        };
         while !self.stop.load(Ordering::Acquire) && !self.map.borrow().is_empty() {
             let mut timeout = loop_timeout;
             if drain_deadline.is_none() {
@@ -298,12 +307,7 @@ impl WsgiServer {
                 }
                 timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
             }
-            let round = if self.adj.asyncore_use_poll {
-                wasyncore::poll2(timeout, &self.map)
-            } else {
-                wasyncore::poll(timeout, &self.map)
-            };
-            if let Err(e) = round {
+            if let Err(e) = selector.round(timeout, &self.map) {
                 result = Err(e);
                 break;
             }
@@ -573,7 +577,10 @@ impl BaseWsgiServer {
         };
         match accepted {
             Ok((stream, _))
-                if !wasyncore::can_watch(stream.raw_socket(), self.adj.asyncore_use_poll) =>
+                if !wasyncore::can_watch(
+                    stream.raw_socket(),
+                    self.adj.asyncore_use_poll || self.adj.asyncore_use_epoll,
+                ) =>
             {
                 // Past select()'s limit the whole loop would fail; refuse this one connection.
                 #[cfg(unix)]

@@ -13,9 +13,11 @@
 //! gives `poll()` semantics: no limit, and a hang-up or error calls `handle_close`. An
 //! interrupted `poll(2)` is retried (waitress returns from the round instead). On Windows both
 //! poll with `WSAPoll`, neither has a limit (see [`can_watch`]) and both have `select()`
-//! semantics, as waitress there has only `select`. [`loop_`] runs
-//! rounds until the map is empty or a count is reached; the server runs its own rounds so it
-//! can stop on request. [`close_all`] closes every dispatcher.
+//! semantics, as waitress there has only `select`. On Linux, [`EpollSelector`] (Rust-only,
+//! `asyncore_use_epoll`) gives `poll()` semantics over `epoll(7)`, keeping the interest set in
+//! the kernel between rounds. [`loop_`] runs rounds until the map is empty or a count is
+//! reached; the server runs its own rounds, through a [`Selector`] chosen once from its
+//! settings, so it can stop on request. [`close_all`] closes every dispatcher.
 //!
 //! Only the I/O thread touches the map, so it is an `Rc<RefCell<…>>`; state that other threads
 //! reach (a channel's buffers) sits behind the dispatcher's own locks. asyncore's `dispatcher`
@@ -30,6 +32,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
+use crate::compat::epoll::{
+    Epoll, EpollEvent, EEXIST, ENOENT, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLPRI,
+};
 #[cfg(unix)]
 use crate::compat::FD_SETSIZE;
 use crate::compat::{
@@ -191,18 +197,23 @@ fn poll_round(timeout: Duration, map: &SocketMap, use_poll: bool) -> io::Result<
     }
     compat::poll_fds(&mut fds, timeout)?;
     for pfd in fds.iter().filter(|p| p.revents != 0) {
-        // Look the object up again: an earlier handler in this round may have closed it.
-        let obj = map.borrow().get(&pfd.fd).cloned();
-        if let Some(obj) = obj {
-            let flags = if poll_semantics(use_poll) {
-                pfd.revents
-            } else {
-                select_flags(pfd.revents)
-            };
-            readwrite(obj.as_ref(), flags);
-        }
+        let flags = if poll_semantics(use_poll) {
+            pfd.revents
+        } else {
+            select_flags(pfd.revents)
+        };
+        dispatch(map, pfd.fd, flags);
     }
     Ok(())
+}
+
+/// Call `readwrite` for whatever the map holds under `fd` now: an earlier handler in this
+/// round may have closed it (then nothing happens).
+fn dispatch(map: &SocketMap, fd: RawSocket, flags: i16) {
+    let obj = map.borrow().get(&fd).cloned();
+    if let Some(obj) = obj {
+        readwrite(obj.as_ref(), flags);
+    }
 }
 
 /// Whether a round has `poll()` semantics: as asked on Unix. Never on Windows, where waitress
@@ -220,6 +231,294 @@ fn select_flags(revents: i16) -> i16 {
         flags |= POLLIN;
     }
     flags
+}
+
+/// The round the server runs, chosen once from its settings: waitress's `select()` or `poll()`
+/// semantics over `poll(2)` (the portable path), or `poll()` semantics over Linux's `epoll(7)`
+/// (`asyncore_use_epoll`).
+pub enum Selector {
+    /// [`poll`]: `select()` semantics (`asyncore_use_poll=false`, the default).
+    Select,
+    /// [`poll2`]: `poll()` semantics (`asyncore_use_poll=true`).
+    Poll,
+    /// [`EpollSelector`]: `poll()` semantics, the interest set kept in the kernel.
+    #[cfg(target_os = "linux")]
+    Epoll(EpollSelector),
+}
+
+impl Selector {
+    /// The selector the settings ask for; `use_epoll` wins over `use_poll`, and is an error
+    /// anywhere but Linux.
+    pub fn new(use_poll: bool, use_epoll: bool) -> io::Result<Selector> {
+        if use_epoll {
+            #[cfg(target_os = "linux")]
+            return EpollSelector::new().map(Selector::Epoll);
+            #[cfg(not(target_os = "linux"))]
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "asyncore_use_epoll needs Linux",
+            ));
+        }
+        Ok(if use_poll {
+            Selector::Poll
+        } else {
+            Selector::Select
+        })
+    }
+
+    /// One round: wait at most `timeout`, then call the handlers of the ready dispatchers.
+    pub fn round(&mut self, timeout: Duration, map: &SocketMap) -> io::Result<()> {
+        match self {
+            Selector::Select => poll(timeout, map),
+            Selector::Poll => poll2(timeout, map),
+            #[cfg(target_os = "linux")]
+            Selector::Epoll(epoll) => epoll.round(timeout, map),
+        }
+    }
+}
+
+/// The `poll()` round over `epoll(7)` (Rust-only; waitress has `select` and `poll`). A round
+/// still asks every dispatcher `readable`/`writable`, as [`poll2`] does: the answers depend
+/// on state that other threads change (a worker's output) and on time (a channel's header
+/// deadline, the listener's maintenance), so they cannot be cached without changing the
+/// [`Dispatcher`] trait. What the kernel no longer does is walk every descriptor each round:
+/// the interest set stays registered, and `epoll_ctl` runs only when a dispatcher enters the
+/// map (ADD), leaves it (DEL), or starts wanting something the kernel is not watching for
+/// (MOD). When a dispatcher stops wanting something, the kernel's set is left wider; should
+/// an event that nobody asked for this round come in, it is not dispatched and the set is
+/// narrowed then. So a keep-alive channel that goes readable → busy → readable costs no
+/// `epoll_ctl` at all. Hang-ups and errors call `handle_close`, as with [`poll2`]; a
+/// dispatcher that wants nothing is not watched, as there.
+#[cfg(target_os = "linux")]
+pub struct EpollSelector {
+    epoll: Epoll,
+    /// Indexed by descriptor: what the selector knows of it.
+    slots: Vec<Slot>,
+    /// How many slots hold a dispatcher.
+    occupied: usize,
+    /// Counts rounds, to tell which slots were seen in the map this round.
+    round: u64,
+    /// The map's entries during a round (kept between rounds for its allocation only).
+    entries: Vec<(RawSocket, Rc<dyn Dispatcher>)>,
+    /// What `epoll_wait` fills in.
+    events: Vec<EpollEvent>,
+    /// Descriptors `epoll_ctl` refused as bad this round: `poll` would say `POLLNVAL`.
+    refused: Vec<RawSocket>,
+    /// `epoll_ctl` calls made so far (for the tests and for profiling).
+    ctl_calls: u64,
+}
+
+/// One descriptor's registration.
+#[cfg(target_os = "linux")]
+#[derive(Default)]
+struct Slot {
+    /// The dispatcher registered under this descriptor. Holding it keeps a channel's socket
+    /// open (a channel only shuts its socket down), so the number cannot be reused by a new
+    /// connection before the registration is deleted.
+    obj: Option<Rc<dyn Dispatcher>>,
+    /// The `EPOLL*` bits the kernel watches for (0: not registered). Once a round has
+    /// registered its interests, at least what `wanted` asks for.
+    kernel: u32,
+    /// This round's `interest` (`POLL*` bits).
+    wanted: i16,
+    /// The last round in which the map held this dispatcher.
+    seen: u64,
+}
+
+/// `POLL*` flags and the `EPOLL*` bits that mean the same.
+#[cfg(target_os = "linux")]
+const EPOLL_BITS: [(i16, u32); 5] = [
+    (POLLIN, EPOLLIN),
+    (POLLPRI, EPOLLPRI),
+    (POLLOUT, EPOLLOUT),
+    (POLLERR, EPOLLERR),
+    (POLLHUP, EPOLLHUP),
+];
+
+#[cfg(target_os = "linux")]
+fn to_epoll(flags: i16) -> u32 {
+    EPOLL_BITS
+        .iter()
+        .filter(|(poll, _)| flags & poll != 0)
+        .fold(0, |bits, (_, epoll)| bits | epoll)
+}
+
+#[cfg(target_os = "linux")]
+fn from_epoll(bits: u32) -> i16 {
+    EPOLL_BITS
+        .iter()
+        .filter(|(_, epoll)| bits & epoll != 0)
+        .fold(0, |flags, (poll, _)| flags | poll)
+}
+
+#[cfg(target_os = "linux")]
+fn same_object(a: &Rc<dyn Dispatcher>, b: &Rc<dyn Dispatcher>) -> bool {
+    // By address only: the same object may be seen through different vtable pointers.
+    std::ptr::eq(Rc::as_ptr(a) as *const u8, Rc::as_ptr(b) as *const u8)
+}
+
+#[cfg(target_os = "linux")]
+impl EpollSelector {
+    /// A selector with a new epoll instance and nothing registered.
+    pub fn new() -> io::Result<EpollSelector> {
+        Ok(EpollSelector {
+            epoll: Epoll::new()?,
+            slots: Vec::new(),
+            occupied: 0,
+            round: 0,
+            entries: Vec::new(),
+            events: Vec::new(),
+            refused: Vec::new(),
+            ctl_calls: 0,
+        })
+    }
+
+    /// One round (see the type's doc).
+    pub fn round(&mut self, timeout: Duration, map: &SocketMap) -> io::Result<()> {
+        self.round += 1;
+        // Snapshot the map first: `readable` and the handlers add and remove entries.
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.extend(map.borrow().iter().map(|(fd, obj)| (*fd, Rc::clone(obj))));
+        let mut seen = 0;
+        let mut result = Ok(());
+        for (fd, obj) in &entries {
+            result = self.register(*fd, obj, interest(obj.as_ref()));
+            if result.is_err() {
+                break;
+            }
+            seen += 1;
+        }
+        entries.clear();
+        self.entries = entries;
+        result?;
+        if seen < self.occupied {
+            self.forget_unseen();
+        }
+        let timeout = if self.refused.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
+        let room = self.occupied.max(1);
+        if self.events.len() < room {
+            self.events.resize(room, EpollEvent::default());
+        }
+        let ready = self.epoll.wait(&mut self.events, timeout)?;
+        for index in 0..ready {
+            let event = self.events[index];
+            let (bits, data) = (event.events, event.data);
+            if let Ok(fd) = RawSocket::try_from(data) {
+                let flags = self.settle(fd, bits);
+                if flags != 0 {
+                    dispatch(map, fd, flags);
+                }
+            }
+        }
+        for fd in std::mem::take(&mut self.refused) {
+            dispatch(map, fd, POLLNVAL);
+        }
+        Ok(())
+    }
+
+    /// Record `obj` under `fd` for this round with its interest `wanted`, and make the kernel
+    /// watch for at least that.
+    fn register(&mut self, fd: RawSocket, obj: &Rc<dyn Dispatcher>, wanted: i16) -> io::Result<()> {
+        let index = usize::try_from(fd).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("bad descriptor {fd}"))
+        })?;
+        if index >= self.slots.len() {
+            self.slots.resize_with(index + 1, Slot::default);
+        }
+        let slot = &mut self.slots[index];
+        match &slot.obj {
+            Some(old) if same_object(old, obj) => {}
+            Some(_) => {
+                // Another dispatcher took over the number: start afresh.
+                if slot.kernel != 0 {
+                    self.ctl_calls += 1;
+                    // It fails only if the old descriptor is closed, which unregistered it.
+                    let _ = self.epoll.delete(fd);
+                }
+                slot.kernel = 0;
+                slot.obj = Some(Rc::clone(obj));
+            }
+            None => {
+                slot.obj = Some(Rc::clone(obj));
+                self.occupied += 1;
+            }
+        }
+        slot.seen = self.round;
+        slot.wanted = wanted;
+        let bits = to_epoll(wanted);
+        if bits & !slot.kernel == 0 {
+            return Ok(());
+        }
+        self.ctl_calls += 1;
+        let watched = if slot.kernel == 0 {
+            match self.epoll.add(fd, bits) {
+                Err(e) if e.raw_os_error() == Some(EEXIST) => self.epoll.modify(fd, bits),
+                other => other,
+            }
+        } else {
+            match self.epoll.modify(fd, bits) {
+                // The descriptor was closed and reopened under the same number.
+                Err(e) if e.raw_os_error() == Some(ENOENT) => self.epoll.add(fd, bits),
+                other => other,
+            }
+        };
+        match watched {
+            Ok(()) => slot.kernel = bits,
+            Err(e) if e.raw_os_error() == Some(EBADF) => {
+                slot.kernel = 0;
+                self.refused.push(fd);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Unregister every dispatcher that has left the map.
+    fn forget_unseen(&mut self) {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if slot.obj.is_none() || slot.seen == self.round {
+                continue;
+            }
+            if slot.kernel != 0 {
+                self.ctl_calls += 1;
+                // It fails only if the descriptor is closed, which unregistered it.
+                let _ = RawSocket::try_from(index).map(|fd| self.epoll.delete(fd));
+            }
+            *slot = Slot::default();
+            self.occupied -= 1;
+        }
+    }
+
+    /// The `POLL*` flags to dispatch for an event on `fd`: what this round asked for, plus a
+    /// hang-up or error. An event nobody asked for narrows the kernel's set to this round's
+    /// interest (or deletes the registration when there is none), so it does not wake the
+    /// loop again.
+    fn settle(&mut self, fd: RawSocket, bits: u32) -> i16 {
+        let slot = match usize::try_from(fd).ok().and_then(|i| self.slots.get_mut(i)) {
+            Some(slot) => slot,
+            None => return 0,
+        };
+        let wanted = to_epoll(slot.wanted);
+        let unasked = slot.wanted == 0 || bits & !(wanted | EPOLLERR | EPOLLHUP) != 0;
+        if unasked && slot.kernel != 0 {
+            self.ctl_calls += 1;
+            // A failure means the descriptor was closed (and so unregistered) this round.
+            let narrowed = if wanted == 0 {
+                self.epoll.delete(fd)
+            } else {
+                self.epoll.modify(fd, wanted)
+            };
+            slot.kernel = if narrowed.is_ok() { wanted } else { 0 };
+        }
+        if slot.wanted == 0 {
+            return 0;
+        }
+        from_epoll(bits & (wanted | EPOLLERR | EPOLLHUP))
+    }
 }
 
 /// Run rounds until the map is empty, or `count` rounds are done (waitress: `loop`).
@@ -258,6 +557,8 @@ mod tests {
     //! Ports of tests/test_wasyncore.py for what the loop has: dispatch by `readwrite`, the
     //! `poll`/`poll2` rounds and their flags, `loop_` with timeout and count, `close_all`, and a
     //! panicking handler reported to `handle_error` (waitress's "non-reraised" exceptions).
+    //! The `epoll_*` tests at the end are Rust-only: the epoll round and its interest-set
+    //! bookkeeping (which `epoll_ctl` calls each change of interest costs).
     //! asyncore's `dispatcher` class with its socket methods, its `file_wrapper` and its
     //! helpers are not ported (std's sockets do that work), so their tests are not either:
     // test_closeall_default: there is no module-wide default socket map; every map is passed in
@@ -319,8 +620,8 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         fd: RawSocket,
-        readable: bool,
-        writable: bool,
+        readable: Cell<bool>,
+        writable: Cell<bool>,
         crash: bool,
         events: RefCell<Vec<&'static str>>,
         map: RefCell<Option<SocketMap>>,
@@ -331,8 +632,8 @@ mod tests {
         fn new(fd: RawSocket, readable: bool, writable: bool) -> Recorder {
             Recorder {
                 fd,
-                readable,
-                writable,
+                readable: Cell::new(readable),
+                writable: Cell::new(writable),
                 ..Default::default()
             }
         }
@@ -361,10 +662,10 @@ mod tests {
             self.fd
         }
         fn readable(&self) -> bool {
-            self.readable
+            self.readable.get()
         }
         fn writable(&self) -> bool {
-            self.writable
+            self.writable.get()
         }
         fn handle_read_event(&self) {
             self.event("read");
@@ -556,7 +857,7 @@ mod tests {
             &map,
             Recorder {
                 fd: compat::raw_socket(&b),
-                readable: true,
+                readable: Cell::new(true),
                 ..Recorder::crashing()
             },
         );
@@ -779,5 +1080,192 @@ mod tests {
             37
         };
         assert!(!is_disconnected(&io::Error::from_raw_os_error(ealready)));
+    }
+
+    // ---- the epoll backend (Rust-only) ----
+
+    #[cfg(target_os = "linux")]
+    fn epoll_round(selector: &mut EpollSelector, map: &SocketMap) {
+        selector.round(Duration::from_secs(30), map).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    fn kernel_bits(selector: &EpollSelector, fd: RawSocket) -> u32 {
+        selector.slots[fd as usize].kernel
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn epoll_dispatches_as_poll2_does() {
+        // Input, room to write, a hang-up, data then a hang-up, a panicking handler: the same
+        // handlers as test_handle_read, test_handle_write, test_handle_close,
+        // test_handle_close_after_conn_broken and test_handle_error.
+        let mut selector = EpollSelector::new().unwrap();
+        let map = new_map();
+        let (mut a1, b1) = pair();
+        let reader = register(&map, Recorder::new(compat::raw_socket(&b1), true, false));
+        a1.write_all(b"x").unwrap();
+        epoll_round(&mut selector, &map);
+        assert_eq!(reader.events(), vec!["read"]);
+        map.borrow_mut().clear();
+
+        let (_a2, b2) = pair();
+        let writer = register(&map, Recorder::new(compat::raw_socket(&b2), false, true));
+        epoll_round(&mut selector, &map);
+        assert_eq!(writer.events(), vec!["write"]);
+        map.borrow_mut().clear();
+
+        let (a3, b3) = pair();
+        let hung_up = register(&map, Recorder::new(compat::raw_socket(&b3), true, false));
+        drop(a3);
+        epoll_round(&mut selector, &map);
+        assert_eq!(hung_up.events(), vec!["read", "close"]);
+        assert!(map.borrow().is_empty(), "handle_close left the map");
+
+        let (mut a4, b4) = pair();
+        let crashing = register(
+            &map,
+            Recorder {
+                fd: compat::raw_socket(&b4),
+                readable: Cell::new(true),
+                ..Recorder::crashing()
+            },
+        );
+        a4.write_all(b"x").unwrap();
+        epoll_round(&mut selector, &map);
+        assert_eq!(crashing.events(), vec!["read", "error"]);
+    }
+
+    /// A selector after one round over a map with one reader (of `b`): one ADD so far.
+    #[cfg(target_os = "linux")]
+    fn one_reader() -> (
+        EpollSelector,
+        SocketMap,
+        crate::trigger::PairStream,
+        crate::trigger::PairStream,
+        Rc<Recorder>,
+    ) {
+        let mut selector = EpollSelector::new().unwrap();
+        let map = new_map();
+        let (a, b) = pair();
+        let obj = register(&map, Recorder::new(compat::raw_socket(&b), true, false));
+        selector.round(Duration::ZERO, &map).unwrap();
+        assert_eq!(selector.ctl_calls, 1, "entering the map: one ADD");
+        (selector, map, a, b, obj)
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn epoll_ctl_only_when_the_interest_widens_enters_or_leaves() {
+        let (mut selector, map, mut a, b, obj) = one_reader();
+        let fd = obj.fd;
+        assert_eq!(kernel_bits(&selector, fd), EPOLLIN | EPOLLPRI);
+        // Same answers: no call, however many rounds.
+        for _ in 0..3 {
+            selector.round(Duration::ZERO, &map).unwrap();
+        }
+        assert_eq!(selector.ctl_calls, 1);
+        // Wanting nothing (a request in flight): the kernel's set is left as it was...
+        obj.readable.set(false);
+        selector.round(Duration::ZERO, &map).unwrap();
+        assert_eq!(selector.ctl_calls, 1);
+        // ...and wanting input again costs nothing either: the keep-alive cycle.
+        obj.readable.set(true);
+        selector.round(Duration::ZERO, &map).unwrap();
+        assert_eq!(selector.ctl_calls, 1);
+        // An event nobody asked for is not dispatched and removes the registration once.
+        obj.readable.set(false);
+        a.write_all(b"x").unwrap();
+        selector.round(Duration::from_secs(30), &map).unwrap();
+        assert!(obj.events().is_empty(), "{:?}", obj.events());
+        assert_eq!(selector.ctl_calls, 2);
+        assert_eq!(kernel_bits(&selector, fd), 0);
+        // So the waiting input no longer wakes the loop: the round sleeps its timeout.
+        let started = Instant::now();
+        selector.round(Duration::from_millis(20), &map).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert_eq!(selector.ctl_calls, 2);
+        // Wanting input again: ADD, and the waiting byte is read.
+        obj.readable.set(true);
+        selector.round(Duration::from_secs(30), &map).unwrap();
+        assert_eq!(obj.events(), vec!["read"]);
+        assert_eq!(selector.ctl_calls, 3);
+        // Wanting more (room to write too): MOD, and both handlers run.
+        obj.writable.set(true);
+        selector.round(Duration::from_secs(30), &map).unwrap();
+        assert_eq!(obj.events(), vec!["read", "read", "write"]);
+        assert_eq!(selector.ctl_calls, 4);
+        assert_eq!(kernel_bits(&selector, fd), EPOLLIN | EPOLLPRI | EPOLLOUT);
+        // Wanting less (input only): the always-ready "room to write" comes in once, is not
+        // dispatched, and narrows the set with a MOD.
+        obj.writable.set(false);
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut &b, &mut byte).unwrap();
+        selector.round(Duration::from_secs(30), &map).unwrap();
+        assert_eq!(obj.events(), vec!["read", "read", "write"]);
+        assert_eq!(selector.ctl_calls, 5);
+        assert_eq!(kernel_bits(&selector, fd), EPOLLIN | EPOLLPRI);
+        // Leaving the map: DEL, and the slot is free.
+        map.borrow_mut().clear();
+        selector.round(Duration::ZERO, &map).unwrap();
+        assert_eq!(selector.ctl_calls, 6);
+        assert_eq!(selector.occupied, 0);
+        assert!(selector.slots[fd as usize].obj.is_none());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn epoll_starts_afresh_when_another_dispatcher_takes_the_descriptor() {
+        let (mut selector, map, mut a, _b, first) = one_reader();
+        let fd = first.fd;
+        // Within one round's handlers the first leaves and a second arrives on that number.
+        map.borrow_mut().clear();
+        let second = register(&map, Recorder::new(fd, true, false));
+        a.write_all(b"x").unwrap();
+        selector.round(Duration::from_secs(30), &map).unwrap();
+        assert_eq!(selector.ctl_calls, 3, "DEL then ADD");
+        assert_eq!(selector.occupied, 1);
+        assert!(first.events().is_empty());
+        assert_eq!(second.events(), vec!["read"]);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn epoll_closes_a_descriptor_it_cannot_watch() {
+        // No such descriptor: poll(2) would answer POLLNVAL, so handle_close runs.
+        let mut selector = EpollSelector::new().unwrap();
+        let map = new_map();
+        let bogus = register(&map, Recorder::new(1_000_000, true, false));
+        selector.round(Duration::from_secs(30), &map).unwrap();
+        assert_eq!(bogus.events(), vec!["close"]);
+        assert!(map.borrow().is_empty());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn epoll_and_poll_flags_agree() {
+        for (poll, epoll) in EPOLL_BITS {
+            assert_eq!(to_epoll(poll), epoll);
+            assert_eq!(from_epoll(epoll), poll);
+        }
+        assert_eq!(to_epoll(POLLIN | POLLOUT), EPOLLIN | EPOLLOUT);
+    }
+
+    #[test]
+    fn the_selector_follows_the_settings() {
+        let (_a, b) = pair();
+        let map = new_map();
+        let obj = register(&map, Recorder::new(compat::raw_socket(&b), false, true));
+        for use_poll in [false, true] {
+            let mut selector = Selector::new(use_poll, false).unwrap();
+            selector.round(Duration::from_secs(30), &map).unwrap();
+        }
+        let epoll = Selector::new(false, true);
+        if cfg!(target_os = "linux") {
+            epoll.unwrap().round(Duration::from_secs(30), &map).unwrap();
+            assert_eq!(obj.events(), vec!["write"; 3]);
+        } else {
+            assert!(epoll.is_err());
+        }
     }
 }

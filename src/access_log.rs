@@ -734,9 +734,7 @@ fn write_pending() {
     for worker in workers {
         let taken = std::mem::take(&mut *lock(&worker));
         dropped += taken.dropped;
-        for line in taken.text.split_terminator('\n') {
-            ACCESS_LOGGER.info(line);
-        }
+        ACCESS_LOGGER.log_lines(Level::Info, &taken.text);
     }
     if dropped > 0 {
         LOGGER.warning(&format!(

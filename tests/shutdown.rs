@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use waitress::adjustments::Adjustments;
-use waitress::server::create_server_with;
+use waitress::server::{create_server_with, ShutdownHandle};
 use waitress::{AppResult, Body, Environ, StartResponse};
 
 const CLIENTS: usize = 100;
@@ -56,6 +56,24 @@ fn exchange(port: u16) -> Option<(Vec<u8>, bool)> {
     }
 }
 
+/// Run `app` with `threads` workers on a server of its own thread; its port, its shutdown
+/// handle and the thread, which ends when `run` returns.
+fn serve_on_a_thread<A: waitress::App>(
+    app: A,
+    threads: &'static str,
+) -> (u16, ShutdownHandle, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let server_thread = std::thread::spawn(move || {
+        let adj = Adjustments::new([("listen", "127.0.0.1:0"), ("threads", threads)]).unwrap();
+        let server = create_server_with(Arc::new(app), adj).unwrap();
+        tx.send((server.effective_port(), server.shutdown_handle()))
+            .unwrap();
+        server.run().unwrap();
+    });
+    let (port, handle) = rx.recv().unwrap();
+    (port.tcp().unwrap(), handle, server_thread)
+}
+
 #[test]
 fn shutdown_gracefully_answers_every_request_read_and_refuses_new_connections() {
     support::quiet_logs();
@@ -72,16 +90,7 @@ fn shutdown_gracefully_answers_every_request_read_and_refuses_new_connections() 
             Ok(Body::from("done"))
         }
     };
-    let (tx, rx) = mpsc::channel();
-    let server_thread = std::thread::spawn(move || {
-        let adj = Adjustments::new([("listen", "127.0.0.1:0"), ("threads", "4")]).unwrap();
-        let server = create_server_with(Arc::new(app), adj).unwrap();
-        tx.send((server.effective_port(), server.shutdown_handle()))
-            .unwrap();
-        server.run().unwrap();
-    });
-    let (port, handle) = rx.recv().unwrap();
-    let port = port.tcp().unwrap();
+    let (port, handle, server_thread) = serve_on_a_thread(app, "4");
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| std::thread::spawn(move || exchange(port)))
@@ -146,16 +155,7 @@ fn shutdown_gracefully_closes_what_is_left_at_the_timeout() {
             Ok(Body::from("late"))
         }
     };
-    let (tx, rx) = mpsc::channel();
-    let server_thread = std::thread::spawn(move || {
-        let adj = Adjustments::new([("listen", "127.0.0.1:0"), ("threads", "1")]).unwrap();
-        let server = create_server_with(Arc::new(app), adj).unwrap();
-        tx.send((server.effective_port(), server.shutdown_handle()))
-            .unwrap();
-        server.run().unwrap();
-    });
-    let (port, handle) = rx.recv().unwrap();
-    let port = port.tcp().unwrap();
+    let (port, handle, server_thread) = serve_on_a_thread(app, "1");
     let client = std::thread::spawn(move || exchange(port));
     wait_until("the request in the application", || {
         entered.load(Ordering::SeqCst) == 1

@@ -60,6 +60,7 @@ use crate::profiling::{self, Stage};
 use crate::proxy_headers::proxy_headers_middleware;
 use crate::task::{PeerAddr, ServerInfo, ThreadedTaskDispatcher};
 use crate::trigger::{Trigger, TriggerHandle};
+use crate::utilities;
 #[cfg(unix)]
 use crate::utilities::cleanup_unix_socket;
 use crate::utilities::LOGGER;
@@ -307,7 +308,9 @@ impl WsgiServer {
                 }
                 timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
             }
-            if let Err(e) = selector.round(timeout, &self.map) {
+            // The records of a round go out together at its end (see `hold_records`).
+            let round = utilities::hold_records(|| selector.round(timeout, &self.map));
+            if let Err(e) = round {
                 result = Err(e);
                 break;
             }

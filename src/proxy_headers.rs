@@ -103,19 +103,22 @@ impl ProxyHeaders {
 impl App for ProxyHeaders {
     fn respond(&self, environ: &mut Environ, start_response: &mut StartResponse<'_>) -> AppResult {
         let settings = &self.settings;
-        let mut untrusted: BTreeSet<&'static str> = PROXY_HEADERS.into_iter().collect();
-        let remote_peer = environ.get("REMOTE_ADDR").unwrap_or("").to_string();
+        let remote_peer = environ.get("REMOTE_ADDR").unwrap_or("");
         let trusted = settings
             .trusted_proxy
             .as_deref()
             .map_or(false, |p| p == "*" || p == remote_peer);
+        // Rust-only: with no trusted proxy every proxy header is untrusted; the set of them is
+        // built only when a proxy is trusted, which keeps two allocations off each request.
+        let mut untrusted = None;
         if trusted {
+            let remote_peer = remote_peer.to_string();
             match parse_proxy_headers(
                 environ,
                 settings.trusted_proxy_count,
                 &settings.trusted_proxy_headers,
             ) {
-                Ok(headers) => untrusted = headers,
+                Ok(headers) => untrusted = Some(headers),
                 Err(ex) => {
                     LOGGER.warning(&format!(
                         "Malformed proxy header \"{}\" from \"{}\": {} value: {}",
@@ -130,7 +133,9 @@ impl App for ProxyHeaders {
             }
         }
         if settings.clear_untrusted {
-            clear_untrusted_headers(environ, &untrusted, settings.log_untrusted);
+            let is_untrusted =
+                |header: &str| untrusted.as_ref().map_or(true, |u| u.contains(header));
+            clear_headers(environ, is_untrusted, settings.log_untrusted);
         }
         self.app.respond(environ, start_response)
     }
@@ -401,9 +406,18 @@ pub fn clear_untrusted_headers(
     untrusted_headers: &BTreeSet<&'static str>,
     log_warning: bool,
 ) {
+    clear_headers(
+        environ,
+        |header| untrusted_headers.contains(header),
+        log_warning,
+    );
+}
+
+/// [`clear_untrusted_headers`] with the untrusted headers given by a test.
+fn clear_headers(environ: &mut Environ, untrusted: impl Fn(&str) -> bool, log_warning: bool) {
     let mut removed = Vec::new();
     for (header, key) in PROXY_HEADERS.iter().zip(ENVIRON_KEYS) {
-        if untrusted_headers.contains(header) && environ.remove(key).is_some() {
+        if untrusted(header) && environ.remove(key).is_some() {
             removed.push(*header);
         }
     }

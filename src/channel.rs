@@ -1096,7 +1096,7 @@ impl HttpChannel {
     fn run_task(&self, request: &mut HttpRequestParser) -> bool {
         let is_error = request.error.is_some();
         let connected = self.lock().connected;
-        let (result, wrote_header, close, path) = {
+        let (result, wrote_header, close) = {
             let mut task = if is_error {
                 Task::error(self, request)
             } else {
@@ -1108,13 +1108,10 @@ impl HttpChannel {
                 task.close_on_finish = true;
                 Ok(())
             };
-            (
-                result,
-                task.wrote_header,
-                task.close_on_finish,
-                task.path().to_string(),
-            )
+            (result, task.wrote_header, task.close_on_finish)
         };
+        // The task's path is the request's (read here, not copied per request for the logs).
+        let path = &request.path;
         match result {
             Ok(()) => close,
             Err(TaskError::ClientDisconnected) => {

@@ -216,11 +216,19 @@ impl HttpRequestParser {
     fn received_head(&mut self, data: &[u8]) -> usize {
         let max_header = self.adj.max_request_header_size;
         let before = self.header_plus.len();
-        // Only the new bytes, and the three before them, can complete the blank line: the
-        // search never rescans the whole head, however small the slices.
-        let search_from = before.saturating_sub(3);
-        self.header_plus.extend_from_slice(data);
-        let found = find_double_newline(&self.header_plus[search_from..]).map(|i| i + search_from);
+        // Rust-only: a head that arrives whole (the usual case) is parsed straight from `data`,
+        // never copied into `header_plus`; only a head split over several reads is gathered
+        // there. The copy was one allocation per request (perf probe on malloc, wrk -c100).
+        let whole = before == 0;
+        let found = if whole {
+            find_double_newline(data)
+        } else {
+            // Only the new bytes, and the three before them, can complete the blank line: the
+            // search never rescans the whole head, however small the slices.
+            let search_from = before.saturating_sub(3);
+            self.header_plus.extend_from_slice(data);
+            find_double_newline(&self.header_plus[search_from..]).map(|i| i + search_from)
+        };
         let consumed = match found {
             Some(end) => {
                 self.header_bytes_received = end;
@@ -228,6 +236,9 @@ impl HttpRequestParser {
                 end - before
             }
             None => {
+                if whole {
+                    self.header_plus.extend_from_slice(data);
+                }
                 self.header_bytes_received += data.len();
                 data.len()
             }
@@ -245,7 +256,11 @@ impl HttpRequestParser {
         if found.is_none() {
             return consumed;
         }
-        let head = std::mem::take(&mut self.header_plus);
+        let gathered = std::mem::take(&mut self.header_plus);
+        let head = match found {
+            Some(end) if whole => &data[..end],
+            _ => &gathered[..],
+        };
         // Blank lines before a request are allowed (RFC 7230 section 3.5).
         let start = head
             .iter()

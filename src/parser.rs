@@ -356,7 +356,10 @@ impl HttpRequestParser {
         }
         self.request_uri = latin1_to_string(uri);
         self.command = latin1_to_string(command);
-        self.version = latin1_to_string(version);
+        // Rust-only: the version is `d.d` or empty (see `crack_first_line`), so it fits in the
+        // "1.0" that `new` allocated; a fresh string here was one more allocation per request.
+        self.version.clear();
+        self.version.extend(version.iter().map(|&b| char::from(b)));
         let parts = split_uri(uri)?;
         self.proxy_scheme = parts.scheme;
         self.proxy_netloc = parts.netloc;

@@ -373,12 +373,15 @@ impl HttpRequestParser {
         self.fragment = parts.fragment;
         self.url_scheme = self.adj.url_scheme.clone();
 
-        let connection = self
-            .headers
-            .get("CONNECTION")
-            .map(|c| c.to_ascii_lowercase())
-            .unwrap_or_default();
-        if self.version == "1.0" && connection != "keep-alive" {
+        // Rust-only: compared ignoring case rather than lower-cased, which was a copy of the
+        // header (one allocation for each HTTP/1.0 keep-alive request).
+        let connection = |value: &str| {
+            self.headers
+                .get("CONNECTION")
+                .map_or(false, |c| c.eq_ignore_ascii_case(value))
+        };
+        let (keep_alive, close) = (connection("keep-alive"), connection("close"));
+        if self.version == "1.0" && !keep_alive {
             self.connection_close = true;
         }
         if self.version == "1.1" {
@@ -387,7 +390,7 @@ impl HttpRequestParser {
                 .headers
                 .get("EXPECT")
                 .map_or(false, |e| e.eq_ignore_ascii_case("100-continue"));
-            if connection == "close" {
+            if close {
                 self.connection_close = true;
             }
         }
@@ -531,7 +534,7 @@ fn split_once(bytes: &[u8], at: u8) -> (&[u8], &[u8]) {
 pub fn split_uri(uri: &[u8]) -> Result<UriParts, HeaderError> {
     let mut parts = UriParts::default();
     // urlsplit drops leading C0 controls and spaces, and every tab, CR and LF.
-    let cleaned: Vec<u8>;
+    let cleaned: Cow<'_, [u8]>;
     let mut url = uri;
     if !uri.starts_with(b"//") {
         // urlsplit decodes a bytes target as strict ASCII before anything else; waitress turns
@@ -540,11 +543,20 @@ pub fn split_uri(uri: &[u8]) -> Result<UriParts, HeaderError> {
             return parsing_error("Bad URI");
         }
         let start = uri.iter().position(|&b| b > b' ').unwrap_or(uri.len());
-        cleaned = uri[start..]
-            .iter()
-            .copied()
-            .filter(|b| !matches!(b, b'\t' | b'\r' | b'\n'))
-            .collect();
+        let is_dropped = |b: &u8| matches!(b, b'\t' | b'\r' | b'\n');
+        // Rust-only: copied only when there is a byte to drop; the copy of every target was
+        // one allocation per request.
+        cleaned = if uri[start..].iter().any(is_dropped) {
+            Cow::Owned(
+                uri[start..]
+                    .iter()
+                    .copied()
+                    .filter(|b| !is_dropped(b))
+                    .collect(),
+            )
+        } else {
+            Cow::Borrowed(&uri[start..])
+        };
         url = &cleaned;
         if let Some(colon) = url.iter().position(|&b| b == b':') {
             let scheme = &url[..colon];
@@ -554,7 +566,8 @@ pub fn split_uri(uri: &[u8]) -> Result<UriParts, HeaderError> {
                     .iter()
                     .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
             if is_scheme {
-                parts.scheme = latin1_to_string(scheme).to_ascii_lowercase();
+                parts.scheme = latin1_to_string(scheme);
+                parts.scheme.make_ascii_lowercase();
                 url = &url[colon + 1..];
             }
         }

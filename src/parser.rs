@@ -437,19 +437,21 @@ impl HttpRequestParser {
     /// is removed: the application sees a de-chunked body with a `Content-Length`.
     fn parse_transfer_encoding(&mut self) -> Result<(), HeaderError> {
         let te = self.headers.remove("TRANSFER_ENCODING").unwrap_or_default();
-        let encodings: Vec<String> = te
+        // Rust-only: the codings are compared ignoring case and counted, not collected
+        // lower-cased into a list (two allocations for each chunked request).
+        let encodings = te
             .split(',')
             .filter(|e| !e.is_empty())
-            .map(|e| {
-                e.trim_matches(|c| c == ' ' || c == '\t')
-                    .to_ascii_lowercase()
-            })
-            .collect();
-        if encodings.iter().any(|e| e != "chunked") {
+            .map(|e| e.trim_matches(|c| c == ' ' || c == '\t'));
+        if encodings
+            .clone()
+            .any(|e| !e.eq_ignore_ascii_case("chunked"))
+        {
             return not_implemented("Transfer-Encoding requested is not supported.");
         }
-        if !encodings.is_empty() {
-            if encodings.len() != 1 {
+        let count = encodings.count();
+        if count > 0 {
+            if count != 1 {
                 return not_implemented(
                     "Transfer-Encoding is invalid. Multiple chunked encodings requested.",
                 );

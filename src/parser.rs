@@ -110,7 +110,8 @@ pub struct HttpRequestParser {
     pub fragment: String,
     /// `wsgi.url_scheme` (from the adjustments).
     pub url_scheme: String,
-    /// The head so far, until its blank line arrives (waitress: `header_plus`).
+    /// The head so far, until its blank line arrives (waitress: `header_plus`). Only a head
+    /// that spans several reads is gathered here (see `received_head`).
     header_plus: Vec<u8>,
     adj: Arc<Adjustments>,
 }

@@ -1318,6 +1318,34 @@ mod tests {
     }
 
     #[test]
+    fn a_head_parses_the_same_whole_or_byte_by_byte() {
+        // The whole head is parsed from the caller's slice; a split one is gathered first.
+        let data: &[u8] = b"GET HTTP://h:1/a%20b\t?q#f HTTP/1.1\r\nHost: h\r\nX-Folded: a\r\n b\r\nConnection: CLOSE\r\nTransfer-Encoding:  Chunked \r\n\r\n0\r\n\r\n";
+        let mut whole = parser();
+        feed(&mut whole, data);
+        let mut split = parser();
+        let mut rest = data;
+        while !split.completed {
+            let n = split.received(&rest[..1]);
+            rest = &rest[n..];
+        }
+        for p in [&whole, &split] {
+            assert!(p.error.is_none(), "{:?}", p.error);
+            assert_eq!(p.first_line, b"GET HTTP://h:1/a%20b\t?q#f HTTP/1.1");
+            assert_eq!(
+                (p.proxy_scheme.as_str(), p.proxy_netloc.as_str()),
+                ("http", "h:1")
+            );
+            assert_eq!((p.path.as_str(), p.query.as_str()), ("/a b", "q"));
+            assert_eq!(p.fragment, "f");
+            assert_eq!(p.version, "1.1");
+            assert_eq!(p.headers["X_FOLDED"], "a b");
+            assert!(p.chunked && p.connection_close);
+            assert_eq!(p.header_bytes_received, data.len() - 5);
+        }
+    }
+
+    #[test]
     fn test_get_body_stream_non_none() {
         let mut p = parser();
         feed(&mut p, b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");

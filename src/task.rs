@@ -31,7 +31,7 @@ use crate::app::{
 use crate::buffers::ReadOnlyFileBasedBuffer;
 use crate::parser::HttpRequestParser;
 use crate::profiling::{self, Stage};
-use crate::utilities::{error_chain, http_date_now, LOGGER, QUEUE_LOGGER};
+use crate::utilities::{error_chain, http_date_now, Level, LOGGER, QUEUE_LOGGER};
 
 /// Work the dispatcher runs on a worker thread: in the server, a channel with requests.
 ///
@@ -197,8 +197,8 @@ impl ThreadedTaskDispatcher {
             self.queue_cv.notify_one();
         }
         // Logged after the lock is released too: a woken worker must not wait on our write.
-        if depth > 0 {
-            QUEUE_LOGGER.warning(&format!("Task queue depth is {depth}"));
+        if depth > 0 && QUEUE_LOGGER.enabled(Level::Warning) {
+            log_queue_depth(depth);
         }
     }
 
@@ -443,6 +443,25 @@ enum Kind {
     Wsgi,
     /// `ErrorTask`: answers `request.error`.
     Error,
+}
+
+/// "Task queue depth is N", formatted into a buffer the thread keeps: under load nearly every
+/// request queued logs it (as in waitress), and a fresh `String` each time was an allocation
+/// per request.
+fn log_queue_depth(depth: usize) {
+    use std::fmt::Write as _;
+    thread_local! {
+        static MESSAGE: std::cell::RefCell<String> = std::cell::RefCell::new(String::new());
+    }
+    MESSAGE.with(|message| match message.try_borrow_mut() {
+        Ok(mut message) => {
+            message.clear();
+            let _ = write!(message, "Task queue depth is {depth}");
+            QUEUE_LOGGER.warning(&message);
+        }
+        // Only if a log sink queued a task while logging this: format afresh.
+        Err(_) => QUEUE_LOGGER.warning(&format!("Task queue depth is {depth}")),
+    });
 }
 
 /// `CONTENT_LENGTH` and `CONTENT_TYPE` keep their names in the environ; every other header
@@ -1003,7 +1022,9 @@ impl ResponseSink for Task<'_> {
         content_length: Option<u64>,
     ) {
         self.complete = true;
-        self.status = status.to_string();
+        // Into the string `new` made for "200 OK" (no allocation for a status that fits).
+        self.status.clear();
+        self.status.push_str(status);
         self.response_headers = headers;
         if content_length.is_some() {
             self.content_length = content_length;

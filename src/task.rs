@@ -451,7 +451,7 @@ enum Kind {
 fn log_queue_depth(depth: usize) {
     use std::fmt::Write as _;
     thread_local! {
-        static MESSAGE: std::cell::RefCell<String> = std::cell::RefCell::new(String::new());
+        static MESSAGE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
     MESSAGE.with(|message| match message.try_borrow_mut() {
         Ok(mut message) => {

@@ -166,14 +166,16 @@ pub struct OverflowableBuffer {
     scratch: Vec<u8>,
     /// Rust-only: bytes appended to a file buffer and not written to the file yet (their
     /// place in the file ends at `end`). A body arriving `recv_bytes` at a time was a
-    /// `write` per 8 KiB, most of them starting and ending inside a page, so that the kernel
-    /// zeroed a part of two pages for each; they go out `WRITE_BEHIND` bytes at a time now,
-    /// and before anything reads the file.
+    /// `write` per 8 KiB at offsets that fall inside the kernel's page-cache blocks, and for
+    /// a block that a write does not cover whole the kernel first zeroes the rest (up to
+    /// 17 % of a 1 GiB upload's samples went to `memset`). Appends now go out in whole,
+    /// aligned `WRITE_BEHIND` blocks, and everything before anything reads the file.
     staged: Vec<u8>,
 }
 
-/// Rust-only: how many appended bytes a file buffer gathers before it writes them.
-const WRITE_BEHIND: usize = 64 * 1024;
+/// Rust-only: a file buffer writes appended bytes in blocks of this size, at offsets that are
+/// multiples of it (see `OverflowableBuffer::staged`).
+const WRITE_BEHIND: usize = 256 * 1024;
 
 /// How much a request body kept in a temporary file is read at a time for `wsgi.input`.
 const INPUT_READ_SIZE: usize = 64 * 1024;
@@ -201,18 +203,37 @@ impl OverflowableBuffer {
         }
     }
 
-    /// Write the staged bytes to the file (before it is read, or once enough are gathered).
+    /// Write all the staged bytes to the file (before it is read).
     fn write_staged(&mut self) -> io::Result<()> {
+        self.write_staged_up_to(u64::MAX)
+    }
+
+    /// Write the staged bytes that end at or before `limit` in the file.
+    fn write_staged_up_to(&mut self, limit: u64) -> io::Result<()> {
         if let Storage::File {
             file, end, cursor, ..
         } = &mut self.storage
         {
-            if !self.staged.is_empty() {
-                seek_to(file, cursor, *end - self.staged.len() as u64)?;
-                file.write_all(&self.staged)?;
-                *cursor = *end;
-                self.staged.clear();
+            let start = *end - self.staged.len() as u64;
+            let n = usize::try_from(limit.min(*end).saturating_sub(start)).unwrap_or(usize::MAX);
+            if n > 0 {
+                seek_to(file, cursor, start)?;
+                file.write_all(&self.staged[..n])?;
+                *cursor = start + n as u64;
+                self.staged.drain(..n);
             }
+        }
+        Ok(())
+    }
+
+    /// Write the staged bytes up to the last `WRITE_BEHIND` boundary, once a whole block
+    /// (or, the first time, whatever reaches the first boundary) is staged.
+    fn write_staged_blocks(&mut self, end: u64) -> io::Result<()> {
+        let block = WRITE_BEHIND as u64;
+        let boundary = end - end % block;
+        let start = end - self.staged.len() as u64;
+        if boundary > start && (boundary - start >= block || start % block != 0) {
+            self.write_staged_up_to(boundary)?;
         }
         Ok(())
     }
@@ -254,9 +275,8 @@ impl OverflowableBuffer {
                 }
                 self.staged.extend_from_slice(data);
                 *end += data.len() as u64;
-                if self.staged.len() >= WRITE_BEHIND {
-                    self.write_staged()?;
-                }
+                let end = *end;
+                self.write_staged_blocks(end)?;
             }
         }
         Ok(())
@@ -896,7 +916,8 @@ mod tests {
     }
 
     #[test]
-    fn appends_to_a_file_are_written_in_batches_and_before_any_read() {
+    fn appends_to_a_file_are_written_in_aligned_blocks_and_before_any_read() {
+        let block = WRITE_BEHIND as u64;
         let mut buf = in_file(b"ab");
         let file_len = |buf: &OverflowableBuffer| match &buf.storage {
             Storage::File { file, .. } => file.metadata().unwrap().len(),
@@ -911,16 +932,27 @@ mod tests {
         // ...until a read needs them,
         assert_eq!(buf.peek(4).unwrap(), b"ab01");
         assert_eq!(file_len(&buf), 102);
-        // or until WRITE_BEHIND bytes are gathered.
-        buf.append(&vec![b'x'; WRITE_BEHIND - 1]).unwrap();
+        // or until they reach a block boundary: then what lies before it goes out,
+        buf.append(&vec![b'x'; WRITE_BEHIND - 200]).unwrap();
         assert_eq!(file_len(&buf), 102);
-        buf.append(b"y").unwrap();
-        assert_eq!(file_len(&buf), 102 + WRITE_BEHIND as u64);
+        buf.append(&[b'y'; 100]).unwrap();
+        assert_eq!(file_len(&buf), block);
+        // and from there on, whole blocks.
+        buf.append(&vec![b'w'; WRITE_BEHIND - 3]).unwrap();
+        assert_eq!(file_len(&buf), block);
+        buf.append(b"v").unwrap();
+        assert_eq!(file_len(&buf), 2 * block);
         buf.skip(100, false).unwrap();
         buf.append(b"z").unwrap();
         let mut rest = String::new();
         buf.into_input().unwrap().read_to_string(&mut rest).unwrap();
-        assert_eq!(rest, format!("89{}yz", "x".repeat(WRITE_BEHIND - 1)));
+        let expected = format!(
+            "89{}{}{}vz",
+            "x".repeat(WRITE_BEHIND - 200),
+            "y".repeat(100),
+            "w".repeat(WRITE_BEHIND - 3)
+        );
+        assert_eq!(rest, expected);
     }
 
     /// The file behind an overflowed buffer.

@@ -294,12 +294,6 @@ struct State {
     /// Rust-only: input came while a request was in flight and was left in the socket; the
     /// I/O thread stops watching for more until the worker is done (see `watch_for_input`).
     input_parked: bool,
-    /// Rust-only: the request a worker has served, handed back for the I/O thread to drop
-    /// (at its next read on this channel, or its next poll round). The parser's strings were
-    /// allocated on the I/O thread: freed there, they go back to its own cache in glibc's
-    /// malloc, where a worker freeing them sent them through the allocator's slower paths
-    /// for memory of another thread.
-    served: Option<HttpRequestParser>,
 }
 
 impl State {
@@ -323,7 +317,6 @@ impl State {
             draining: false,
             watched_for_input: false,
             input_parked: false,
-            served: None,
         }
     }
 
@@ -535,12 +528,7 @@ impl HttpChannel {
             st.input_parked = false;
         }
         st.watched_for_input = st.watch_for_input(&self.adj);
-        let interest = (st.watched_for_input, st.writable(&self.adj));
-        let served = st.served.take();
-        drop(st);
-        // Here, on the I/O thread (see `State::served`), and without the lock.
-        drop(served);
-        interest
+        (st.watched_for_input, st.writable(&self.adj))
     }
 
     /// Rust-only: whether an input event is to be read now; false when the channel watched
@@ -664,9 +652,6 @@ impl HttpChannel {
         }
         let mut st = self.lock();
         st.last_activity = Instant::now();
-        // Dropped when this function returns, after the lock but on the early return below
-        // (see `State::served`).
-        let _served = st.served.take();
         // The worker may have decided to close (an error response) after `readable` said yes:
         // these bytes are not for us.
         if st.will_close || st.close_when_flushed {
@@ -970,8 +955,6 @@ impl HttpChannel {
             let connected = self.lock().connected;
             access.finish(&self.adj, &request, &self.addr, close, connected);
         }
-        // Closing a request may remove its body's temporary file: done without the lock.
-        request.close();
         let mut st = self.lock();
         let mut dropped = VecDeque::new();
         let mut next = false;
@@ -1020,11 +1003,9 @@ impl HttpChannel {
         // to 0.01, and the I/O thread's poll rounds from 0.22 per request to 0.02.
         let wake = !st.closed
             && (st.writable(&self.adj) || (st.readable(&self.adj) && !st.watched_for_input));
-        // For the I/O thread to drop (see `State::served`); one still there (pipelined
-        // requests) goes here, without the lock.
-        let earlier = st.served.replace(request);
         drop(st);
-        drop(earlier);
+        // Closing a request may remove its body's temporary file: done without the lock.
+        request.close();
         dropped.iter_mut().for_each(HttpRequestParser::close);
         if next {
             self.add_self_as_task();

@@ -221,7 +221,10 @@ impl Environ {
 
     /// The names of the string variables, sorted; handy for middleware that rewrites headers.
     pub fn keys(&self) -> Vec<String> {
-        self.sorted().into_iter().map(|(k, _)| k.to_string()).collect()
+        self.sorted()
+            .into_iter()
+            .map(|(k, _)| k.to_string())
+            .collect()
     }
 
     /// `wsgi.input`: the request body.

@@ -2386,14 +2386,20 @@ mod tests {
         assert!(busy.channel.handle_write(), "both answered: now close");
     }
 
+    /// A fixture whose channel has read `request` from its socket, and its dispatcher.
+    fn request_read(request: &[u8]) -> (Fixture, Rc<dyn Dispatcher>) {
+        let mut f = fixture();
+        let dispatcher = f.dispatcher();
+        f.peer.write_all(request).unwrap();
+        dispatcher.handle_read_event();
+        (f, dispatcher)
+    }
+
     #[test]
     fn a_finished_request_wakes_the_io_thread_only_when_it_must() {
         // Rust-only (`State::watch_for_input`): while a request is in flight the socket stays
         // watched for input, so the worker that ends it need not wake the I/O thread.
-        let mut f = fixture();
-        let dispatcher = f.dispatcher();
-        f.peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        dispatcher.handle_read_event();
+        let (mut f, dispatcher) = request_read(b"GET / HTTP/1.1\r\n\r\n");
         assert!(!f.channel.readable(), "a request is in flight");
         assert!(
             dispatcher.readable(),
@@ -2404,9 +2410,7 @@ mod tests {
         assert!(!f.trigger_pulled());
         // The same request with the round not watching for input (it never asked): the worker
         // must wake the I/O thread, as waitress's does.
-        let mut g = fixture();
-        g.peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        g.dispatcher().handle_read_event();
+        let (mut g, _) = request_read(b"GET / HTTP/1.1\r\n\r\n");
         g.channel.service();
         assert!(read_available(&mut g.peer).starts_with(b"HTTP/1.1 200 OK"));
         assert!(g.trigger_pulled());
@@ -2414,10 +2418,7 @@ mod tests {
 
     #[test]
     fn input_while_busy_stays_in_the_socket_until_the_request_is_done() {
-        let mut f = fixture();
-        let dispatcher = f.dispatcher();
-        f.peer.write_all(b"GET /1 HTTP/1.1\r\n\r\n").unwrap();
-        dispatcher.handle_read_event();
+        let (mut f, dispatcher) = request_read(b"GET /1 HTTP/1.1\r\n\r\n");
         assert!(dispatcher.readable());
         // The next request comes while the first waits for a worker: it is not read, and
         // the socket is no longer watched.

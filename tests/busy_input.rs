@@ -1,0 +1,139 @@
+//! Rust-only: a keep-alive connection stays watched for input while its request is served
+//! (`State::watch_for_input` in `channel.rs`), and the worker wakes the I/O thread at the end of
+//! a request only when it must. Input that arrives while a request runs (the next request of a
+//! pipelining client) is left in the socket and read once the response is done: each of the
+//! three event loops answers both requests, in order; a client that sends its requests one
+//! after the other on one connection is answered every time.
+
+mod support;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use support::{serve_fn, Client, ServerGuard, Transport};
+use waitress::{AppResult, Body, Environ, StartResponse};
+
+/// Holds `/gate` requests until the test opens it, and says when one has started.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<(bool, bool)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    /// In the application: mark the request started, then wait for the gate to open.
+    fn pass(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.0 = true;
+        self.changed.notify_all();
+        while !state.1 {
+            let (next, timeout) = self
+                .changed
+                .wait_timeout(state, Duration::from_secs(20))
+                .unwrap();
+            state = next;
+            assert!(!timeout.timed_out(), "the test never opened the gate");
+        }
+    }
+
+    /// In the test: wait until a request is inside the application.
+    fn wait_started(&self) {
+        let mut state = self.state.lock().unwrap();
+        while !state.0 {
+            let (next, timeout) = self
+                .changed
+                .wait_timeout(state, Duration::from_secs(20))
+                .unwrap();
+            state = next;
+            assert!(
+                !timeout.timed_out(),
+                "the request never reached the application"
+            );
+        }
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// A server whose loop waits up to a minute for events: a wake-up the worker owes the I/O
+/// thread and does not give shows as a response that never comes (the client gives up after
+/// 20 s), not as one a second late.
+fn server(gate: &Arc<Gate>, kw: &[(&str, &str)]) -> ServerGuard {
+    let gate = Arc::clone(gate);
+    let mut kw = kw.to_vec();
+    kw.push(("asyncore_loop_timeout", "60"));
+    serve_fn(
+        move |env: &mut Environ, sr: &mut StartResponse<'_>| -> AppResult {
+            let path = env.get("PATH_INFO").unwrap_or("").to_string();
+            if path == "/gate" {
+                gate.pass();
+            }
+            sr.start("200 OK", [("Content-Length", path.len().to_string())])?;
+            Ok(Body::from(path))
+        },
+        &kw,
+        Transport::Tcp,
+    )
+}
+
+/// The next request arrives while the first is inside the application; both are answered,
+/// in order, on the same connection.
+fn input_while_busy_is_answered_after(kw: &[(&str, &str)]) {
+    let gate = Arc::new(Gate::default());
+    let server = server(&gate, kw);
+    let mut client = Client::connect(&server.target);
+    client.send(b"GET /gate HTTP/1.1\r\nHost: x\r\n\r\n");
+    gate.wait_started();
+    client.send(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n");
+    gate.open();
+    for body in [&b"/gate"[..], b"/second"] {
+        let response = client.read_response().expect("a response");
+        response.assert_line(200, "OK", "HTTP/1.1");
+        assert_eq!(response.body, body);
+    }
+    // And the connection is still good for another.
+    client.send(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(client.read_response().expect("a response").body, b"/third");
+}
+
+#[test]
+fn input_while_busy_is_answered_after_with_select() {
+    input_while_busy_is_answered_after(&[]);
+}
+
+#[test]
+fn input_while_busy_is_answered_after_with_poll() {
+    input_while_busy_is_answered_after(&[("asyncore_use_poll", "true")]);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn input_while_busy_is_answered_after_with_epoll() {
+    input_while_busy_is_answered_after(&[("asyncore_use_epoll", "true")]);
+}
+
+/// One request after another on one connection: each answer comes without the I/O thread
+/// being woken by the trigger in between, and none is lost.
+#[test]
+fn sequential_keep_alive_requests_are_all_answered() {
+    let gate = Arc::new(Gate::default());
+    gate.open();
+    for kw in [
+        &[][..],
+        &[("asyncore_use_poll", "true")][..],
+        #[cfg(target_os = "linux")]
+        &[("asyncore_use_epoll", "true")][..],
+    ] {
+        let server = server(&gate, kw);
+        let mut client = Client::connect(&server.target);
+        for i in 0..500 {
+            let path = format!("/r{i}");
+            client.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+            let response = client.read_response().expect("a response");
+            assert_eq!(response.body, path.as_bytes(), "{kw:?}");
+        }
+    }
+}

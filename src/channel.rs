@@ -22,7 +22,7 @@
 //!   waitress's `add_channel`/`del_channel` (in `create` and its `handle_close`).
 //!
 //! No atomics: the lock is uncontended in the common case (the I/O thread takes it once per
-//! poll round per channel and once per read, a worker a few times per request), and an
+//! poll round per channel and twice per read, a worker a few times per request), and an
 //! uncontended lock costs no system call.
 
 use std::cell::{Cell, RefCell};

@@ -249,8 +249,10 @@ impl Environ {
         &mut self.errors
     }
 
-    /// `waitress.client_disconnected`: present when `channel_request_lookahead > 0`; calling it
-    /// tells whether the client has gone away while the request was being served.
+    /// `waitress.client_disconnected`: calling it tells whether the client has gone away while
+    /// the request was being served. The server always sets it, as waitress does; while a
+    /// request runs it can only see the client go when `channel_request_lookahead > 0` (the
+    /// connection is read meanwhile) or, with `poll()` semantics, when the client resets it.
     pub fn client_disconnected(&self) -> Option<&DisconnectCheck> {
         self.client_disconnected.as_ref()
     }

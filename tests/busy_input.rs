@@ -3,7 +3,8 @@
 //! a request only when it must. Input that arrives while a request runs (the next request of a
 //! pipelining client) is left in the socket and read once the response is done: each of the
 //! three event loops answers both requests, in order; a client that sends its requests one
-//! after the other on one connection is answered every time.
+//! after the other on one connection is answered every time; and with `poll()` semantics a
+//! client that resets its connection while its request runs is seen by the application.
 
 mod support;
 
@@ -136,4 +137,92 @@ fn sequential_keep_alive_requests_are_all_answered() {
             assert_eq!(response.body, path.as_bytes(), "{kw:?}");
         }
     }
+}
+
+/// With `poll()` semantics a hang-up is an event of its own: a client that resets its
+/// connection while its request runs is seen at once, because the socket stays watched, and
+/// `waitress.client_disconnected` says so to the application (Rust-only: waitress watches the
+/// socket again only after the response, so with `channel_request_lookahead` at 0 its
+/// application never sees it).
+#[cfg(target_os = "linux")]
+fn reset_while_busy_is_seen_by_the_application(kw: &[(&str, &str)]) {
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    let started = Arc::new(Gate::default());
+    let seen = Arc::new(Mutex::new(None));
+    let (app_started, app_seen) = (Arc::clone(&started), Arc::clone(&seen));
+    let server = serve_fn(
+        move |env: &mut Environ, sr: &mut StartResponse<'_>| -> AppResult {
+            let check = env.client_disconnected().cloned().expect("the check");
+            app_started.open();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !check.is_disconnected() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            *app_seen.lock().unwrap() = Some(check.is_disconnected());
+            sr.start("200 OK", [("Content-Length", "0")])?;
+            Ok(Body::empty())
+        },
+        kw,
+        Transport::Tcp,
+    );
+    let port = match server.target {
+        support::Target::Tcp(port) => port,
+        #[allow(unreachable_patterns)]
+        _ => unreachable!(),
+    };
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    (&client)
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    // `open` above marks the request as inside the application.
+    let mut state = started.state.lock().unwrap();
+    while !state.1 {
+        state = started.changed.wait(state).unwrap();
+    }
+    drop(state);
+    // Close with a reset (linger on, zero seconds), not a FIN.
+    let linger: [i32; 2] = [1, 0];
+    // SAFETY: `client` is an open socket for the duration of the call, and `linger` is a
+    // `struct linger` (two C ints) that lives across it; the length passed is its size.
+    let set = unsafe {
+        setsockopt(
+            client.as_raw_fd(),
+            1,  // SOL_SOCKET
+            13, // SO_LINGER
+            linger.as_ptr().cast(),
+            std::mem::size_of_val(&linger) as u32,
+        )
+    };
+    assert_eq!(set, 0, "setsockopt(SO_LINGER)");
+    drop(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(detected) = *seen.lock().unwrap() {
+            assert!(detected, "the application saw the reset");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the application never finished"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn setsockopt(fd: i32, level: i32, name: i32, value: *const std::ffi::c_void, len: u32) -> i32;
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn reset_while_busy_is_seen_by_the_application_with_poll() {
+    reset_while_busy_is_seen_by_the_application(&[("asyncore_use_poll", "true")]);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn reset_while_busy_is_seen_by_the_application_with_epoll() {
+    reset_while_busy_is_seen_by_the_application(&[("asyncore_use_epoll", "true")]);
 }

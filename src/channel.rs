@@ -536,7 +536,8 @@ impl HttpChannel {
     /// watch is parked until the worker has finished.
     fn take_input_now(&self) -> bool {
         let mut st = self.lock();
-        if !st.readable(&self.adj) && st.only_busy(&self.adj) {
+        // (`only_busy` is never true of a readable channel.)
+        if st.only_busy(&self.adj) {
             st.input_parked = true;
             st.watched_for_input = false;
             return false;

@@ -374,14 +374,10 @@ impl HttpRequestParser {
         self.fragment = parts.fragment;
         self.url_scheme = self.adj.url_scheme.clone();
 
-        // Rust-only: compared ignoring case rather than lower-cased, which was a copy of the
-        // header (one allocation for each HTTP/1.0 keep-alive request).
-        let connection = |value: &str| {
-            self.headers
-                .get("CONNECTION")
-                .map_or(false, |c| c.eq_ignore_ascii_case(value))
-        };
-        let (keep_alive, close) = (connection("keep-alive"), connection("close"));
+        let (keep_alive, close) = (
+            self.connection_is("keep-alive"),
+            self.connection_is("close"),
+        );
         if self.version == "1.0" && !keep_alive {
             self.connection_close = true;
         }
@@ -488,6 +484,15 @@ impl HttpRequestParser {
             )));
         }
         Ok(())
+    }
+
+    /// Whether the request's `Connection` header is `token`, in any case (the parser and the
+    /// task both ask). Rust-only: compared ignoring case rather than lower-cased, which was a
+    /// copy of the header (one allocation for each HTTP/1.0 keep-alive request).
+    pub fn connection_is(&self, token: &str) -> bool {
+        self.headers
+            .get("CONNECTION")
+            .map_or(false, |c| c.eq_ignore_ascii_case(token))
     }
 
     /// The body as `wsgi.input`: the receiver's buffer, or an empty input.

@@ -413,7 +413,8 @@ pub fn clear_untrusted_headers(
     );
 }
 
-/// [`clear_untrusted_headers`] with the untrusted headers given by a test.
+/// [`clear_untrusted_headers`] with the untrusted headers given as a predicate (the middleware
+/// passes one that needs no set when no proxy is trusted).
 fn clear_headers(environ: &mut Environ, untrusted: impl Fn(&str) -> bool, log_warning: bool) {
     let mut removed = Vec::new();
     for (header, key) in PROXY_HEADERS.iter().zip(ENVIRON_KEYS) {

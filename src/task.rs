@@ -591,9 +591,6 @@ impl<'a> Task<'a> {
     /// The status line and headers, with waitress's keep-alive decisions, `Content-Length`
     /// or chunked framing, `Server`/`Via` and `Date`, sorted by name.
     pub fn build_response_header(&mut self) -> Vec<u8> {
-        let connection = self.request.headers.get("CONNECTION");
-        let connection_is =
-            |token: &str| connection.map_or(false, |c| c.eq_ignore_ascii_case(token));
         let has_body = self.has_body();
         // The application's Content-Length, reduced to what is asked of it: there, and not
         // empty (a copy of its value was an allocation per response).
@@ -622,14 +619,14 @@ impl<'a> Task<'a> {
         }
         let has_length = content_length_header == Some(true);
         if self.version == "1.0" {
-            if connection_is("keep-alive") && has_length {
+            if self.request.connection_is("keep-alive") && has_length {
                 self.response_headers
                     .push(("Connection".to_string(), "Keep-Alive".to_string()));
             } else {
                 self.set_close_on_finish();
             }
         } else {
-            if connection_is("close") {
+            if self.request.connection_is("close") {
                 self.set_close_on_finish();
             }
             if !has_length {

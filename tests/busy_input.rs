@@ -24,38 +24,37 @@ struct Gate {
 impl Gate {
     /// In the application: mark the request started, then wait for the gate to open.
     fn pass(&self) {
-        let mut state = self.state.lock().unwrap();
-        state.0 = true;
+        self.start();
+        self.wait_until(|state| state.1, "the test never opened the gate");
+    }
+
+    /// In the application: mark the request started.
+    fn start(&self) {
+        self.state.lock().unwrap().0 = true;
         self.changed.notify_all();
-        while !state.1 {
-            let (next, timeout) = self
-                .changed
-                .wait_timeout(state, Duration::from_secs(20))
-                .unwrap();
-            state = next;
-            assert!(!timeout.timed_out(), "the test never opened the gate");
-        }
     }
 
     /// In the test: wait until a request is inside the application.
     fn wait_started(&self) {
-        let mut state = self.state.lock().unwrap();
-        while !state.0 {
-            let (next, timeout) = self
-                .changed
-                .wait_timeout(state, Duration::from_secs(20))
-                .unwrap();
-            state = next;
-            assert!(
-                !timeout.timed_out(),
-                "the request never reached the application"
-            );
-        }
+        self.wait_until(|state| state.0, "the request never reached the application");
     }
 
     fn open(&self) {
         self.state.lock().unwrap().1 = true;
         self.changed.notify_all();
+    }
+
+    /// Wait (at most 20 s, else fail with `failure`) until `done` holds of the state.
+    fn wait_until(&self, done: impl Fn(&(bool, bool)) -> bool, failure: &str) {
+        let mut state = self.state.lock().unwrap();
+        while !done(&state) {
+            let (next, timeout) = self
+                .changed
+                .wait_timeout(state, Duration::from_secs(20))
+                .unwrap();
+            state = next;
+            assert!(!timeout.timed_out(), "{failure}");
+        }
     }
 }
 
@@ -149,17 +148,19 @@ fn reset_while_busy_is_seen_by_the_application(kw: &[(&str, &str)]) {
     use std::io::Write;
     use std::os::unix::io::AsRawFd;
     let started = Arc::new(Gate::default());
-    let seen = Arc::new(Mutex::new(None));
-    let (app_started, app_seen) = (Arc::clone(&started), Arc::clone(&seen));
+    let app_started = Arc::clone(&started);
+    let (app_seen, seen) = std::sync::mpsc::channel();
+    let app_seen = Mutex::new(app_seen);
     let server = serve_fn(
         move |env: &mut Environ, sr: &mut StartResponse<'_>| -> AppResult {
             let check = env.client_disconnected().cloned().expect("the check");
-            app_started.open();
+            app_started.start();
+            // The check is a question to ask again and again, as in waitress's own test.
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while !check.is_disconnected() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            *app_seen.lock().unwrap() = Some(check.is_disconnected());
+            let _ = app_seen.lock().unwrap().send(check.is_disconnected());
             sr.start("200 OK", [("Content-Length", "0")])?;
             Ok(Body::empty())
         },
@@ -175,12 +176,7 @@ fn reset_while_busy_is_seen_by_the_application(kw: &[(&str, &str)]) {
     (&client)
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("send");
-    // `open` above marks the request as inside the application.
-    let mut state = started.state.lock().unwrap();
-    while !state.1 {
-        state = started.changed.wait(state).unwrap();
-    }
-    drop(state);
+    started.wait_started();
     // Close with a reset (linger on, zero seconds), not a FIN.
     let linger: [i32; 2] = [1, 0];
     // SAFETY: `client` is an open socket for the duration of the call, and `linger` is a
@@ -196,18 +192,10 @@ fn reset_while_busy_is_seen_by_the_application(kw: &[(&str, &str)]) {
     };
     assert_eq!(set, 0, "setsockopt(SO_LINGER)");
     drop(client);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(detected) = *seen.lock().unwrap() {
-            assert!(detected, "the application saw the reset");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the application never finished"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let detected = seen
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the application finished");
+    assert!(detected, "the application saw the reset");
 }
 
 #[cfg(target_os = "linux")]

@@ -441,6 +441,8 @@ impl HttpChannel {
             writable: Cell::new(None),
         });
         map.borrow_mut().insert(fd, dispatcher);
+        // The loop asks a channel only when told (see `interest_is_reported`).
+        server.trigger.report_change(fd);
         server
             .active_channels
             .borrow_mut()
@@ -846,7 +848,7 @@ impl HttpChannel {
             let hand_over = failed || !rest.is_empty();
             drop(st);
             if hand_over {
-                self.trigger.pull_trigger();
+                self.trigger.pull_trigger_for(self.fd);
             }
             return Ok(data.len());
         }
@@ -899,7 +901,7 @@ impl HttpChannel {
         let hand_over = failed || !sent_some || st.total_outbufs_len() >= self.adj.send_bytes;
         drop(st);
         if hand_over {
-            self.trigger.pull_trigger();
+            self.trigger.pull_trigger_for(self.fd);
         }
     }
 
@@ -919,7 +921,7 @@ impl HttpChannel {
             // As waitress does, let the I/O thread close the channel; `connected` is already
             // false, so the caller gives up.
             drop(st);
-            self.trigger.pull_trigger();
+            self.trigger.pull_trigger_for(self.fd);
             return self.lock();
         }
         while st.connected && st.total_outbufs_len() > self.adj.outbuf_high_watermark {
@@ -927,7 +929,7 @@ impl HttpChannel {
             // the condition is checked again under the lock before waiting.
             st.waiting_for_room = true;
             drop(st);
-            self.trigger.pull_trigger();
+            self.trigger.pull_trigger_for(self.fd);
             st = self.lock();
             if st.connected && st.total_outbufs_len() > self.adj.outbuf_high_watermark {
                 st = self.room.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -1014,7 +1016,7 @@ impl HttpChannel {
         if wake {
             // The I/O thread must look at this channel again: read the next request, send
             // what is left, or close.
-            self.trigger.pull_trigger();
+            self.trigger.pull_trigger_for(self.fd);
         }
     }
 
@@ -1037,6 +1039,7 @@ impl HttpChannel {
     /// responses are sent; an idle connection closes at once. Returns how many requests
     /// are in flight here (a response still being sent counts as one).
     pub fn drain(&self) -> usize {
+        self.trigger.report_change(self.fd);
         let mut st = self.lock();
         st.draining = true;
         let requests = st.request_count();
@@ -1057,6 +1060,7 @@ impl HttpChannel {
     /// Ask the channel to close (the idle sweep does this).
     pub fn set_will_close(&self) {
         self.lock().will_close = true;
+        self.trigger.report_change(self.fd);
     }
 
     /// The last time bytes were read or sent.
@@ -1220,6 +1224,15 @@ impl Dispatcher for ChannelDispatcher {
             .unwrap_or_else(|| self.channel.writable())
     }
 
+    /// The answers change in the channel's handlers, when a worker pulls the trigger for it
+    /// (every change a worker makes that the I/O thread must act on comes with a pull), when
+    /// the idle sweep or a graceful shutdown reports it, and with time
+    /// (`request_header_timeout`, kept to within a round's timeout). Entering and leaving
+    /// the map are reported too.
+    fn interest_is_reported(&self) -> bool {
+        true
+    }
+
     /// Rust-only: while each `recv` fills the whole buffer, completes no request, and the
     /// channel still wants input, read again (up to `READS_PER_EVENT` times) instead of going back to `poll` for every
     /// `recv_bytes`. waitress reads once per event; each call here still asks for `recv_bytes`,
@@ -1259,6 +1272,7 @@ impl Dispatcher for ChannelDispatcher {
         self.channel.handle_close();
         let fd = self.channel.fd;
         self.map.borrow_mut().remove(&fd);
+        self.server.trigger.report_change(fd);
         self.server.active_channels.borrow_mut().remove(&fd);
     }
 }
@@ -1311,6 +1325,8 @@ mod tests {
         let adj = Arc::new(adj);
         let map = new_map();
         let trigger = Trigger::new(&map).unwrap();
+        // As an epoll loop reads it.
+        trigger.change_log().start_reading();
         let info = Arc::new(ServerInfo {
             application: Arc::new(app),
             server_name: "localhost".into(),
@@ -1336,6 +1352,8 @@ mod tests {
             &map,
         )
         .unwrap();
+        // Entering the map is reported; start the tests with an empty change log.
+        assert!(!trigger.change_log().take(&mut Vec::new()));
         Fixture {
             channel,
             peer,
@@ -1366,14 +1384,18 @@ mod tests {
             self.channel.lock().outbufs.push_back(OutBuf::Bytes(buf));
         }
 
-        /// Whether a worker pulled the trigger (its pipe has a byte to read).
+        /// Whether a worker pulled the trigger (its pipe has a byte to read) for this channel
+        /// (the change log names it, so that an epoll loop asks it).
         fn trigger_pulled(&self) -> bool {
             let mut fds = [PollFd {
                 fd: self.trigger.fileno(),
                 events: POLLIN,
                 revents: 0,
             }];
-            poll_fds(&mut fds, Duration::ZERO).unwrap() == 1
+            let pulled = poll_fds(&mut fds, Duration::ZERO).unwrap() == 1;
+            let mut changed = Vec::new();
+            let everyone = self.trigger.change_log().take(&mut changed);
+            pulled && (everyone || changed.contains(&self.channel.fd))
         }
 
         /// Whether the channel queued itself as a task: cancelling the queue cancels it.

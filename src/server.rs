@@ -297,6 +297,7 @@ impl WsgiServer {
                 return Err(e);
             }
         };
+        selector.track_changes(self.trigger.change_log());
         while !self.stop.load(Ordering::Acquire) && !self.map.borrow().is_empty() {
             let mut timeout = loop_timeout;
             if drain_deadline.is_none() {

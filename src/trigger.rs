@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use crate::compat::{self, RawSocket};
 use crate::task::panic_message;
 use crate::utilities::LOGGER;
-use crate::wasyncore::{Dispatcher, SocketMap, WeakSocketMap};
+use crate::wasyncore::{ChangeLog, Dispatcher, SocketMap, WeakSocketMap};
 
 /// One end of a [`socket_pair`].
 #[cfg(unix)]
@@ -70,6 +70,9 @@ struct Shared {
     pending: AtomicBool,
     /// Guards the thunks; taken by pullers to add and by the I/O thread to run them.
     thunks: Mutex<Vec<Thunk>>,
+    /// Rust-only: which dispatchers a pull is about, for a loop that asks only those (see
+    /// `wasyncore::ChangeLog`).
+    changes: Arc<ChangeLog>,
     closed: AtomicBool,
 }
 
@@ -86,8 +89,28 @@ impl std::fmt::Debug for TriggerHandle {
 }
 
 impl TriggerHandle {
-    /// Wake the I/O thread; pulls that come before it wakes are merged into one.
+    /// Wake the I/O thread; pulls that come before it wakes are merged into one. Its next
+    /// round asks every dispatcher what it wants.
     pub fn pull_trigger(&self) {
+        self.shared.changes.changed_all();
+        self.wake();
+    }
+
+    /// Rust-only: wake the I/O thread because the dispatcher under `fd` wants something else
+    /// now; its next round need ask only that one (and those it always asks).
+    pub fn pull_trigger_for(&self, fd: RawSocket) {
+        self.shared.changes.changed(fd);
+        self.wake();
+    }
+
+    /// Rust-only: tell the loop, without waking it, that the dispatcher under `fd` wants
+    /// something else now (for the I/O thread itself, whose next round comes anyway).
+    pub fn report_change(&self, fd: RawSocket) {
+        self.shared.changes.changed(fd);
+    }
+
+    /// Write the wake-up byte, unless one is waiting already.
+    fn wake(&self) {
         if self.shared.closed.load(Ordering::Acquire) {
             return;
         }
@@ -137,6 +160,7 @@ impl Trigger {
                     writer,
                     pending: AtomicBool::new(false),
                     thunks: Mutex::new(Vec::new()),
+                    changes: Arc::new(ChangeLog::default()),
                     closed: AtomicBool::new(false),
                 }),
             },
@@ -150,6 +174,12 @@ impl Trigger {
     /// A handle for other threads.
     pub fn handle(&self) -> TriggerHandle {
         self.handle.clone()
+    }
+
+    /// Rust-only: where the pulls name the dispatchers they are about, for
+    /// `wasyncore::Selector::track_changes`.
+    pub fn change_log(&self) -> Arc<ChangeLog> {
+        Arc::clone(&self.handle.shared.changes)
     }
 
     /// Leave the map and stop accepting pulls (waitress: `close`).
@@ -241,6 +271,22 @@ mod tests {
         let trigger = Trigger::new(&map).unwrap();
         trigger.handle().pull_trigger();
         assert_eq!(read_byte(&trigger), Some(b'x'));
+    }
+
+    #[test]
+    fn a_pull_names_what_it_is_about() {
+        let map = new_map();
+        let trigger = Trigger::new(&map).unwrap();
+        let log = trigger.change_log();
+        log.start_reading();
+        let mut fds = Vec::new();
+        trigger.handle().pull_trigger_for(7);
+        trigger.handle().report_change(8);
+        assert!(!log.take(&mut fds));
+        assert_eq!(fds, vec![7, 8]);
+        // A plain pull may be about anything.
+        trigger.handle().pull_trigger();
+        assert!(log.take(&mut fds));
     }
 
     #[test]

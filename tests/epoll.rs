@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::{Client, ServerGuard, Transport};
@@ -139,4 +141,31 @@ fn the_server_waits_in_epoll() {
         .filter(|target| target.to_string_lossy() == "anon_inode:[eventpoll]")
         .count();
     assert!(epolls >= 1, "no epoll descriptor open");
+}
+
+#[test]
+fn epoll_closes_a_stalled_head_at_its_deadline() {
+    // After the first bytes of its head the client sends nothing more: no event comes for
+    // its connection, so only the round that asks every channel (once a loop timeout) sees
+    // the deadline pass.
+    let server = support::serve_fn(
+        app,
+        &[
+            ("asyncore_use_epoll", "true"),
+            ("request_header_timeout", "1"),
+        ],
+        Transport::Tcp,
+    );
+    let mut conn = TcpStream::connect(("127.0.0.1", server.tcp_port())).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = conn.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0)) || matches!(&read, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "closed without a response, not {read:?} after {:?}",
+        started.elapsed()
+    );
 }

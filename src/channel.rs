@@ -21,9 +21,10 @@
 //! - the socket-map entry ([`ChannelDispatcher`]) belongs to the I/O thread alone; it does
 //!   waitress's `add_channel`/`del_channel` (in `create` and its `handle_close`).
 //!
-//! No atomics: the lock is uncontended in the common case (the I/O thread takes it once per
-//! poll round per channel and twice per read, a worker a few times per request), and an
-//! uncontended lock costs no system call.
+//! No atomics: the lock is uncontended in the common case (the I/O thread takes it each time
+//! it asks a channel what it wants, which is every poll round or, with epoll, around each
+//! event, and twice per read; a worker a few times per request), and an uncontended lock
+//! costs no system call.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};

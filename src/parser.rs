@@ -374,11 +374,7 @@ impl HttpRequestParser {
         self.fragment = parts.fragment;
         self.url_scheme = self.adj.url_scheme.clone();
 
-        let (keep_alive, close) = (
-            self.connection_is("keep-alive"),
-            self.connection_is("close"),
-        );
-        if self.version == "1.0" && !keep_alive {
+        if self.version == "1.0" && !self.connection_is("keep-alive") {
             self.connection_close = true;
         }
         if self.version == "1.1" {
@@ -387,7 +383,7 @@ impl HttpRequestParser {
                 .headers
                 .get("EXPECT")
                 .map_or(false, |e| e.eq_ignore_ascii_case("100-continue"));
-            if close {
+            if self.connection_is("close") {
                 self.connection_close = true;
             }
         }

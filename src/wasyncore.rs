@@ -119,6 +119,14 @@ struct Changed {
     fds: Vec<RawSocket>,
 }
 
+impl Changed {
+    /// Everyone is to be asked: the names are of no use any more.
+    fn ask_everyone(&mut self) {
+        self.all = true;
+        self.fds = Vec::new();
+    }
+}
+
 /// How many descriptors a [`ChangeLog`] holds before it asks for a round that asks everyone.
 pub const CHANGE_LOG_LIMIT: usize = 4096;
 
@@ -132,12 +140,11 @@ impl ChangeLog {
         if changed.all {
             return;
         }
-        if changed.fds.len() >= CHANGE_LOG_LIMIT {
-            changed.all = true;
-            changed.fds = Vec::new();
-            return;
+        if changed.fds.len() < CHANGE_LOG_LIMIT {
+            changed.fds.push(fd);
+        } else {
+            changed.ask_everyone();
         }
-        changed.fds.push(fd);
     }
 
     /// Any dispatcher may want something else now.
@@ -145,9 +152,7 @@ impl ChangeLog {
         if !self.read.load(Ordering::Relaxed) {
             return;
         }
-        let mut changed = self.lock();
-        changed.all = true;
-        changed.fds = Vec::new();
+        self.lock().ask_everyone();
     }
 
     /// A log that is read (by [`Selector::track_changes`]) from now on: it keeps what it is
@@ -430,7 +435,7 @@ pub struct EpollSelector {
     slots: Vec<Slot>,
     /// How many slots hold a dispatcher.
     occupied: usize,
-    /// Counts rounds, to tell which slots were seen in the map this round.
+    /// Counts rounds, to tell which slots were asked this round.
     round: u64,
     /// The map's entries to ask during a round (kept between rounds for its allocation only).
     entries: Vec<(RawSocket, Rc<dyn Dispatcher>)>,
@@ -465,11 +470,9 @@ struct Slot {
     kernel: u32,
     /// The dispatcher's last `interest` (`POLL*` bits).
     wanted: i16,
-    /// The round in which `wanted` was asked.
+    /// The round in which `wanted` was asked. A round that asks everyone asks every
+    /// dispatcher in the map, so after it a slot not asked in it holds one that has left.
     asked: u64,
-    /// The last round in which the map held this dispatcher, as far as the selector knows:
-    /// a round that asks everyone marks every dispatcher in the map.
-    seen: u64,
     /// The dispatcher's [`Dispatcher::interest_is_reported`].
     reported: bool,
 }
@@ -596,12 +599,12 @@ impl EpollSelector {
                 break;
             }
         }
-        let seen = entries.len();
+        let asked = entries.len();
         entries.clear();
         self.entries = entries;
         result?;
-        if seen < self.occupied {
-            self.forget_unseen();
+        if asked < self.occupied {
+            self.forget_unasked();
         }
         self.unreported.clear();
         let unreported = self
@@ -701,7 +704,6 @@ impl EpollSelector {
             }
         }
         slot.reported = obj.interest_is_reported();
-        slot.seen = self.round;
         slot.asked = self.round;
         slot.wanted = wanted;
         let bits = to_epoll(wanted);
@@ -733,10 +735,10 @@ impl EpollSelector {
     }
 
     /// Unregister every dispatcher that has left the map.
-    fn forget_unseen(&mut self) {
+    fn forget_unasked(&mut self) {
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
-            if slot.obj.is_some() && slot.seen != self.round {
+            if slot.obj.is_some() && slot.asked != self.round {
                 if let Ok(fd) = RawSocket::try_from(index) {
                     self.forget(fd);
                 }

@@ -119,21 +119,17 @@ fn servers() -> &'static [Server] {
         if std::env::var_os("WAITRESS_TEST_LOG").is_none() {
             set_log_sink(Arc::new(Quiet));
         }
-        let reading_ahead = [("channel_request_lookahead", "3"), ("recv_bytes", "64")];
-        let mut servers = vec![
-            start(&[]),
+        // Reading ahead in small `recv`s, waiting in the loop that `backend` selects.
+        let reading_ahead = |backend| {
             start(&[
-                reading_ahead[0],
-                reading_ahead[1],
-                ("asyncore_use_poll", "true"),
-            ]),
-        ];
+                ("channel_request_lookahead", "3"),
+                ("recv_bytes", "64"),
+                (backend, "true"),
+            ])
+        };
+        let mut servers = vec![start(&[]), reading_ahead("asyncore_use_poll")];
         if cfg!(target_os = "linux") {
-            servers.push(start(&[
-                reading_ahead[0],
-                reading_ahead[1],
-                ("asyncore_use_epoll", "true"),
-            ]));
+            servers.push(reading_ahead("asyncore_use_epoll"));
         }
         assert_eq!(servers.len(), SERVERS);
         servers

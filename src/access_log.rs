@@ -559,9 +559,9 @@ impl Pending {
             ConnectionStatus::KeepAlive
         };
         let record = Record {
-            remote_addr: tally.remote_addr.as_deref().unwrap_or(&peer.host),
+            remote_addr: tally.remote_addr.as_deref().unwrap_or(peer.host()),
             remote_user: tally.remote_user.as_deref(),
-            remote_port: peer.port,
+            remote_port: peer.port(),
             received: self.received,
             request_line: &request.first_line,
             method: &request.command,

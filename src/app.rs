@@ -111,10 +111,61 @@ pub struct Environ {
     /// is one `Vec` and the values that vary. Unsorted, because a search by length and then
     /// bytes rarely compares bytes at all, where keeping ~25 names sorted cost ~100 `memcmp`
     /// calls per request (a tenth of the server's samples); `vars` and `keys` sort.
-    vars: Vec<(Cow<'static, str>, Cow<'static, str>)>,
+    vars: Vec<(Cow<'static, str>, Text)>,
     input: Input,
     errors: Errors,
     client_disconnected: Option<DisconnectCheck>,
+}
+
+/// A variable's value. Rust-only: besides text of its own, a value may be fixed text
+/// (`"1.0"`) or text the server made once and shares with every request, such as
+/// `SERVER_NAME` or a connection's `REMOTE_ADDR`. Sharing costs a reference count where a copy
+/// cost an allocation and a free: seven of the 38 that `perf probe` counted on `malloc` for a
+/// hello-world request (see `Task::get_environment` for what it bought).
+#[derive(Clone)]
+pub(crate) enum Text {
+    Static(&'static str),
+    Owned(String),
+    Shared(Arc<str>),
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Text::Static(text) => text,
+            Text::Owned(text) => text,
+            Text::Shared(text) => text,
+        }
+    }
+}
+
+impl Text {
+    fn into_string(self) -> String {
+        match self {
+            Text::Owned(text) => text,
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Text::Owned(text)
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(text: &'static str) -> Self {
+        Text::Static(text)
+    }
+}
+
+impl From<&Arc<str>> for Text {
+    fn from(text: &Arc<str>) -> Self {
+        Text::Shared(Arc::clone(text))
+    }
 }
 
 /// The variables as a map, for `Debug`.
@@ -167,28 +218,37 @@ impl Environ {
 
     /// Set a string variable. Static keys (`"REQUEST_METHOD"`) cost no allocation.
     pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<String>) {
-        self.set_cow(key.into(), Cow::Owned(value.into()));
+        self.set_text(key.into(), Text::Owned(value.into()));
     }
 
-    /// Set a string variable to a fixed value, without allocating for it (the server's
-    /// `"wsgi.version": "1.0"` and the like).
-    pub(crate) fn set_static(&mut self, key: &'static str, value: &'static str) {
-        self.set_cow(Cow::Borrowed(key), Cow::Borrowed(value));
+    /// Set a string variable unless it is there already (waitress: `if key not in environ`),
+    /// with one search rather than two.
+    pub(crate) fn set_if_absent(&mut self, key: Cow<'static, str>, value: impl Into<Text>) {
+        if self.find(&key).is_none() {
+            self.push_new(key, value);
+        }
     }
 
-    fn set_cow(&mut self, key: Cow<'static, str>, value: Cow<'static, str>) {
+    /// Add a variable the environ does not hold, without searching for it first. For the
+    /// server, which sets its own distinct names into a new environ: a search per name was
+    /// about a tenth of the user-space instructions per request.
+    pub(crate) fn push_new(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Text>) {
+        let key = key.into();
+        debug_assert!(self.find(&key).is_none(), "{key} is set twice");
+        if self.vars.capacity() == 0 {
+            // Room for the server's 17 variables and a few headers in one allocation of 960
+            // bytes: glibc serves that from its per-thread cache, where 32 entries (1,536
+            // bytes) went through `malloc_consolidate` each time (2.3 % of the server's
+            // samples under `wrk -c100`).
+            self.vars.reserve_exact(20);
+        }
+        self.vars.push((key, value.into()));
+    }
+
+    fn set_text(&mut self, key: Cow<'static, str>, value: Text) {
         match self.find(&key) {
             Some(at) => self.vars[at].1 = value,
-            None => {
-                if self.vars.capacity() == 0 {
-                    // Room for the server's 17 variables and a few headers in one allocation
-                    // of 960 bytes: glibc serves that from its per-thread cache, where 32
-                    // entries (1,536 bytes) went through `malloc_consolidate` each time (2.3 %
-                    // of the server's samples under `wrk -c100`).
-                    self.vars.reserve_exact(20);
-                }
-                self.vars.push((key, value));
-            }
+            None => self.push_new(key, value),
         }
     }
 
@@ -199,11 +259,8 @@ impl Environ {
 
     /// The variables sorted by name.
     fn sorted(&self) -> Vec<(&str, &str)> {
-        let mut vars: Vec<(&str, &str)> = self
-            .vars
-            .iter()
-            .map(|(k, v)| (k.as_ref(), v.as_ref()))
-            .collect();
+        let mut vars: Vec<(&str, &str)> =
+            self.vars.iter().map(|(k, v)| (k.as_ref(), &**v)).collect();
         vars.sort_unstable_by_key(|&(k, _)| k);
         vars
     }
@@ -211,7 +268,7 @@ impl Environ {
     /// Remove a string variable, returning its value (`environ.pop(key, None)`).
     pub fn remove(&mut self, key: &str) -> Option<String> {
         let at = self.find(key)?;
-        Some(self.vars.swap_remove(at).1.into_owned())
+        Some(self.vars.swap_remove(at).1.into_string())
     }
 
     /// Every string variable, sorted by name.
@@ -884,6 +941,33 @@ mod tests {
             env.vars().collect::<Vec<_>>(),
             vec![("REQUEST_METHOD", "GET")]
         );
+    }
+
+    #[test]
+    fn environ_values_may_be_fixed_shared_or_owned_and_read_the_same() {
+        let shared: Arc<str> = "example.com".into();
+        let mut env = Environ::new();
+        env.push_new("SERVER_NAME", &shared);
+        env.push_new("wsgi.version", "1.0");
+        env.push_new("PATH_INFO", String::from("/a"));
+        // The server's header loop keeps what is there (waitress: `if key not in environ`).
+        env.set_if_absent(Cow::Borrowed("PATH_INFO"), String::from("/b"));
+        env.set_if_absent(Cow::Borrowed("HTTP_HOST"), String::from("h"));
+        assert_eq!(
+            env.vars().collect::<Vec<_>>(),
+            vec![
+                ("HTTP_HOST", "h"),
+                ("PATH_INFO", "/a"),
+                ("SERVER_NAME", "example.com"),
+                ("wsgi.version", "1.0"),
+            ]
+        );
+        // A shared value is the server's text, not a copy; taking it out gives a string.
+        assert_eq!(Arc::strong_count(&shared), 2);
+        assert_eq!(env.remove("SERVER_NAME").as_deref(), Some("example.com"));
+        assert_eq!(Arc::strong_count(&shared), 1);
+        env.set("wsgi.version", "1.1");
+        assert_eq!(env.get("wsgi.version"), Some("1.1"));
     }
 
     #[test]

@@ -567,7 +567,7 @@ impl HttpChannel {
         st.head_started = None;
         LOGGER.info(&format!(
             "closing the connection from {}: no complete request head within {timeout} s (request_header_timeout)",
-            self.addr.host
+            self.addr.host()
         ));
     }
 
@@ -1328,12 +1328,12 @@ mod tests {
         let trigger = Trigger::new(&map).unwrap();
         // As an epoll loop reads it.
         trigger.change_log().start_reading();
-        let info = Arc::new(ServerInfo {
-            application: Arc::new(app),
-            server_name: "localhost".into(),
-            effective_port: "80".into(),
-            adj: Arc::clone(&adj),
-        });
+        let info = Arc::new(ServerInfo::new(
+            Arc::new(app),
+            "localhost".into(),
+            "80".into(),
+            Arc::clone(&adj),
+        ));
         let server = Rc::new(ChannelServer::new(
             info,
             ThreadedTaskDispatcher::new(),
@@ -1345,10 +1345,7 @@ mod tests {
         let channel = HttpChannel::create(
             &server,
             channel_stream(ours),
-            PeerAddr {
-                host: "127.0.0.1".into(),
-                port: None,
-            },
+            PeerAddr::new("127.0.0.1", None),
             adj,
             &map,
         )
@@ -1487,7 +1484,7 @@ mod tests {
     #[test]
     fn test_ctor() {
         let f = fixture();
-        assert_eq!(f.channel.addr.host, "127.0.0.1");
+        assert_eq!(f.channel.addr.host(), "127.0.0.1");
         assert!(Arc::ptr_eq(
             &f.server.active_channels.borrow()[&f.channel.fd],
             &f.channel

@@ -179,12 +179,12 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
     let mut effective_listen = Vec::new();
     for socket in bound {
         let (host, port) = socket.getsockname();
-        let info = Arc::new(ServerInfo {
-            application: Arc::clone(&application),
-            server_name: adj.server_name.clone(),
-            effective_port: port.to_string(),
-            adj: Arc::clone(&adj),
-        });
+        let info = Arc::new(ServerInfo::new(
+            Arc::clone(&application),
+            adj.server_name.clone(),
+            port.to_string(),
+            Arc::clone(&adj),
+        ));
         let channel_server = Rc::new(ChannelServer::new(
             info,
             Arc::clone(&dispatcher),
@@ -777,10 +777,7 @@ impl TcpWsgiServer {
 
     /// The peer as the channel reports it (waitress: `fix_addr`, which keeps it as it is).
     fn fix_addr(addr: SocketAddr) -> PeerAddr {
-        PeerAddr {
-            host: addr.ip().to_string(),
-            port: Some(addr.port()),
-        }
+        PeerAddr::new(&addr.ip().to_string(), Some(addr.port()))
     }
 }
 
@@ -845,10 +842,7 @@ impl UnixWsgiServer {
 
     /// Unix peers have no address: `localhost`, no port (waitress: `fix_addr`).
     fn fix_addr() -> PeerAddr {
-        PeerAddr {
-            host: "localhost".to_string(),
-            port: None,
-        }
+        PeerAddr::new("localhost", None)
     }
 }
 
@@ -1200,8 +1194,8 @@ mod tests {
             ChannelStream::Unix(_) => panic!("a TCP listener gave a Unix stream"),
         }
         let local = other.local_addr().unwrap();
-        assert_eq!(addr.host, local.ip().to_string());
-        assert_eq!(addr.port, Some(local.port()));
+        assert_eq!(addr.host(), local.ip().to_string());
+        assert_eq!(addr.port(), Some(local.port()));
         drop(client);
     }
 
@@ -1340,8 +1334,8 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "the connection never arrived");
         };
-        assert_eq!(addr.host, "localhost");
-        assert_eq!(addr.port, None);
+        assert_eq!(addr.host(), "localhost");
+        assert_eq!(addr.port(), None);
         drop(client);
     }
 

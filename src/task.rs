@@ -355,16 +355,76 @@ pub struct ServerInfo {
     pub effective_port: String,
     /// The settings.
     pub adj: Arc<Adjustments>,
+    /// Rust-only: the environ's values that are the same for every request, made once.
+    shared: SharedVars,
+}
+
+/// The environ values a server shares with all its requests (see `app::Text`).
+struct SharedVars {
+    server_name: Arc<str>,
+    server_port: Arc<str>,
+    server_software: Arc<str>,
+    script_name: Arc<str>,
+    url_scheme: Arc<str>,
+}
+
+impl ServerInfo {
+    /// What tasks need of a server serving `application` as `server_name` on
+    /// `effective_port` with the settings `adj`.
+    pub fn new(
+        application: SharedApp,
+        server_name: String,
+        effective_port: String,
+        adj: Arc<Adjustments>,
+    ) -> Self {
+        let shared = SharedVars {
+            server_name: server_name.as_str().into(),
+            server_port: effective_port.as_str().into(),
+            server_software: adj.ident.as_deref().unwrap_or("").into(),
+            script_name: adj.url_prefix.as_str().into(),
+            url_scheme: adj.url_scheme.as_str().into(),
+        };
+        ServerInfo {
+            application,
+            server_name,
+            effective_port,
+            adj,
+            shared,
+        }
+    }
 }
 
 /// The client's address (waitress: `channel.addr`): an IP and port for TCP, `localhost` and no
 /// port for a Unix socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerAddr {
+    host: Arc<str>,
+    port: Option<u16>,
+    /// `REMOTE_PORT` as text, made once per connection (`None` without a port, as waitress
+    /// writes it).
+    port_text: Arc<str>,
+}
+
+impl PeerAddr {
+    /// The peer `host` (an IP, or `localhost` for a Unix socket) at `port`.
+    pub fn new(host: &str, port: Option<u16>) -> Self {
+        let port_text = port.map_or_else(|| "None".to_string(), |p| p.to_string());
+        PeerAddr {
+            host: host.into(),
+            port,
+            port_text: port_text.as_str().into(),
+        }
+    }
+
     /// The host part (`REMOTE_ADDR`).
-    pub host: String,
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// The port (`REMOTE_PORT`); none for a Unix socket.
-    pub port: Option<u16>,
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
 }
 
 /// What a task needs from its channel (waitress: `task.channel`). The channel implements it;
@@ -913,18 +973,21 @@ impl<'a> Task<'a> {
             }
         }
         let addr = channel.addr();
-        let port = addr
-            .port
-            .map_or_else(|| "None".to_string(), |p| p.to_string());
+        // Rust-only: the server's own names, each set once into a new environ, are added
+        // without a search, and what is the same for every request of a server or connection
+        // is shared, not copied (see `app::Text`). Under `callgrind`, 2,000 keep-alive
+        // requests to `hello` went from 24,000-24,400 user-space instructions each to
+        // 20,200-21,200 with both (four runs).
+        let shared = &server.shared;
         let mut environ = Environ::new();
-        environ.set("REMOTE_ADDR", addr.host.clone());
-        environ.set("REMOTE_HOST", addr.host.clone());
-        environ.set("REMOTE_PORT", port);
-        environ.set("REQUEST_METHOD", request.command.to_ascii_uppercase());
-        environ.set("SERVER_PORT", server.effective_port.clone());
-        environ.set("SERVER_NAME", server.server_name.clone());
-        environ.set("SERVER_SOFTWARE", adj.ident.clone().unwrap_or_default());
-        environ.set_static(
+        environ.push_new("REMOTE_ADDR", &addr.host);
+        environ.push_new("REMOTE_HOST", &addr.host);
+        environ.push_new("REMOTE_PORT", &addr.port_text);
+        environ.push_new("REQUEST_METHOD", request.command.to_ascii_uppercase());
+        environ.push_new("SERVER_PORT", &shared.server_port);
+        environ.push_new("SERVER_NAME", &shared.server_name);
+        environ.push_new("SERVER_SOFTWARE", &shared.server_software);
+        environ.push_new(
             "SERVER_PROTOCOL",
             if self.version == "1.1" {
                 "HTTP/1.1"
@@ -932,21 +995,22 @@ impl<'a> Task<'a> {
                 "HTTP/1.0"
             },
         );
-        environ.set("SCRIPT_NAME", url_prefix);
-        environ.set("PATH_INFO", path);
-        environ.set("REQUEST_URI", request.request_uri.clone());
-        environ.set("QUERY_STRING", request.query.clone());
-        environ.set("wsgi.url_scheme", request.url_scheme.clone());
-        environ.set_static("wsgi.version", "1.0");
-        environ.set_static("wsgi.multithread", "true");
-        environ.set_static("wsgi.multiprocess", "false");
-        environ.set_static("wsgi.run_once", "false");
-        environ.set_static("wsgi.input_terminated", "true");
+        environ.push_new("SCRIPT_NAME", &shared.script_name);
+        environ.push_new("PATH_INFO", path);
+        environ.push_new("REQUEST_URI", request.request_uri.clone());
+        environ.push_new("QUERY_STRING", request.query.clone());
+        if *request.url_scheme == *shared.url_scheme {
+            environ.push_new("wsgi.url_scheme", &shared.url_scheme);
+        } else {
+            environ.push_new("wsgi.url_scheme", request.url_scheme.clone());
+        }
+        environ.push_new("wsgi.version", "1.0");
+        environ.push_new("wsgi.multithread", "true");
+        environ.push_new("wsgi.multiprocess", "false");
+        environ.push_new("wsgi.run_once", "false");
+        environ.push_new("wsgi.input_terminated", "true");
         for (name, value) in &request.headers {
-            let key = environ_key(name);
-            if !environ.contains(&key) {
-                environ.set(key, value.clone());
-            }
+            environ.set_if_absent(environ_key(name), value.clone());
         }
         let input = request
             .get_body_stream()
@@ -1118,16 +1182,13 @@ mod tests {
         let mut adj = Adjustments::default();
         change(&mut adj);
         DummyChannel {
-            info: ServerInfo {
-                application: app,
-                server_name: "localhost".to_string(),
-                effective_port: "80".to_string(),
-                adj: Arc::new(adj),
-            },
-            addr: PeerAddr {
-                host: "127.0.0.1".to_string(),
-                port: Some(39830),
-            },
+            info: ServerInfo::new(
+                app,
+                "localhost".to_string(),
+                "80".to_string(),
+                Arc::new(adj),
+            ),
+            addr: PeerAddr::new("127.0.0.1", Some(39830)),
             written: Mutex::new(Vec::new()),
             files: AtomicUsize::new(0),
             connected: AtomicBool::new(true),

@@ -252,6 +252,11 @@ impl Environ {
         }
     }
 
+    /// Whether any variable's name satisfies `test`.
+    pub(crate) fn any_key(&self, test: impl Fn(&str) -> bool) -> bool {
+        self.vars.iter().any(|(key, _)| test(key))
+    }
+
     /// Where `key` is in the list.
     fn find(&self, key: &str) -> Option<usize> {
         self.vars.iter().position(|(k, _)| k == key)

@@ -416,6 +416,12 @@ pub fn clear_untrusted_headers(
 /// [`clear_untrusted_headers`] with the untrusted headers given as a predicate (the middleware
 /// passes one that needs no set when no proxy is trusted).
 fn clear_headers(environ: &mut Environ, untrusted: impl Fn(&str) -> bool, log_warning: bool) {
+    // Rust-only: one pass to see whether a proxy header came at all, which is rare without a
+    // proxy in front. Six searches of the whole environ, one per header, were 4 % of the
+    // user-space instructions of a hello-world request (`callgrind`).
+    if !environ.any_key(|key| key == "HTTP_FORWARDED" || key.starts_with("HTTP_X_FORWARDED_")) {
+        return;
+    }
     let mut removed = Vec::new();
     for (header, key) in PROXY_HEADERS.iter().zip(ENVIRON_KEYS) {
         if untrusted(header) && environ.remove(key).is_some() {

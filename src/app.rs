@@ -515,7 +515,7 @@ pub const HOP_BY_HOP: [&str; 8] = [
 
 /// Check a status line as waitress's `start_response` does: no CR or LF.
 pub fn validate_status(status: &str) -> Result<(), StartResponseError> {
-    if status.contains(['\r', '\n']) {
+    if has_cr_or_lf(status) {
         return Err(StartResponseError::CrLfInStatus);
     }
     Ok(())
@@ -525,10 +525,10 @@ pub fn validate_status(status: &str) -> Result<(), StartResponseError> {
 /// value, CR/LF in the name, then `Content-Length` must be a whole number (returned) and no
 /// hop-by-hop header is allowed.
 pub fn validate_header(name: &str, value: &str) -> Result<Option<u64>, StartResponseError> {
-    if value.contains(['\r', '\n']) {
+    if has_cr_or_lf(value) {
         return Err(StartResponseError::CrLfInHeaderValue);
     }
-    if name.contains(['\r', '\n']) {
+    if has_cr_or_lf(name) {
         return Err(StartResponseError::CrLfInHeaderName);
     }
     if name.eq_ignore_ascii_case("content-length") {
@@ -540,6 +540,13 @@ pub fn validate_header(name: &str, value: &str) -> Result<Option<u64>, StartResp
         return Err(StartResponseError::HopByHop(name.to_string()));
     }
     Ok(None)
+}
+
+/// Whether `text` holds a CR or an LF. Rust-only: a byte scan, as both are ASCII; a search
+/// with a pattern of two chars cost about 1 % more of a hello-world request's user-space
+/// instructions (`callgrind`).
+fn has_cr_or_lf(text: &str) -> bool {
+    text.bytes().any(|b| b == b'\r' || b == b'\n')
 }
 
 /// Python's `int(v)` as waitress applies it to an application's `Content-Length`: surrounding

@@ -26,7 +26,7 @@ use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{
     AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, FileSource,
-    FileWrapper, ResponseSink, SharedApp, StartResponse, StartResponseError,
+    FileWrapper, ResponseSink, SharedApp, StartResponse, StartResponseError, Text,
 };
 use crate::buffers::ReadOnlyFileBasedBuffer;
 use crate::parser::HttpRequestParser;
@@ -983,7 +983,7 @@ impl<'a> Task<'a> {
         environ.push_new("REMOTE_ADDR", &addr.host);
         environ.push_new("REMOTE_HOST", &addr.host);
         environ.push_new("REMOTE_PORT", &addr.port_text);
-        environ.push_new("REQUEST_METHOD", request.command.to_ascii_uppercase());
+        environ.push_new("REQUEST_METHOD", request_method(&request.command));
         environ.push_new("SERVER_PORT", &shared.server_port);
         environ.push_new("SERVER_NAME", &shared.server_name);
         environ.push_new("SERVER_SOFTWARE", &shared.server_software);
@@ -1018,6 +1018,16 @@ impl<'a> Task<'a> {
         environ.set_input(input);
         environ.set_client_disconnected(channel.disconnect_check());
         Ok(environ)
+    }
+}
+
+/// `REQUEST_METHOD`: the method upper-cased (waitress: `request.command.upper()`). Rust-only:
+/// the common methods, already upper-case on the wire, are fixed text rather than a copy.
+fn request_method(command: &str) -> Text {
+    const COMMON: [&str; 4] = ["GET", "POST", "HEAD", "PUT"];
+    match COMMON.iter().find(|&&method| method == command) {
+        Some(method) => Text::from(*method),
+        None => Text::from(command.to_ascii_uppercase()),
     }
 }
 

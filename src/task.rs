@@ -1126,6 +1126,14 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     #[test]
+    fn request_method_is_the_method_upper_cased_common_ones_fixed() {
+        assert!(matches!(request_method("GET"), Text::Static("GET")));
+        assert!(matches!(request_method("HEAD"), Text::Static("HEAD")));
+        assert_eq!(&*request_method("PATCH"), "PATCH");
+        assert_eq!(&*request_method("Get"), "GET");
+    }
+
+    #[test]
     fn capitalize_header_name_is_python_capitalize_per_dash_word() {
         let cases = [
             ("content-TYPE", "Content-Type"),

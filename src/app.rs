@@ -117,11 +117,11 @@ pub struct Environ {
     client_disconnected: Option<DisconnectCheck>,
 }
 
-/// A variable's value. Rust-only: besides text of its own, a value may be fixed text
-/// (`"1.0"`) or text the server made once and shares with every request, such as
-/// `SERVER_NAME` or a connection's `REMOTE_ADDR`. Sharing costs a reference count where a copy
-/// cost an allocation and a free: seven of the 38 that `perf probe` counted on `malloc` for a
-/// hello-world request (see `Task::get_environment` for what it bought).
+/// A variable's value. Rust-only: besides text of its own, a value may be fixed text (`"1.0"`,
+/// or a server's `SERVER_NAME`, kept once for good) or text that the requests of one
+/// connection share, such as its `REMOTE_ADDR`, counted rather than copied. Seven of the 38
+/// allocations and frees that `perf probe` counted on `malloc` for a hello-world request were
+/// such copies (see `Task::get_environment` for what this bought).
 #[derive(Clone)]
 pub(crate) enum Text {
     Static(&'static str),

@@ -10,8 +10,8 @@
 # the other on one connection by a small Python client; the difference of the two totals, divided
 # by REQUESTS, leaves out start-up and shutdown. Counted: every thread of the server, user space
 # only (not the kernel's TCP path, which is most of the real time per request). Runs of the same
-# binary differ by about 1 % (how the threads interleave changes the poll rounds); compare
-# several runs of each build.
+# binary mostly agree within 1 %, now and then one is 5 % off (how the threads interleave
+# changes the poll rounds); compare several runs of each build.
 set -euo pipefail
 binary=${1:-target/release/waitress-serve}
 requests=${2:-5000}

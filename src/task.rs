@@ -435,7 +435,7 @@ impl PeerAddr {
         PeerAddr {
             host: host.into(),
             port,
-            port_text: port_text.as_str().into(),
+            port_text: port_text.into(),
         }
     }
 

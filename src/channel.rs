@@ -1330,8 +1330,8 @@ mod tests {
         trigger.change_log().start_reading();
         let info = Arc::new(ServerInfo::new(
             Arc::new(app),
-            "localhost".into(),
-            "80".into(),
+            "localhost",
+            "80",
             Arc::clone(&adj),
         ));
         let server = Rc::new(ChannelServer::new(

@@ -181,8 +181,8 @@ pub fn create_server_with(app: SharedApp, mut adj: Adjustments) -> Result<WsgiSe
         let (host, port) = socket.getsockname();
         let info = Arc::new(ServerInfo::new(
             Arc::clone(&application),
-            adj.server_name.clone(),
-            port.to_string(),
+            &adj.server_name,
+            &port.to_string(),
             Arc::clone(&adj),
         ));
         let channel_server = Rc::new(ChannelServer::new(

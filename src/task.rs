@@ -349,20 +349,19 @@ impl<F> Drop for GuardedFile<F> {
 pub struct ServerInfo {
     /// The application (already wrapped by the proxy-headers middleware when configured).
     pub application: SharedApp,
-    /// `SERVER_NAME` when the request has no `Host`.
-    pub server_name: String,
-    /// The port the listener is bound to, as the environ's `SERVER_PORT` string.
-    pub effective_port: String,
     /// The settings.
     pub adj: Arc<Adjustments>,
-    /// Rust-only: the environ's values that are the same for every request, made once.
+    /// The environ's values that are the same for every request, its server name and port
+    /// among them.
     shared: SharedVars,
 }
 
 /// The environ values that are the same for every request of a server, as fixed text (see
 /// [`intern`]).
 struct SharedVars {
+    /// `SERVER_NAME` when the request has no `Host`.
     server_name: &'static str,
+    /// The port the listener is bound to (`SERVER_PORT`).
     server_port: &'static str,
     server_software: &'static str,
     script_name: &'static str,
@@ -396,21 +395,19 @@ impl ServerInfo {
     /// `effective_port` with the settings `adj`.
     pub fn new(
         application: SharedApp,
-        server_name: String,
-        effective_port: String,
+        server_name: &str,
+        effective_port: &str,
         adj: Arc<Adjustments>,
     ) -> Self {
         let shared = SharedVars {
-            server_name: intern(&server_name),
-            server_port: intern(&effective_port),
+            server_name: intern(server_name),
+            server_port: intern(effective_port),
             server_software: intern(adj.ident.as_deref().unwrap_or("")),
             script_name: intern(&adj.url_prefix),
             url_scheme: intern(&adj.url_scheme),
         };
         ServerInfo {
             application,
-            server_name,
-            effective_port,
             adj,
             shared,
         }
@@ -1232,12 +1229,7 @@ mod tests {
         let mut adj = Adjustments::default();
         change(&mut adj);
         DummyChannel {
-            info: ServerInfo::new(
-                app,
-                "localhost".to_string(),
-                "80".to_string(),
-                Arc::new(adj),
-            ),
+            info: ServerInfo::new(app, "localhost", "80", Arc::new(adj)),
             addr: PeerAddr::new("127.0.0.1", Some(39830)),
             written: Mutex::new(Vec::new()),
             files: AtomicUsize::new(0),

@@ -141,11 +141,44 @@ impl std::ops::Deref for Text {
     }
 }
 
+/// Texts compare as the text they read, whatever their kind.
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Text) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    fn cmp(&self, other: &Text) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
 impl Text {
     fn into_string(self) -> String {
         match self {
             Text::Owned(text) => text,
             other => other.to_string(),
+        }
+    }
+
+    /// The text as a `String` to change, copied first unless it is owned already (as
+    /// `Cow::to_mut`).
+    pub(crate) fn to_mut(&mut self) -> &mut String {
+        if !matches!(self, Text::Owned(_)) {
+            *self = Text::Owned(self.to_string());
+        }
+        match self {
+            Text::Owned(text) => text,
+            _ => unreachable!("made owned just above"),
         }
     }
 }
@@ -981,6 +1014,28 @@ mod tests {
         assert_eq!(Arc::strong_count(&shared), 1);
         env.set("wsgi.version", "1.1");
         assert_eq!(env.get("wsgi.version"), Some("1.1"));
+    }
+
+    #[test]
+    fn text_to_mut_copies_fixed_or_shared_text_and_changes_owned_text_in_place() {
+        let shared: Arc<str> = "date".into();
+        let mut texts = [
+            Text::from("Server"),
+            Text::from(&shared),
+            Text::from(String::from("x-a")),
+        ];
+        for text in &mut texts {
+            text.to_mut().make_ascii_uppercase();
+            assert!(matches!(text, Text::Owned(_)));
+        }
+        let read: Vec<&str> = texts.iter().map(|text| &**text).collect();
+        assert_eq!(read, ["SERVER", "DATE", "X-A"]);
+        // The shared text itself is left as it was.
+        assert_eq!(&*shared, "date");
+        assert_eq!(Arc::strong_count(&shared), 1);
+        // Kinds do not matter to comparisons.
+        assert!(Text::from(&shared) == Text::from(String::from("date")));
+        assert!(Text::from("Date") < Text::from(String::from("Server")));
     }
 
     #[test]

@@ -589,12 +589,13 @@ pub fn build_http_date(when: i64) -> String {
 }
 
 /// The `Date` header value for the current second. Every response needs it, so each thread
-/// keeps the string of the current second and rebuilds it only when the second changes (no
-/// lock shared between the workers).
-pub fn http_date_now() -> String {
+/// keeps the text of the current second and rebuilds it only when the second changes (no
+/// lock shared between the workers). Rust-only: the text is counted rather than copied per
+/// response; only the thread that made it touches its count, so no other core sees it.
+pub fn http_date_now() -> Arc<str> {
     thread_local! {
-        static CACHE: std::cell::RefCell<(i64, String)> =
-            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+        static CACHE: std::cell::RefCell<Option<(i64, Arc<str>)>> =
+            const { std::cell::RefCell::new(None) };
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -602,10 +603,14 @@ pub fn http_date_now() -> String {
         .unwrap_or(0);
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if cache.0 != now {
-            *cache = (now, build_http_date(now));
+        match &*cache {
+            Some((second, date)) if *second == now => Arc::clone(date),
+            _ => {
+                let date: Arc<str> = build_http_date(now).into();
+                *cache = Some((now, Arc::clone(&date)));
+                date
+            }
         }
-        cache.1.clone()
     })
 }
 

@@ -722,16 +722,21 @@ impl<'a> StartResponse<'a> {
     }
 }
 
+/// Room the list keeps for the headers the server adds to a response (`Server` and `Date`
+/// always, at times `Content-Length` or `Transfer-Encoding`, `Connection`), so that adding
+/// them does not grow the list: one allocation per response fewer (valgrind's `dhat`).
+const HEADERS_THE_SERVER_ADDS: usize = 4;
+
 fn collect_headers<I, K, V>(headers: I) -> Vec<(String, String)>
 where
     I: IntoIterator<Item = (K, V)>,
     K: Into<String>,
     V: Into<String>,
 {
-    headers
-        .into_iter()
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect()
+    let headers = headers.into_iter();
+    let mut collected = Vec::with_capacity(headers.size_hint().0 + HEADERS_THE_SERVER_ADDS);
+    collected.extend(headers.map(|(k, v)| (k.into(), v.into())));
+    collected
 }
 
 /// A [`ResponseSink`] that records what an application did, for testing applications and

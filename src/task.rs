@@ -678,7 +678,9 @@ impl<'a> Task<'a> {
         let mut server_header = false;
         // Rust-only: filtered in place, where waitress builds a new list.
         self.response_headers.retain_mut(|(name, value)| {
-            capitalize_header_name(name.to_mut());
+            if !is_capitalized(name) {
+                capitalize_header_name(name.to_mut());
+            }
             match &**name {
                 "Content-Length" if !has_body => return false,
                 "Content-Length" => content_length_header = Some(!value.is_empty()),
@@ -1064,6 +1066,23 @@ fn request_method(command: &str) -> Text {
     }
 }
 
+/// Whether [`capitalize_header_name`] would leave `name` as it is, as it does the names most
+/// applications write (`Content-Type`). Rust-only: a look is cheaper than the rewrite, which
+/// took 3 % of the server's instructions for a hello-world response's two headers.
+fn is_capitalized(name: &str) -> bool {
+    let mut starts_a_word = true;
+    name.bytes().all(|b| {
+        let fits = b.is_ascii()
+            && if starts_a_word {
+                !b.is_ascii_lowercase()
+            } else {
+                !b.is_ascii_uppercase()
+            };
+        starts_a_word = b == b'-';
+        fits
+    })
+}
+
 /// `content-TYPE` → `Content-Type` (waitress: `"-".join(x.capitalize() ...)`).
 ///
 /// Rust-only: done in place, as a header name is ASCII (`validate_header` sees to that), which
@@ -1189,10 +1208,16 @@ mod tests {
             ("éTAG-x", "Étag-X"),
         ];
         for (name, capitalized) in cases {
+            // The shortcut says "unchanged" only where the rewrite changes nothing (and, being
+            // for ASCII, says "change" for any other text).
+            assert_eq!(is_capitalized(name), name.is_ascii() && name == capitalized);
+            assert_eq!(is_capitalized(capitalized), capitalized.is_ascii());
             let mut name = name.to_string();
             capitalize_header_name(&mut name);
             assert_eq!(name, capitalized);
         }
+        assert!(is_capitalized("Content-Type") && is_capitalized("X-9-Www"));
+        assert!(!is_capitalized("Content-type") && !is_capitalized("CONTENT-TYPE"));
     }
 
     struct DummyChannel {

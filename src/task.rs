@@ -551,20 +551,39 @@ const SERVER_VARIABLES: usize = 18;
 /// `CONTENT_LENGTH` and `CONTENT_TYPE` keep their names in the environ; every other header
 /// gets the `HTTP_` prefix (waitress: `rename_headers`).
 ///
-/// Rust-only: the names most requests carry are spelled out, so that they cost no allocation.
+/// Rust-only: the names browsers, clients and proxies commonly send are spelled out, so that
+/// they cost no allocation (a key made for another name is freed with the environ; a client
+/// chooses its names, so they are never kept).
 fn environ_key(header: &str) -> std::borrow::Cow<'static, str> {
-    match header {
-        "CONTENT_LENGTH" => "CONTENT_LENGTH".into(),
-        "CONTENT_TYPE" => "CONTENT_TYPE".into(),
-        "HOST" => "HTTP_HOST".into(),
-        "USER_AGENT" => "HTTP_USER_AGENT".into(),
-        "ACCEPT" => "HTTP_ACCEPT".into(),
-        "ACCEPT_ENCODING" => "HTTP_ACCEPT_ENCODING".into(),
-        "ACCEPT_LANGUAGE" => "HTTP_ACCEPT_LANGUAGE".into(),
-        "CONNECTION" => "HTTP_CONNECTION".into(),
-        "COOKIE" => "HTTP_COOKIE".into(),
-        other => format!("HTTP_{other}").into(),
-    }
+    let key = match header {
+        "CONTENT_LENGTH" => "CONTENT_LENGTH",
+        "CONTENT_TYPE" => "CONTENT_TYPE",
+        "HOST" => "HTTP_HOST",
+        "USER_AGENT" => "HTTP_USER_AGENT",
+        "ACCEPT" => "HTTP_ACCEPT",
+        "ACCEPT_ENCODING" => "HTTP_ACCEPT_ENCODING",
+        "ACCEPT_LANGUAGE" => "HTTP_ACCEPT_LANGUAGE",
+        "CONNECTION" => "HTTP_CONNECTION",
+        "COOKIE" => "HTTP_COOKIE",
+        "AUTHORIZATION" => "HTTP_AUTHORIZATION",
+        "CACHE_CONTROL" => "HTTP_CACHE_CONTROL",
+        "PRAGMA" => "HTTP_PRAGMA",
+        "REFERER" => "HTTP_REFERER",
+        "ORIGIN" => "HTTP_ORIGIN",
+        "IF_MODIFIED_SINCE" => "HTTP_IF_MODIFIED_SINCE",
+        "IF_NONE_MATCH" => "HTTP_IF_NONE_MATCH",
+        "UPGRADE_INSECURE_REQUESTS" => "HTTP_UPGRADE_INSECURE_REQUESTS",
+        "SEC_FETCH_DEST" => "HTTP_SEC_FETCH_DEST",
+        "SEC_FETCH_MODE" => "HTTP_SEC_FETCH_MODE",
+        "SEC_FETCH_SITE" => "HTTP_SEC_FETCH_SITE",
+        "SEC_FETCH_USER" => "HTTP_SEC_FETCH_USER",
+        "X_FORWARDED_FOR" => "HTTP_X_FORWARDED_FOR",
+        "X_FORWARDED_PROTO" => "HTTP_X_FORWARDED_PROTO",
+        "X_FORWARDED_HOST" => "HTTP_X_FORWARDED_HOST",
+        "X_REQUESTED_WITH" => "HTTP_X_REQUESTED_WITH",
+        other => return format!("HTTP_{other}").into(),
+    };
+    key.into()
 }
 
 /// One request being served on a worker (waitress: `Task`, with `WSGITask` and `ErrorTask`).
@@ -1203,6 +1222,54 @@ mod tests {
         assert!(matches!(request_method("HEAD"), Text::Static("HEAD")));
         assert_eq!(&*request_method("PATCH"), "PATCH");
         assert_eq!(&*request_method("Get"), "GET");
+    }
+
+    #[test]
+    fn environ_key_is_http_and_the_name_but_for_content_length_and_type() {
+        let spelled_out = [
+            "CONTENT_LENGTH",
+            "CONTENT_TYPE",
+            "HOST",
+            "USER_AGENT",
+            "ACCEPT",
+            "ACCEPT_ENCODING",
+            "ACCEPT_LANGUAGE",
+            "CONNECTION",
+            "COOKIE",
+            "AUTHORIZATION",
+            "CACHE_CONTROL",
+            "PRAGMA",
+            "REFERER",
+            "ORIGIN",
+            "IF_MODIFIED_SINCE",
+            "IF_NONE_MATCH",
+            "UPGRADE_INSECURE_REQUESTS",
+            "SEC_FETCH_DEST",
+            "SEC_FETCH_MODE",
+            "SEC_FETCH_SITE",
+            "SEC_FETCH_USER",
+            "X_FORWARDED_FOR",
+            "X_FORWARDED_PROTO",
+            "X_FORWARDED_HOST",
+            "X_REQUESTED_WITH",
+        ];
+        for name in spelled_out
+            .iter()
+            .chain(&["X_CUSTOM", "DNT", "CONTENT_MD5"])
+        {
+            let expected = match *name {
+                "CONTENT_LENGTH" | "CONTENT_TYPE" => name.to_string(),
+                other => format!("HTTP_{other}"),
+            };
+            let key = environ_key(name);
+            assert_eq!(key, expected);
+            // Spelled out: no allocation.
+            assert_eq!(
+                matches!(key, Cow::Borrowed(_)),
+                spelled_out.contains(name),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -4,8 +4,11 @@
 # noisy), so a change to the per-request path can be weighed in a minute.
 #
 #   tools/instructions_per_request.sh [BINARY] [REQUESTS]
+#   HEADERS=browser tools/instructions_per_request.sh ...   # nine headers as a browser sends
 #
-# BINARY defaults to target/release/waitress-serve (build it first), REQUESTS to 5000. The server
+# BINARY defaults to target/release/waitress-serve (build it first), REQUESTS to 5000. Each
+# request is wrk's `GET /` with only a Host header, or with HEADERS=browser a `GET /a/b?x=1`
+# with the nine headers of a browser's page load (User-Agent, Accept, ...). The server
 # runs `hello` under callgrind twice, serving 200 and then 200 + REQUESTS requests sent one after
 # the other on one connection by a small Python client; the difference of the two totals, divided
 # by REQUESTS, leaves out start-up and shutdown. Counted: every thread of the server, user space
@@ -22,10 +25,21 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 client() { # N: send N GETs one after the other, reading each response whole
-  python3 - "$port" "$1" <<'EOF'
+  python3 - "$port" "$1" "${HEADERS:-}" <<'EOF'
 import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, headers = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port
+if headers == "browser":
+    request = (
+        b"GET /a/b?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+        b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0\r\n"
+        b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+        b"Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\n"
+        b"Connection: keep-alive\r\nUpgrade-Insecure-Requests: 1\r\n"
+        b"Sec-Fetch-Dest: document\r\nSec-Fetch-Mode: navigate\r\n\r\n" % port
+    )
+elif headers:
+    sys.exit("HEADERS is 'browser' or unset")
 conn = socket.create_connection(("127.0.0.1", port))
 pending = b""
 for _ in range(n):
@@ -61,4 +75,4 @@ total() { # N: callgrind's total for a server that served N requests
 
 base=$(total 200)
 more=$(total $((200 + requests)))
-echo "$(( (more - base) / requests )) user-space instructions per request ($binary, $requests requests)"
+echo "$(( (more - base) / requests )) user-space instructions per request ($binary, $requests requests${HEADERS:+, $HEADERS headers})"

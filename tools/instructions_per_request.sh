@@ -19,6 +19,10 @@ set -euo pipefail
 binary=${1:-target/release/waitress-serve}
 requests=${2:-5000}
 port=${PORT:-19501}
+case "${HEADERS:-}" in
+  "" | browser) ;;
+  *) echo "HEADERS is 'browser' or unset" >&2; exit 2 ;;
+esac
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 [ -x "$binary" ] || { echo "no server binary at $binary (cargo build --release)" >&2; exit 2; }
 out=$(mktemp -d)
@@ -38,8 +42,6 @@ if headers == "browser":
         b"Connection: keep-alive\r\nUpgrade-Insecure-Requests: 1\r\n"
         b"Sec-Fetch-Dest: document\r\nSec-Fetch-Mode: navigate\r\n\r\n" % port
     )
-elif headers:
-    sys.exit("HEADERS is 'browser' or unset")
 conn = socket.create_connection(("127.0.0.1", port))
 pending = b""
 for _ in range(n):

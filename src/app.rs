@@ -81,6 +81,22 @@ pub fn latin1_to_string(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| char::from(b)).collect()
 }
 
+/// `text` as the one of `fixed` that reads the same, else as `copy(text)`. Rust-only: for the
+/// short values that nearly every request or response carries (the method, the version, the
+/// URL scheme, `200 OK`), which then cost no allocation; `copy` says how text of its kind
+/// becomes a string (bytes from the wire are latin-1).
+pub(crate) fn fixed_or<T: AsRef<[u8]> + ?Sized>(
+    text: &T,
+    fixed: &[&'static str],
+    copy: impl FnOnce(&T) -> String,
+) -> Cow<'static, str> {
+    let bytes = text.as_ref();
+    match fixed.iter().find(|candidate| candidate.as_bytes() == bytes) {
+        Some(&candidate) => Cow::Borrowed(candidate),
+        None => Cow::Owned(copy(text)),
+    }
+}
+
 /// Encode a native string back to bytes, one byte per char. Returns `None` when a char is
 /// outside latin-1 (above U+00FF): such a string cannot go on the wire as WSGI requires.
 pub fn string_to_latin1(s: &str) -> Option<Vec<u8>> {
@@ -192,6 +208,15 @@ impl From<String> for Text {
 impl From<&'static str> for Text {
     fn from(text: &'static str) -> Self {
         Text::Static(text)
+    }
+}
+
+impl From<Cow<'static, str>> for Text {
+    fn from(text: Cow<'static, str>) -> Self {
+        match text {
+            Cow::Borrowed(text) => Text::Static(text),
+            Cow::Owned(text) => Text::Owned(text),
+        }
     }
 }
 
@@ -1013,6 +1038,27 @@ mod tests {
         assert_eq!(Arc::strong_count(&shared), 1);
         env.set("wsgi.version", "1.1");
         assert_eq!(env.get("wsgi.version"), Some("1.1"));
+    }
+
+    #[test]
+    fn fixed_or_gives_fixed_text_for_a_listed_value_and_a_copy_otherwise() {
+        let methods = ["GET", "POST"];
+        assert!(matches!(
+            fixed_or("GET", &methods, str::to_owned),
+            Cow::Borrowed("GET")
+        ));
+        assert!(matches!(
+            fixed_or(&b"POST"[..], &methods, latin1_to_string),
+            Cow::Borrowed("POST")
+        ));
+        // Anything else goes through `copy`: here latin-1 bytes, upper-cased text.
+        let copied = fixed_or(&b"G\xc9T"[..], &methods, latin1_to_string);
+        assert!(matches!(&copied, Cow::Owned(text) if text == "G\u{c9}T"));
+        assert_eq!(fixed_or("get", &methods, str::to_ascii_uppercase), "GET");
+        assert!(matches!(
+            fixed_or("get", &methods, str::to_ascii_uppercase),
+            Cow::Owned(_)
+        ));
     }
 
     #[test]

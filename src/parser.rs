@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::adjustments::Adjustments;
-use crate::app::{latin1_to_string, Input};
+use crate::app::{fixed_or, latin1_to_string, Input};
 use crate::buffers::OverflowableBuffer;
 use crate::receiver::{ChunkedReceiver, FixedStreamReceiver};
 use crate::rfc7230::{header_field, is_only_digit, is_tchar};
@@ -85,7 +85,7 @@ pub struct HttpRequestParser {
     /// The body receiver, once the head asked for a body.
     pub body_rcv: Option<BodyReceiver>,
     /// The HTTP version, `"1.0"` by default (`"1.1"`, …).
-    pub version: String,
+    pub version: Cow<'static, str>,
     /// Why the request is refused, if it is.
     pub error: Option<Error>,
     /// The connection must close after this request.
@@ -96,7 +96,7 @@ pub struct HttpRequestParser {
     /// joined with `", "`.
     pub headers: HashMap<String, String>,
     /// The method, upper-case as received.
-    pub command: String,
+    pub command: Cow<'static, str>,
     /// The request target as received (latin-1).
     pub request_uri: String,
     /// The scheme of an absolute-form target (`http`), else empty.
@@ -110,12 +110,15 @@ pub struct HttpRequestParser {
     /// The fragment, latin-1.
     pub fragment: String,
     /// `wsgi.url_scheme` (from the adjustments).
-    pub url_scheme: String,
+    pub url_scheme: Cow<'static, str>,
     /// The head so far, until its blank line arrives (waitress: `header_plus`). Only a head
     /// that spans several reads is gathered here (see `received_head`).
     header_plus: Vec<u8>,
     adj: Arc<Adjustments>,
 }
+
+/// The methods most requests use, kept as fixed text (see `app::fixed_or`).
+pub(crate) const COMMON_METHODS: [&str; 4] = ["GET", "POST", "HEAD", "PUT"];
 
 /// Headers that may appear only once (waitress: `SINGLETON_FIELDS`, after RFC 9112).
 pub const SINGLETON_FIELDS: [&str; 3] = ["HOST", "CONTENT_LENGTH", "CONTENT_TYPE"];
@@ -185,19 +188,19 @@ impl HttpRequestParser {
             header_bytes_received: 0,
             body_bytes_received: 0,
             body_rcv: None,
-            version: "1.0".to_string(),
+            version: Cow::Borrowed("1.0"),
             error: None,
             connection_close: false,
             first_line: Vec::new(),
             headers: HashMap::new(),
-            command: String::new(),
+            command: Cow::Borrowed(""),
             request_uri: String::new(),
             proxy_scheme: String::new(),
             proxy_netloc: String::new(),
             path: String::new(),
             query: String::new(),
             fragment: String::new(),
-            url_scheme: String::new(),
+            url_scheme: Cow::Borrowed(""),
             header_plus: Vec::new(),
             adj,
         }
@@ -362,18 +365,19 @@ impl HttpRequestParser {
             return parsing_error("Start line is invalid");
         }
         self.request_uri = latin1_to_string(uri);
-        self.command = latin1_to_string(command);
-        // Rust-only: the version is `d.d` or empty (see `crack_first_line`), so it fits in the
-        // "1.0" that `new` allocated; a fresh string here was one more allocation per request.
-        self.version.clear();
-        self.version.extend(version.iter().map(|&b| char::from(b)));
+        self.command = fixed_or(command, &COMMON_METHODS, latin1_to_string);
+        self.version = fixed_or(version, &["1.1", "1.0"], latin1_to_string);
         let parts = split_uri(uri)?;
         self.proxy_scheme = parts.scheme;
         self.proxy_netloc = parts.netloc;
         self.path = parts.path;
         self.query = parts.query;
         self.fragment = parts.fragment;
-        self.url_scheme = self.adj.url_scheme.clone();
+        self.url_scheme = fixed_or(
+            self.adj.url_scheme.as_str(),
+            &["http", "https"],
+            str::to_owned,
+        );
 
         if self.version == "1.0" && !self.connection_is("keep-alive") {
             self.connection_close = true;

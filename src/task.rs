@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 use crate::access_log;
 use crate::adjustments::Adjustments;
 use crate::app::{
-    AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, FileSource,
+    fixed_or, AppError, Body, ChunkIter, ClientDisconnected, DisconnectCheck, Environ, FileSource,
     FileWrapper, ResponseSink, SharedApp, StartResponse, StartResponseError, Text,
 };
 use crate::buffers::ReadOnlyFileBasedBuffer;
-use crate::parser::HttpRequestParser;
+use crate::parser::{HttpRequestParser, COMMON_METHODS};
 use crate::profiling::{self, Stage};
 use crate::utilities::{error_chain, http_date_now, Level, LOGGER, QUEUE_LOGGER};
 
@@ -544,6 +544,9 @@ fn log_queue_depth(depth: usize) {
     });
 }
 
+/// The statuses most responses carry, kept as fixed text (see `app::fixed_or`).
+const COMMON_STATUSES: [&str; 4] = ["200 OK", "304 Not Modified", "404 Not Found", "302 Found"];
+
 /// How many variables `get_environment` sets besides the headers' (`REMOTE_ADDR` to
 /// `wsgi.input_terminated`).
 const SERVER_VARIABLES: usize = 18;
@@ -597,7 +600,7 @@ pub struct Task<'a> {
     kind: Kind,
     /// `"1.0"` or `"1.1"`: any other request version is answered as 1.0.
     version: &'static str,
-    status: String,
+    status: Cow<'static, str>,
     response_headers: Vec<(Text, Text)>,
     content_length: Option<u64>,
     content_bytes_written: u64,
@@ -622,7 +625,7 @@ impl<'a> Task<'a> {
             request,
             kind,
             version,
-            status: "200 OK".to_string(),
+            status: Cow::Borrowed("200 OK"),
             response_headers: Vec::new(),
             content_length: None,
             content_bytes_written: 0,
@@ -889,7 +892,7 @@ impl<'a> Task<'a> {
             None => return Ok(()),
         };
         let (status, headers, body) = error.to_response(ident.as_deref());
-        self.status = status;
+        self.status = status.into();
         self.response_headers.extend(
             headers
                 .into_iter()
@@ -1086,11 +1089,7 @@ impl<'a> Task<'a> {
 /// `REQUEST_METHOD`: the method upper-cased (waitress: `request.command.upper()`). Rust-only:
 /// the common methods, already upper-case on the wire, are fixed text rather than a copy.
 fn request_method(command: &str) -> Text {
-    const COMMON: [&str; 4] = ["GET", "POST", "HEAD", "PUT"];
-    match COMMON.iter().find(|&&method| method == command) {
-        Some(method) => Text::from(*method),
-        None => Text::from(command.to_ascii_uppercase()),
-    }
+    Text::from(fixed_or(command, &COMMON_METHODS, str::to_ascii_uppercase))
 }
 
 /// Whether [`capitalize_header_name`] would leave `name` as it is, as it does the names most
@@ -1172,9 +1171,7 @@ impl ResponseSink for Task<'_> {
         content_length: Option<u64>,
     ) {
         self.complete = true;
-        // Into the string `new` made for "200 OK" (no allocation for a status that fits).
-        self.status.clear();
-        self.status.push_str(status);
+        self.status = fixed_or(status, &COMMON_STATUSES, str::to_owned);
         self.response_headers = headers
             .into_iter()
             .map(|(name, value)| (Text::Owned(name), Text::Owned(value)))
@@ -1362,11 +1359,11 @@ mod tests {
     /// waitress's `DummyParser`: a GET of `/` in the given version.
     fn request(version: &str) -> HttpRequestParser {
         let mut r = HttpRequestParser::new(Arc::new(Adjustments::default()));
-        r.version = version.to_string();
-        r.command = "GET".to_string();
+        r.version = version.to_string().into();
+        r.command = "GET".into();
         r.path = "/".to_string();
         r.request_uri = "/".to_string();
-        r.url_scheme = "http".to_string();
+        r.url_scheme = "http".into();
         r
     }
 
@@ -1671,7 +1668,7 @@ mod tests {
     /// RFC 9112: no `Content-Length` or `Transfer-Encoding` for a status without a body; with
     /// no length the connection closes.
     fn assert_v11_no_body_status(status: &str) {
-        let built = build("1.1", |t| t.status = status.to_string());
+        let built = build("1.1", |t| t.status = status.to_string().into());
         let lines = &built.lines;
         assert_eq!(lines.len(), 4, "{lines:?}");
         assert_eq!(lines[0], format!("HTTP/1.1 {status}"));
@@ -1917,7 +1914,7 @@ mod tests {
                 result,
                 task.close_on_finish,
                 task.complete,
-                task.status.clone(),
+                task.status.to_string(),
                 task.content_length,
                 owned(&task.response_headers),
             )
@@ -2171,7 +2168,7 @@ mod tests {
             sr.start("200 OK", [("Content-Length", "3")])?;
             Ok(Body::from_chunks(vec![Ok(b"".to_vec())]))
         });
-        let ran = run(&ch, false, |t| t.request.command = "HEAD".to_string());
+        let ran = run(&ch, false, |t| t.request.command = "HEAD".into());
         ran.result.unwrap();
         assert!(!ran.close_on_finish);
         assert_eq!(ran.logged, Vec::<String>::new());
@@ -2570,7 +2567,7 @@ mod tests {
             Ok(Body::from("abc"))
         });
         let mut req = request("1.1");
-        req.command = "HEAD".to_string();
+        req.command = "HEAD".into();
         let mut task = Task::wsgi(&ch, &mut req);
         task.service().unwrap();
         assert!(!task.close_on_finish);

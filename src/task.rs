@@ -363,7 +363,8 @@ struct SharedVars {
     server_name: &'static str,
     /// The port the listener is bound to (`SERVER_PORT`).
     server_port: &'static str,
-    server_software: &'static str,
+    /// The `ident` setting: the `Server` header and, or empty, `SERVER_SOFTWARE`.
+    ident: Option<&'static str>,
     script_name: &'static str,
     url_scheme: &'static str,
 }
@@ -402,7 +403,7 @@ impl ServerInfo {
         let shared = SharedVars {
             server_name: intern(server_name),
             server_port: intern(effective_port),
-            server_software: intern(adj.ident.as_deref().unwrap_or("")),
+            ident: adj.ident.as_deref().map(intern),
             script_name: intern(&adj.url_prefix),
             url_scheme: intern(&adj.url_scheme),
         };
@@ -748,13 +749,8 @@ impl<'a> Task<'a> {
         if self.request.connection_close && !self.close_on_finish {
             self.set_close_on_finish();
         }
-        // The ident is the server's SERVER_SOFTWARE, kept once (see `intern`), not copied.
-        let server = self.channel.server();
-        let ident = server
-            .adj
-            .ident
-            .as_ref()
-            .map(|_| server.shared.server_software);
+        // The ident is kept once per server (see `intern`), not copied.
+        let ident = self.channel.server().shared.ident;
         if !server_header {
             if let Some(ident) = ident {
                 self.add_header("Server", ident);
@@ -886,18 +882,14 @@ impl<'a> Task<'a> {
 
     /// `ErrorTask.execute`: the error's status, headers and body, then close.
     fn execute_error(&mut self) -> Result<(), TaskError> {
-        let ident = self.channel.server().adj.ident.clone();
+        let ident = self.channel.server().shared.ident;
         let error = match self.request.error.clone() {
             Some(error) => error,
             None => return Ok(()),
         };
-        let (status, headers, body) = error.to_response(ident.as_deref());
+        let (status, headers, body) = error.to_response(ident);
         self.status = status.into();
-        self.response_headers.extend(
-            headers
-                .into_iter()
-                .map(|(name, value)| (Text::Owned(name), Text::Owned(value))),
-        );
+        self.response_headers.extend(as_text(headers));
         self.set_close_on_finish();
         self.content_length = Some(body.len() as u64);
         self.write(&body)
@@ -1047,7 +1039,7 @@ impl<'a> Task<'a> {
         environ.push_new("REQUEST_METHOD", request_method(&request.command));
         environ.push_new("SERVER_PORT", shared.server_port);
         environ.push_new("SERVER_NAME", shared.server_name);
-        environ.push_new("SERVER_SOFTWARE", shared.server_software);
+        environ.push_new("SERVER_SOFTWARE", shared.ident.unwrap_or(""));
         environ.push_new(
             "SERVER_PROTOCOL",
             if self.version == "1.1" {
@@ -1084,6 +1076,13 @@ impl<'a> Task<'a> {
         environ.set_client_disconnected(channel.disconnect_check());
         Ok(environ)
     }
+}
+
+/// Headers as an application or an error gives them, as the task keeps them (no copy).
+fn as_text(headers: Vec<(String, String)>) -> impl Iterator<Item = (Text, Text)> {
+    headers
+        .into_iter()
+        .map(|(name, value)| (Text::Owned(name), Text::Owned(value)))
 }
 
 /// `REQUEST_METHOD`: the method upper-cased (waitress: `request.command.upper()`). Rust-only:
@@ -1172,10 +1171,7 @@ impl ResponseSink for Task<'_> {
     ) {
         self.complete = true;
         self.status = fixed_or(status, &COMMON_STATUSES, str::to_owned);
-        self.response_headers = headers
-            .into_iter()
-            .map(|(name, value)| (Text::Owned(name), Text::Owned(value)))
-            .collect();
+        self.response_headers = as_text(headers).collect();
         if content_length.is_some() {
             self.content_length = content_length;
         }

@@ -522,7 +522,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// The offset just past the first `\r\n\r\n` in `s`, or `None` when the head is not complete
 /// yet (waitress returns -1).
 ///
-/// Rust-only: found by [`find_ending_in_lf`] rather than by comparing every four-byte
+/// Rust-only: found by `find_ending_in_lf` rather than by comparing every four-byte
 /// window: the head of each request is searched here.
 pub fn find_double_newline(s: &[u8]) -> Option<usize> {
     find_ending_in_lf(s, b"\r\n\r\n").map(|at| at + 4)

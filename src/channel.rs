@@ -223,6 +223,8 @@ pub struct ChannelServer {
     /// One receive buffer for every channel of the I/O thread: a connection costs no read
     /// buffer of its own while idle.
     read_buffer: RefCell<Vec<u8>>,
+    /// The I/O thread's half of the retired requests' list (see [`ServerInfo::retire`]).
+    retired_spare: RefCell<Vec<HttpRequestParser>>,
 }
 
 impl ChannelServer {
@@ -239,7 +241,14 @@ impl ChannelServer {
             trigger,
             active_channels: RefCell::new(BTreeMap::new()),
             read_buffer: RefCell::new(vec![0; recv_bytes]),
+            retired_spare: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Free the requests the workers have finished with (see [`ServerInfo::retire`]); the
+    /// server calls this after every poll round.
+    pub(crate) fn free_retired_requests(&self) {
+        self.info.free_retired(&mut self.retired_spare.borrow_mut());
     }
 }
 
@@ -1018,6 +1027,8 @@ impl HttpChannel {
         // Closing a request may remove its body's temporary file: done without the lock.
         request.close();
         dropped.iter_mut().for_each(HttpRequestParser::close);
+        // Freed by the I/O thread, which made it (see `ServerInfo::retire`).
+        self.info.retire(request);
         if next {
             self.add_self_as_task();
         }
@@ -2442,6 +2453,22 @@ mod tests {
         g.channel.service();
         assert!(read_available(&mut g.peer).starts_with(b"HTTP/1.1 200 OK"));
         assert!(g.trigger_pulled());
+    }
+
+    #[test]
+    fn a_served_request_is_freed_by_the_io_thread() {
+        // Rust-only (`ServerInfo::retire`): the worker hands the request back, and the I/O
+        // thread frees it when it calls for the retired requests after its round.
+        let (mut f, _dispatcher) = request_read(b"GET /retired HTTP/1.1\r\n\r\n");
+        f.channel.service();
+        assert!(read_available(&mut f.peer).starts_with(b"HTTP/1.1 200 OK"));
+        {
+            let retired = f.server.info.retired.lock().unwrap();
+            assert_eq!(retired.len(), 1);
+            assert_eq!(retired[0].path, "/retired");
+        }
+        f.server.free_retired_requests();
+        assert!(f.server.info.retired.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -315,6 +315,9 @@ impl WsgiServer {
                 result = Err(e);
                 break;
             }
+            for listener in &self.listeners {
+                listener.server.free_retired_requests();
+            }
         }
         self.close();
         result

@@ -224,7 +224,9 @@ pub struct ChannelServer {
     /// buffer of its own while idle.
     read_buffer: RefCell<Vec<u8>>,
     /// The I/O thread's half of the retired requests' list (see [`ServerInfo::retire`]).
-    retired_spare: RefCell<Vec<HttpRequestParser>>,
+    // Boxed on purpose: a request moves between lists as a pointer (see `State::request`).
+    #[allow(clippy::vec_box)]
+    retired_spare: RefCell<Vec<Box<HttpRequestParser>>>,
 }
 
 impl ChannelServer {
@@ -257,7 +259,15 @@ impl ChannelServer {
 struct State {
     /// The request being read (waitress: `request`). I/O thread, and a worker at the end of
     /// `service` when it sends a deferred `100 Continue`.
-    request: Option<HttpRequestParser>,
+    ///
+    /// Rust-only: requests are boxed, here and in `requests`. A parser is 600 bytes, moved
+    /// from here to the queue, to the worker and back to the I/O thread (`ServerInfo::retire`);
+    /// boxed, each move is a pointer. callgrind: 15,895 and 15,935 user-space instructions per
+    /// hello-world request unboxed, 15,308 and 15,309 boxed. An idle connection keeps 8 bytes
+    /// here rather than 600, and its queue, which the first request gives room for four, 32
+    /// rather than 2,400: `bench --scenario idle` measured 3.55 and 3.58 KiB per idle
+    /// connection unboxed, 0.56 boxed.
+    request: Option<Box<HttpRequestParser>>,
     /// Last time bytes were read or sent, for the idle sweep (waitress: `last_activity`).
     last_activity: Instant,
     /// Close at the next chance (waitress: `will_close`).
@@ -274,7 +284,7 @@ struct State {
     connected: bool,
     /// Complete requests no worker has taken yet (waitress: `requests`, less the one being
     /// served).
-    requests: VecDeque<HttpRequestParser>,
+    requests: VecDeque<Box<HttpRequestParser>>,
     /// A worker is serving the request it took from `requests` (waitress keeps it as
     /// `requests[0]` until it is done).
     serving: bool,
@@ -641,7 +651,7 @@ impl HttpChannel {
     /// Read no more (the caller sets why): forget a request half read, and with no request
     /// left to answer, close once the output is sent. Returns the forgotten request, to be
     /// closed without the lock.
-    fn stop_reading(st: &mut State) -> Option<HttpRequestParser> {
+    fn stop_reading(st: &mut State) -> Option<Box<HttpRequestParser>> {
         st.head_started = None;
         if st.request_count() == 0 {
             st.close_when_flushed = true;
@@ -688,7 +698,7 @@ impl HttpChannel {
             let adj = &self.adj;
             let request = st
                 .request
-                .get_or_insert_with(|| HttpRequestParser::new(Arc::clone(adj)));
+                .get_or_insert_with(|| Box::new(HttpRequestParser::new(Arc::clone(adj))));
             let n = request.received(data);
             let wants_continue = request.expect_continue && request.headers_finished;
             let completed = request.completed;
@@ -1026,7 +1036,7 @@ impl HttpChannel {
         drop(st);
         // Closing a request may remove its body's temporary file: done without the lock.
         request.close();
-        dropped.iter_mut().for_each(HttpRequestParser::close);
+        dropped.iter_mut().for_each(|r| r.close());
         // Freed by the I/O thread, which made it (see `ServerInfo::retire`).
         self.info.retire(request);
         if next {
@@ -1048,7 +1058,7 @@ impl HttpChannel {
         let mut dropped = std::mem::take(&mut st.requests);
         st.serving = false;
         drop(st);
-        dropped.iter_mut().for_each(HttpRequestParser::close);
+        dropped.iter_mut().for_each(|r| r.close());
     }
 
     // ---- Rust-only helpers of the methods above ----

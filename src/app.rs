@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, BufRead, Read, Seek};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// The error an application (or a body iterator) may return. Any error type converts into it
 /// with `?`. The server answers `500 Internal Server Error` for it (when headers were not sent
@@ -461,7 +461,24 @@ impl io::Write for Errors {
 /// request to learn whether the client has closed its connection.
 #[derive(Clone)]
 pub struct DisconnectCheck {
-    check: Arc<dyn Fn() -> bool + Send + Sync>,
+    check: Check,
+}
+
+/// How a [`DisconnectCheck`] finds its answer.
+#[derive(Clone)]
+enum Check {
+    /// A closure of the embedding program's (or a test's).
+    Closure(Arc<dyn Fn() -> bool + Send + Sync>),
+    /// Rust-only: a connection of this server, asked directly. The server puts a check in
+    /// every request's environ, and a clone of the connection's weak pointer costs no
+    /// allocation where a closure in an `Arc` cost one per request.
+    Connection(Weak<dyn ClientConnection>),
+}
+
+/// A connection that can tell whether its client has gone (see [`DisconnectCheck`]).
+pub(crate) trait ClientConnection: Send + Sync {
+    /// `True` once the client has disconnected.
+    fn client_disconnected(&self) -> bool;
 }
 
 impl fmt::Debug for DisconnectCheck {
@@ -474,13 +491,26 @@ impl DisconnectCheck {
     /// Build a check from a closure that answers "has the client disconnected?".
     pub fn new(check: impl Fn() -> bool + Send + Sync + 'static) -> Self {
         DisconnectCheck {
-            check: Arc::new(check),
+            check: Check::Closure(Arc::new(check)),
+        }
+    }
+
+    /// The check of one of the server's connections; a connection that is gone counts as
+    /// disconnected.
+    pub(crate) fn for_connection(connection: Weak<dyn ClientConnection>) -> Self {
+        DisconnectCheck {
+            check: Check::Connection(connection),
         }
     }
 
     /// `True` once the client has disconnected.
     pub fn is_disconnected(&self) -> bool {
-        (self.check)()
+        match &self.check {
+            Check::Closure(check) => check(),
+            Check::Connection(connection) => connection
+                .upgrade()
+                .map_or(true, |connection| connection.client_disconnected()),
+        }
     }
 }
 
@@ -986,6 +1016,28 @@ impl FileWrapper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_check_asks_the_connection_and_counts_a_gone_one_as_disconnected() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        struct Connection(AtomicBool);
+        impl ClientConnection for Connection {
+            fn client_disconnected(&self) -> bool {
+                self.0.load(Ordering::SeqCst)
+            }
+        }
+        let connection = Arc::new(Connection(AtomicBool::new(false)));
+        let weak: Weak<Connection> = Arc::downgrade(&connection);
+        let check = DisconnectCheck::for_connection(weak);
+        assert!(!check.clone().is_disconnected());
+        connection.0.store(true, Ordering::SeqCst);
+        assert!(check.is_disconnected());
+        let gone = Arc::new(Connection(AtomicBool::new(false)));
+        let weak: Weak<Connection> = Arc::downgrade(&gone);
+        let check = DisconnectCheck::for_connection(weak);
+        drop(gone);
+        assert!(check.is_disconnected());
+    }
 
     #[test]
     fn latin1_round_trips_every_byte() {

@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use crate::access_log;
 use crate::adjustments::Adjustments;
-use crate::app::{ClientDisconnected, DisconnectCheck};
+use crate::app::{ClientConnection, ClientDisconnected, DisconnectCheck};
 use crate::buffers::{OverflowableBuffer, ReadOnlyFileBasedBuffer};
 use crate::compat::{self, RawSocket};
 use crate::parser::HttpRequestParser;
@@ -1193,8 +1193,14 @@ impl TaskChannel for HttpChannel {
     }
 
     fn disconnect_check(&self) -> DisconnectCheck {
-        let me = self.me.clone();
-        DisconnectCheck::new(move || me.upgrade().map_or(true, |c| c.check_client_disconnected()))
+        let me: Weak<dyn ClientConnection> = self.me.clone();
+        DisconnectCheck::for_connection(me)
+    }
+}
+
+impl ClientConnection for HttpChannel {
+    fn client_disconnected(&self) -> bool {
+        self.check_client_disconnected()
     }
 }
 

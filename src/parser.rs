@@ -119,6 +119,32 @@ pub struct HttpRequestParser {
     adj: Arc<Adjustments>,
 }
 
+/// Which of the headers that frame a request (and that `parse_header` looks up after reading
+/// them all) came with it. Rust-only: each look-up hashes its name (SipHash, as every
+/// `HashMap` in std), and most requests carry none of them, or only `Connection`; asking the
+/// map only for those that came took a hello-world request (a GET with a `Host` header alone)
+/// from 14,991 and 15,086 user-space instructions to 13,998 and 14,091 (callgrind).
+#[derive(Debug, Default)]
+struct FramingHeaders {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+    expect: bool,
+}
+
+impl FramingHeaders {
+    /// Note `name` (as the map keys it) if it is one of them.
+    fn note(&mut self, name: &str) {
+        match name {
+            "TRANSFER_ENCODING" => self.transfer_encoding = true,
+            "CONTENT_LENGTH" => self.content_length = true,
+            "CONNECTION" => self.connection = true,
+            "EXPECT" => self.expect = true,
+            _ => {}
+        }
+    }
+}
+
 /// The methods most requests use, kept as fixed text (see `app::fixed_or`).
 pub(crate) const COMMON_METHODS: [&str; 4] = ["GET", "POST", "HEAD", "PUT"];
 
@@ -359,8 +385,9 @@ impl HttpRequestParser {
         // Rust-only: the map is sized once, one allocation rather than one per growth (3 for
         // a browser's nine headers). A header may be dropped or joined, so this can be more.
         self.headers.reserve(lines.len());
+        let mut came = FramingHeaders::default();
         for line in &lines {
-            self.add_header_line(line)?;
+            self.add_header_line(line, &mut came)?;
         }
         let (command, uri, version) = crack_first_line(first_line)?;
         if command.is_empty() && uri.is_empty() && version.is_empty() {
@@ -381,27 +408,36 @@ impl HttpRequestParser {
             str::to_owned,
         );
 
-        if self.version == "1.0" && !self.connection_is("keep-alive") {
+        // Rust-only: the map is asked only for the headers that came (see `FramingHeaders`).
+        if self.version == "1.0" && !(came.connection && self.connection_is("keep-alive")) {
             self.connection_close = true;
         }
         if self.version == "1.1" {
-            self.parse_transfer_encoding()?;
-            self.expect_continue = self
-                .headers
-                .get("EXPECT")
-                .map_or(false, |e| e.eq_ignore_ascii_case("100-continue"));
-            if self.connection_is("close") {
+            if came.transfer_encoding {
+                self.parse_transfer_encoding()?;
+            }
+            self.expect_continue = came.expect
+                && self
+                    .headers
+                    .get("EXPECT")
+                    .map_or(false, |e| e.eq_ignore_ascii_case("100-continue"));
+            if came.connection && self.connection_is("close") {
                 self.connection_close = true;
             }
         }
-        if !self.chunked {
+        if !self.chunked && came.content_length {
             self.parse_content_length()?;
         }
         Ok(())
     }
 
-    /// One `name: value` line into `headers`.
-    fn add_header_line(&mut self, line: &[u8]) -> Result<(), HeaderError> {
+    /// One `name: value` line into `headers`, noting in `came` a header that frames the
+    /// request.
+    fn add_header_line(
+        &mut self,
+        line: &[u8],
+        came: &mut FramingHeaders,
+    ) -> Result<(), HeaderError> {
         let (key, value) = match header_field(line) {
             Some(field) => field,
             None => return parsing_error("Invalid header"),
@@ -420,6 +456,7 @@ impl HttpRequestParser {
             .collect();
         let name = String::from_utf8(name).unwrap_or_else(|e| latin1_to_string(e.as_bytes()));
         let singleton = SINGLETON_FIELDS.contains(&name.as_str());
+        came.note(&name);
         // Rust-only: one look-up of the map (its entry) where there were two or three; the
         // order of the checks is waitress's.
         match self.headers.entry(name) {

@@ -19,7 +19,10 @@
 //! - `HttpChannel::room` is the condition waitress's `outbuf_lock` carries: a worker whose
 //!   output is past `outbuf_high_watermark` waits on it;
 //! - the socket-map entry ([`ChannelDispatcher`]) belongs to the I/O thread alone; it does
-//!   waitress's `add_channel`/`del_channel` (in `create` and its `handle_close`).
+//!   waitress's `add_channel`/`del_channel` (in `create` and its `handle_close`);
+//! - a request is made on the I/O thread and, once its worker is done with it, handed back
+//!   to be freed there after the next poll round (`ServerInfo::retire`), so that the
+//!   allocator's per-thread cache recycles its memory.
 //!
 //! No atomics: the lock is uncontended in the common case (the I/O thread takes it each time
 //! it asks a channel what it wants, which is every poll round or, with epoll, around each

@@ -361,6 +361,12 @@ pub struct ServerInfo {
     pub(crate) retired: Mutex<Vec<Box<HttpRequestParser>>>,
 }
 
+/// The most finished requests that wait for the I/O thread to free them (see
+/// [`ServerInfo::retire`]): a few MiB at most (about 1 KiB each for a short request), and more than a poll round finishes under
+/// `bench --scenario hello-10000` with `poll` (with `epoll`, a round there can finish 7,000:
+/// the rest are freed by their workers).
+pub(crate) const MOST_RETIRED: usize = 4096;
+
 /// The environ values that are the same for every request of a server, as fixed text (see
 /// [`intern`]).
 struct SharedVars {
@@ -431,11 +437,18 @@ impl ServerInfo {
     /// next request from its cache. callgrind (`tools/instructions_per_request.sh`) counted
     /// 16,597 and 16,601 user-space instructions per hello-world request before, 15,898 and
     /// 15,979 after.
+    ///
+    /// At most [`MOST_RETIRED`] wait; past that the worker frees the request itself, so that
+    /// a loop that never calls for them (an embedding program's own, with
+    /// [`ChannelServer`](crate::channel::ChannelServer)) costs speed, not memory.
     pub(crate) fn retire(&self, request: Box<HttpRequestParser>) {
-        self.retired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(request);
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        if retired.len() < MOST_RETIRED {
+            retired.push(request);
+            return;
+        }
+        drop(retired);
+        drop(request);
     }
 
     /// Rust-only, on the I/O thread: free the requests retired since the last call. The list
@@ -1235,6 +1248,23 @@ mod tests {
     use crate::app::{AppResult, Body, FileWrapper};
     use crate::utilities::{capture_logs, Error, ErrorKind};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    #[test]
+    fn retired_requests_wait_up_to_a_bound_and_are_freed_on_request() {
+        let adj = Arc::new(Adjustments::default());
+        let info = ServerInfo::new(Arc::new(crate::apps::hello), "localhost", "80", adj.clone());
+        for _ in 0..MOST_RETIRED + 3 {
+            info.retire(Box::new(HttpRequestParser::new(Arc::clone(&adj))));
+        }
+        // Past the bound the worker frees a request itself rather than let the list grow.
+        assert_eq!(info.retired.lock().unwrap().len(), MOST_RETIRED);
+        let mut spare = Vec::new();
+        info.free_retired(&mut spare);
+        assert!(info.retired.lock().unwrap().is_empty());
+        assert!(spare.is_empty());
+        // The lists swapped: the spare keeps the list's room for the next swap.
+        assert!(spare.capacity() >= MOST_RETIRED);
+    }
 
     #[test]
     fn intern_keeps_one_copy_of_each_text() {

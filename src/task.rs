@@ -956,7 +956,11 @@ impl<'a> Task<'a> {
     /// always runs.
     fn execute_wsgi(&mut self) -> Result<(), TaskError> {
         let mut environ = self.get_environment()?;
-        let application = Arc::clone(&self.channel.server().application);
+        // Borrowed through the channel, which outlives the task, rather than cloned: a clone
+        // was an atomic increment and decrement per request on the one count all the workers
+        // share.
+        let channel = self.channel;
+        let application = &channel.server().application;
         let started = profiling::start();
         let called = guard(|| application.respond(&mut environ, &mut StartResponse::new(self)));
         access_log::note_environ(&environ);

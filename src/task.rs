@@ -362,9 +362,9 @@ pub struct ServerInfo {
 }
 
 /// The most finished requests that wait for the I/O thread to free them (see
-/// [`ServerInfo::retire`]): a few MiB at most (about 1 KiB each for a short request), and more than a poll round finishes under
-/// `bench --scenario hello-10000` with `poll` (with `epoll`, a round there can finish 7,000:
-/// the rest are freed by their workers).
+/// [`ServerInfo::retire`]): a few MiB at most (about 1 KiB each for a short request), and
+/// more than a poll round finishes under `bench --scenario hello-10000` with `poll` (with
+/// `epoll`, a round there can finish 7,000: the rest are freed by their workers).
 pub(crate) const MOST_RETIRED: usize = 4096;
 
 /// The environ values that are the same for every request of a server, as fixed text (see

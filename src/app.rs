@@ -73,12 +73,19 @@ pub type SharedApp = Arc<dyn App>;
 /// same code point (ISO-8859-1), so no byte is ever lost and [`string_to_latin1`] gives the
 /// exact bytes back.
 pub fn latin1_to_string(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    push_latin1(&mut text, bytes);
+    text
+}
+
+/// Append `bytes`, decoded as [`latin1_to_string`] decodes them, to `text` (Rust-only: into a
+/// string whose memory is reused).
+pub(crate) fn push_latin1(text: &mut String, bytes: &[u8]) {
     // Fast path: ASCII is the same in both encodings and needs no per-char work.
-    if bytes.is_ascii() {
-        // Cannot fail: ASCII is valid UTF-8.
-        return String::from_utf8(bytes.to_vec()).expect("ASCII is valid UTF-8");
+    match std::str::from_utf8(bytes) {
+        Ok(ascii) if bytes.is_ascii() => text.push_str(ascii),
+        _ => text.extend(bytes.iter().map(|&b| char::from(b))),
     }
-    bytes.iter().map(|&b| char::from(b)).collect()
 }
 
 /// `text` as the one of `fixed` that reads the same, else as `copy(text)`. Rust-only: for the

@@ -2,8 +2,9 @@
 //!
 //! `HttpRequestParser` turns the bytes of one request, fed in slices of any size, into a
 //! request: the start line, the headers (as the upper-cased, underscored names of the environ)
-//! and a body receiver. It runs on the I/O thread, allocates per request only what it keeps,
-//! and refuses everything waitress refuses, recording an [`Error`] for the task to answer.
+//! and a body receiver. It runs on the I/O thread, allocates per request only what it keeps
+//! (and less once [`HttpRequestParser::reset`] lets it keep its memory for the next), and
+//! refuses everything waitress refuses, recording an [`Error`] for the task to answer.
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
@@ -12,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::adjustments::Adjustments;
-use crate::app::{fixed_or, latin1_to_string, Input};
+use crate::app::{fixed_or, latin1_to_string, push_latin1, Input};
 use crate::buffers::OverflowableBuffer;
 use crate::receiver::{ChunkedReceiver, FixedStreamReceiver};
 use crate::rfc7230::{header_field, is_only_digit, is_tchar};
@@ -116,8 +117,17 @@ pub struct HttpRequestParser {
     /// The head so far, until its blank line arrives (waitress: `header_plus`). Only a head
     /// that spans several reads is gathered here (see `received_head`).
     header_plus: Vec<u8>,
+    /// Rust-only: emptied strings of an earlier request's header names and values, reused
+    /// for this one's (see [`HttpRequestParser::reset`]).
+    spare_strings: Vec<String>,
     adj: Arc<Adjustments>,
 }
+
+/// The most emptied header strings a reset parser keeps (a name and a value per header), and
+/// the largest of them it keeps: enough for a browser's requests, while a parser kept for
+/// reuse stays a few KiB however large the request it last read.
+const MOST_SPARE_STRINGS: usize = 64;
+const LARGEST_KEPT: usize = 1024;
 
 /// Which of the headers that frame a request (and that `parse_header` looks up after reading
 /// them all) came with it. Rust-only: each look-up hashes its name (SipHash, as every
@@ -203,6 +213,24 @@ fn is_py_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 
+/// `buffer` emptied (by `empty`), its memory kept unless its `room` grew past
+/// [`LARGEST_KEPT`].
+fn keep_emptied<T: Default>(buffer: &mut T, room: fn(&T) -> usize, empty: fn(&mut T)) {
+    if room(buffer) > LARGEST_KEPT {
+        *buffer = T::default();
+    } else {
+        empty(buffer);
+    }
+}
+
+/// `text`, emptied, onto `spare` if it is small and `spare` not full.
+fn keep_spare(spare: &mut Vec<String>, mut text: String) {
+    if spare.len() < MOST_SPARE_STRINGS && text.capacity() <= LARGEST_KEPT {
+        text.clear();
+        spare.push(text);
+    }
+}
+
 impl HttpRequestParser {
     /// A parser for the next request on a connection.
     pub fn new(adj: Arc<Adjustments>) -> Self {
@@ -230,7 +258,73 @@ impl HttpRequestParser {
             fragment: String::new(),
             url_scheme: Cow::Borrowed(""),
             header_plus: Vec::new(),
+            spare_strings: Vec::new(),
             adj,
+        }
+    }
+
+    /// Rust-only: make this parser as [`new`](Self::new) makes one, for the next request, but
+    /// keep its memory: the emptied buffers, the header table, and the header names and values
+    /// as spare strings. The I/O thread resets the parsers of finished requests (see
+    /// `ChannelServer::recycle_requests`) so that reading a request allocates little; the
+    /// fields are listed whole, so that a field added later cannot be left out unnoticed.
+    pub fn reset(&mut self) {
+        let HttpRequestParser {
+            completed,
+            empty,
+            expect_continue,
+            headers_finished,
+            chunked,
+            content_length,
+            header_bytes_received,
+            body_bytes_received,
+            body_rcv,
+            version,
+            error,
+            connection_close,
+            first_line,
+            headers,
+            command,
+            request_uri,
+            proxy_scheme,
+            proxy_netloc,
+            path,
+            query,
+            fragment,
+            url_scheme,
+            header_plus,
+            spare_strings,
+            adj: _,
+        } = self;
+        *completed = false;
+        *empty = false;
+        *expect_continue = false;
+        *headers_finished = false;
+        *chunked = false;
+        *content_length = 0;
+        *header_bytes_received = 0;
+        *body_bytes_received = 0;
+        *body_rcv = None;
+        *version = Cow::Borrowed("1.0");
+        *error = None;
+        *connection_close = false;
+        *command = Cow::Borrowed("");
+        *url_scheme = Cow::Borrowed("");
+        for (name, value) in headers.drain() {
+            keep_spare(spare_strings, name);
+            keep_spare(spare_strings, value);
+        }
+        if headers.capacity() > MOST_SPARE_STRINGS {
+            *headers = HashMap::new();
+        }
+        // `parse_header` copies the target into the kept memory; it assigns the target's
+        // parts whole, so theirs is only kept until then.
+        keep_emptied(request_uri, String::capacity, String::clear);
+        for part in [proxy_scheme, proxy_netloc, path, query, fragment] {
+            keep_emptied(part, String::capacity, String::clear);
+        }
+        for bytes in [first_line, header_plus] {
+            keep_emptied(bytes, Vec::capacity, Vec::clear);
         }
     }
 
@@ -380,7 +474,8 @@ impl HttpRequestParser {
         if first_line.iter().any(|&b| b == b'\r' || b == b'\n') {
             return parsing_error("Bare CR or LF found in HTTP message");
         }
-        self.first_line = first_line.to_vec();
+        self.first_line.clear();
+        self.first_line.extend_from_slice(first_line);
         let lines = get_header_lines(&header_plus[index + 2..])?;
         // Rust-only: the map is sized once, one allocation rather than one per growth (3 for
         // a browser's nine headers). A header may be dropped or joined, so this can be more.
@@ -393,7 +488,8 @@ impl HttpRequestParser {
         if command.is_empty() && uri.is_empty() && version.is_empty() {
             return parsing_error("Start line is invalid");
         }
-        self.request_uri = latin1_to_string(uri);
+        self.request_uri.clear();
+        push_latin1(&mut self.request_uri, uri);
         self.command = fixed_or(command, &COMMON_METHODS, latin1_to_string);
         self.version = fixed_or(version, &["1.1", "1.0"], latin1_to_string);
         let parts = split_uri(uri)?;
@@ -447,14 +543,11 @@ impl HttpRequestParser {
             return Ok(());
         }
         // A token is ASCII (`header_field` saw to that): the bytes map one to one.
-        let name: Vec<u8> = key
-            .iter()
-            .map(|&b| match b {
-                b'-' => b'_',
-                b => b.to_ascii_uppercase(),
-            })
-            .collect();
-        let name = String::from_utf8(name).unwrap_or_else(|e| latin1_to_string(e.as_bytes()));
+        let mut name = self.spare_strings.pop().unwrap_or_default();
+        name.extend(key.iter().map(|&b| match b {
+            b'-' => '_',
+            b => char::from(b.to_ascii_uppercase()),
+        }));
         let singleton = SINGLETON_FIELDS.contains(&name.as_str());
         came.note(&name);
         // Rust-only: one look-up of the map (its entry) where there were two or three; the
@@ -466,11 +559,13 @@ impl HttpRequestParser {
             Entry::Occupied(mut existing) => {
                 let existing = existing.get_mut();
                 existing.push_str(", ");
-                existing.push_str(&latin1_to_string(value));
+                push_latin1(existing, value);
                 Ok(())
             }
             Entry::Vacant(slot) => {
-                slot.insert(latin1_to_string(value));
+                let mut text = self.spare_strings.pop().unwrap_or_default();
+                push_latin1(&mut text, value);
+                slot.insert(text);
                 Ok(())
             }
         }
@@ -848,6 +943,84 @@ mod tests {
 
     fn parser() -> HttpRequestParser {
         HttpRequestParser::new(Arc::new(Adjustments::default()))
+    }
+
+    /// Feed `data` in slices of seven bytes, as reads that split the head would.
+    fn feed_in_slices(parser: &mut HttpRequestParser, data: &[u8]) {
+        for mut slice in data.chunks(7) {
+            while !slice.is_empty() && !parser.completed {
+                let n = parser.received(slice);
+                slice = &slice[n..];
+            }
+        }
+    }
+
+    /// Every public field of `p`, the headers in name order.
+    fn everything_read(p: &HttpRequestParser) -> Vec<String> {
+        let headers: std::collections::BTreeMap<_, _> = p.headers.iter().collect();
+        vec![
+            format!(
+                "{:?}",
+                (p.completed, p.empty, p.expect_continue, p.headers_finished)
+            ),
+            format!(
+                "{:?}",
+                (p.chunked, p.content_length, p.header_bytes_received)
+            ),
+            format!(
+                "{:?}",
+                (p.body_bytes_received, &p.body_rcv, &p.version, &p.error)
+            ),
+            format!(
+                "{:?}",
+                (p.connection_close, &p.first_line, headers, &p.command)
+            ),
+            format!(
+                "{:?}",
+                (&p.request_uri, &p.proxy_scheme, &p.proxy_netloc, &p.path)
+            ),
+            format!("{:?}", (&p.query, &p.fragment, &p.url_scheme)),
+        ]
+    }
+
+    #[test]
+    fn a_reset_parser_reads_as_a_new_one() {
+        // Rust-only (`reset`): whatever request a parser read before, once reset it reads the
+        // next exactly as a new parser would.
+        let big = format!(
+            "GET /{} HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "p".repeat(2000),
+            "v".repeat(2000)
+        );
+        let requests: Vec<&[u8]> = vec![
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST /p%20q?x=1#frag HTTP/1.1\r\nContent-Length: 3\r\nX-A: 1\r\nx-a: 2\r\nExpect: 100-continue\r\n\r\nabc",
+            b"PUT http://example.com:8080/a?b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"\r\n\r\n",
+            b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-Latin: caf\xe9\r\nX_Dropped: 1\r\n\r\n",
+            big.as_bytes(),
+        ];
+        for first in &requests {
+            for second in &requests {
+                let mut used = parser();
+                feed_in_slices(&mut used, first);
+                used.reset();
+                feed_in_slices(&mut used, second);
+                let mut new = parser();
+                feed_in_slices(&mut new, second);
+                assert_eq!(
+                    everything_read(&used),
+                    everything_read(&new),
+                    "{:?} after {:?}",
+                    String::from_utf8_lossy(second),
+                    String::from_utf8_lossy(first)
+                );
+            }
+        }
     }
 
     fn parser_with(change: impl FnOnce(&mut Adjustments)) -> HttpRequestParser {

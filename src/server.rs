@@ -316,7 +316,7 @@ impl WsgiServer {
                 break;
             }
             for listener in &self.listeners {
-                listener.server.free_retired_requests();
+                listener.server.recycle_requests();
             }
         }
         self.close();

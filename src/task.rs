@@ -427,7 +427,8 @@ impl ServerInfo {
     }
 
     /// Rust-only: hand a request whose task is done back to the I/O thread, which built it,
-    /// to be freed there (by [`ServerInfo::free_retired`], after its next poll round).
+    /// to be freed or reused there (by `ChannelServer::recycle_requests`, after its next poll
+    /// round).
     ///
     /// Why: glibc's `malloc` keeps a cache of freed blocks per thread. A request's strings
     /// and header table, freed by a worker, went to the worker's cache, where they were never
@@ -451,16 +452,16 @@ impl ServerInfo {
         drop(request);
     }
 
-    /// Rust-only, on the I/O thread: free the requests retired since the last call. The list
-    /// is swapped with `spare` (empty, kept by the caller), so that neither thread allocates
-    /// for it once both lists have grown to the number retired per round.
+    /// Rust-only, on the I/O thread: take the requests retired since the last call into
+    /// `taken` (empty, kept by the caller, which empties it again). The lists are swapped, so
+    /// that neither thread allocates for them once both have grown to the number retired per
+    /// round.
     #[allow(clippy::vec_box)]
-    pub(crate) fn free_retired(&self, spare: &mut Vec<Box<HttpRequestParser>>) {
+    pub(crate) fn take_retired(&self, taken: &mut Vec<Box<HttpRequestParser>>) {
         std::mem::swap(
             &mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()),
-            spare,
+            taken,
         );
-        spare.clear();
     }
 }
 
@@ -1254,7 +1255,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     #[test]
-    fn retired_requests_wait_up_to_a_bound_and_are_freed_on_request() {
+    fn retired_requests_wait_up_to_a_bound_and_are_taken_on_request() {
         let adj = Arc::new(Adjustments::default());
         let info = ServerInfo::new(Arc::new(crate::apps::hello), "localhost", "80", adj.clone());
         for _ in 0..MOST_RETIRED + 3 {
@@ -1262,12 +1263,12 @@ mod tests {
         }
         // Past the bound the worker frees a request itself rather than let the list grow.
         assert_eq!(info.retired.lock().unwrap().len(), MOST_RETIRED);
-        let mut spare = Vec::new();
-        info.free_retired(&mut spare);
+        let mut taken = Vec::with_capacity(1);
+        info.take_retired(&mut taken);
         assert!(info.retired.lock().unwrap().is_empty());
-        assert!(spare.is_empty());
-        // The lists swapped: the spare keeps the list's room for the next swap.
-        assert!(spare.capacity() >= MOST_RETIRED);
+        assert_eq!(taken.len(), MOST_RETIRED);
+        // The lists swapped: the list keeps the room of the caller's for the next swap.
+        assert!(info.retired.lock().unwrap().capacity() >= 1);
     }
 
     #[test]

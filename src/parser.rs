@@ -492,12 +492,26 @@ impl HttpRequestParser {
         push_latin1(&mut self.request_uri, uri);
         self.command = fixed_or(command, &COMMON_METHODS, latin1_to_string);
         self.version = fixed_or(version, &["1.1", "1.0"], latin1_to_string);
-        let parts = split_uri(uri)?;
-        self.proxy_scheme = parts.scheme;
-        self.proxy_netloc = parts.netloc;
-        self.path = parts.path;
-        self.query = parts.query;
-        self.fragment = parts.fragment;
+        if let Some((path, query)) = split_plain_target(uri) {
+            // Rust-only: what `split_uri` makes of such a target, without its work and its
+            // allocations, and without freeing the old parts (420 user-space instructions of
+            // a hello-world request's 13,000, callgrind).
+            for part in [&mut self.proxy_scheme, &mut self.proxy_netloc] {
+                part.clear();
+            }
+            for part in [&mut self.path, &mut self.query, &mut self.fragment] {
+                part.clear();
+            }
+            push_latin1(&mut self.path, path);
+            push_latin1(&mut self.query, query);
+        } else {
+            let parts = split_uri(uri)?;
+            self.proxy_scheme = parts.scheme;
+            self.proxy_netloc = parts.netloc;
+            self.path = parts.path;
+            self.query = parts.query;
+            self.fragment = parts.fragment;
+        }
         self.url_scheme = fixed_or(
             self.adj.url_scheme.as_str(),
             &["http", "https"],
@@ -669,6 +683,24 @@ pub struct UriParts {
     pub query: String,
     /// The fragment, undecoded.
     pub fragment: String,
+}
+
+/// The path and the query of a target that [`split_uri`] would split into those two alone,
+/// the path unchanged: one that starts with one `/` (so it has no scheme or authority), holds
+/// only visible ASCII and no `#` (no fragment), and has no `%` before its `?` (nothing in the
+/// path to decode; the query is not decoded).
+fn split_plain_target(uri: &[u8]) -> Option<(&[u8], &[u8])> {
+    if !uri.starts_with(b"/") || uri.starts_with(b"//") {
+        return None;
+    }
+    if !uri.iter().all(|&b| b.is_ascii_graphic() && b != b'#') {
+        return None;
+    }
+    let (path, query) = split_once(uri, b'?');
+    if path.contains(&b'%') {
+        return None;
+    }
+    Some((path, query))
 }
 
 fn split_once(bytes: &[u8], at: u8) -> (&[u8], &[u8]) {
@@ -981,6 +1013,43 @@ mod tests {
             ),
             format!("{:?}", (&p.query, &p.fragment, &p.url_scheme)),
         ]
+    }
+
+    #[test]
+    fn a_plain_target_is_split_as_split_uri_splits_it() {
+        // Rust-only (`split_plain_target`, the fast path of `parse_header`): every target of
+        // up to four bytes from an alphabet of the bytes that matter; those it splits,
+        // `split_uri` splits into the same path and query and nothing else.
+        let alphabet: &[u8] = b"/a:%?#@[ \t\r\x00\x7f\x80";
+        let mut targets: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut plain = 0;
+        for _ in 0..4 {
+            let longer: Vec<Vec<u8>> = targets
+                .iter()
+                .flat_map(|t| alphabet.iter().map(move |&b| [&t[..], &[b]].concat()))
+                .collect();
+            for target in &longer {
+                if let Some((path, query)) = split_plain_target(target) {
+                    plain += 1;
+                    let expected = UriParts {
+                        path: latin1_to_string(path),
+                        query: latin1_to_string(query),
+                        ..UriParts::default()
+                    };
+                    let target_text = String::from_utf8_lossy(target);
+                    assert_eq!(split_uri(target).unwrap(), expected, "{target_text:?}");
+                }
+            }
+            targets = longer;
+        }
+        assert!(plain > 200, "only {plain} plain targets were tried");
+        for not_plain in [&b"//a"[..], b"a/", b"", b"/%41?", b"/a#b"] {
+            assert_eq!(split_plain_target(not_plain), None);
+        }
+        assert_eq!(
+            split_plain_target(b"/a?%41"),
+            Some((&b"/a"[..], &b"%41"[..]))
+        );
     }
 
     #[test]

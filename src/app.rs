@@ -134,11 +134,14 @@ pub struct Environ {
     /// is one `Vec` and the values that vary. Unsorted, because a search by length and then
     /// bytes rarely compares bytes at all, where keeping ~25 names sorted cost ~100 `memcmp`
     /// calls per request (a tenth of the server's samples); `vars` and `keys` sort.
-    vars: Vec<(Cow<'static, str>, Text)>,
+    vars: Vec<Var>,
     input: Input,
     errors: Errors,
     client_disconnected: Option<DisconnectCheck>,
 }
+
+/// One string variable of an [`Environ`]: its name and its value.
+pub(crate) type Var = (Cow<'static, str>, Text);
 
 /// A variable's value. Rust-only: besides text of its own, a value may be fixed text (`"1.0"`,
 /// or a server's `SERVER_NAME`, kept once for good) or text that the requests of one
@@ -270,15 +273,28 @@ impl Environ {
         }
     }
 
-    /// An empty environ with room for `variables` variables. Rust-only: the server knows how
-    /// many it sets, and one allocation of the right size is the cheapest. A wrk request (one
-    /// header) needs 19 entries, 912 bytes, which glibc serves from its per-thread cache; 32
-    /// entries (1,536 bytes) went through `malloc_consolidate` each time (2.3 % of the
-    /// server's samples under `wrk -c100`).
-    pub(crate) fn with_capacity(variables: usize) -> Self {
-        let mut environ = Environ::new();
-        environ.vars.reserve_exact(variables);
-        environ
+    /// An empty environ with room for `variables` variables, made in the memory of `kept`,
+    /// an emptied list of an earlier environ (see [`into_kept`](Self::into_kept)). Rust-only:
+    /// the server knows how many it sets, and one allocation of the right size, or none, is
+    /// the cheapest. A wrk request (one header) needs 19 entries, 912 bytes, which glibc
+    /// serves from its per-thread cache; 32 entries (1,536 bytes) went through
+    /// `malloc_consolidate` each time (2.3 % of the server's samples under `wrk -c100`), as
+    /// long as each environ had a new list.
+    pub(crate) fn with_kept(mut kept: Vec<Var>, variables: usize) -> Self {
+        kept.clear();
+        kept.reserve_exact(variables);
+        Environ {
+            vars: kept,
+            ..Environ::new()
+        }
+    }
+
+    /// The environ's list of variables, emptied, for the next environ to be made in; the rest
+    /// of the environ (its input, its error stream) is dropped.
+    pub(crate) fn into_kept(mut self) -> Vec<Var> {
+        let mut kept = std::mem::take(&mut self.vars);
+        kept.clear();
+        kept
     }
 
     /// The value of a string variable (`environ.get(key)`).

@@ -274,7 +274,7 @@ impl Environ {
     }
 
     /// An empty environ with room for `variables` variables, made in the memory of `kept`,
-    /// an emptied list of an earlier environ (see [`into_kept`](Self::into_kept)). Rust-only:
+    /// an emptied list of an earlier environ (see [`into_vars`](Self::into_vars)). Rust-only:
     /// the server knows how many it sets, and one allocation of the right size, or none, is
     /// the cheapest. A wrk request (one header) needs 19 entries, 912 bytes, which glibc
     /// serves from its per-thread cache; 32 entries (1,536 bytes) went through
@@ -289,12 +289,10 @@ impl Environ {
         }
     }
 
-    /// The environ's list of variables, emptied, for the next environ to be made in; the rest
-    /// of the environ (its input, its error stream) is dropped.
-    pub(crate) fn into_kept(mut self) -> Vec<Var> {
-        let mut kept = std::mem::take(&mut self.vars);
-        kept.clear();
-        kept
+    /// The environ's list of variables, for their memory to make the next environ in; the
+    /// rest of the environ (its input, its error stream) is dropped.
+    pub(crate) fn into_vars(mut self) -> Vec<Var> {
+        std::mem::take(&mut self.vars)
     }
 
     /// The value of a string variable (`environ.get(key)`).

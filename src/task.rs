@@ -971,7 +971,7 @@ impl<'a> Task<'a> {
             Ok(Err(error)) => Err(TaskError::from(error)),
             Err(panicked) => Err(panicked),
         };
-        let dropped = guard(move || keep_vars(environ.into_kept()));
+        let dropped = guard(move || keep_environ(environ.into_vars()));
         profiling::finish(Stage::Application, started);
         result.and(dropped)
     }
@@ -1068,16 +1068,17 @@ impl<'a> Task<'a> {
         let request = &mut *self.request;
         let url_prefix = adj.url_prefix.as_str();
         // Leading slashes fold into one (waitress: `"/" + path.lstrip("/")`).
-        let mut path = if request.path.starts_with("//") {
-            format!("/{}", request.path.trim_start_matches('/'))
-        } else {
-            request.path.clone()
-        };
+        let folded;
+        let mut path = request.path.as_str();
+        if path.starts_with("//") {
+            folded = format!("/{}", path.trim_start_matches('/'));
+            path = &folded;
+        }
         if !url_prefix.is_empty() {
             if path == url_prefix {
-                path.clear();
+                path = "";
             } else if path.starts_with(url_prefix) && path[url_prefix.len()..].starts_with('/') {
-                path = path[url_prefix.len()..].to_string();
+                path = &path[url_prefix.len()..];
             }
         }
         let addr = channel.addr();
@@ -1087,8 +1088,10 @@ impl<'a> Task<'a> {
         // `callgrind`, 2,000 keep-alive requests to `hello` went from 24,000-24,400 user-space
         // instructions each to 20,200-21,200 with both (four runs).
         let shared = &server.shared;
-        let kept = KEPT_VARS.with(Cell::take);
-        let mut environ = Environ::with_kept(kept, SERVER_VARIABLES + request.headers.len());
+        // Made in the memory this worker kept of its last environ (see `keep_environ`).
+        let mut kept = KEPT_ENVIRON.with(Cell::take);
+        let vars = std::mem::take(&mut kept.vars);
+        let mut environ = Environ::with_kept(vars, SERVER_VARIABLES + request.headers.len());
         environ.push_new("REMOTE_ADDR", &addr.host);
         environ.push_new("REMOTE_HOST", &addr.host);
         environ.push_new("REMOTE_PORT", &addr.port_text);
@@ -1105,9 +1108,9 @@ impl<'a> Task<'a> {
             },
         );
         environ.push_new("SCRIPT_NAME", shared.script_name);
-        environ.push_new("PATH_INFO", path);
-        environ.push_new("REQUEST_URI", request.request_uri.clone());
-        environ.push_new("QUERY_STRING", request.query.clone());
+        environ.push_new("PATH_INFO", kept.copy(path));
+        environ.push_new("REQUEST_URI", kept.copy(&request.request_uri));
+        environ.push_new("QUERY_STRING", kept.copy(&request.query));
         if request.url_scheme == shared.url_scheme {
             environ.push_new("wsgi.url_scheme", shared.url_scheme);
         } else {
@@ -1123,8 +1126,9 @@ impl<'a> Task<'a> {
         // own key (the names are distinct, and none with `_` is kept), and every key it gives
         // starts `HTTP_` or `CONTENT_`, which none of the server's own names above does.
         for (name, value) in &request.headers {
-            environ.push_new(environ_key(name), value.clone());
+            environ.push_new(environ_key(name), kept.copy(value));
         }
+        KEPT_ENVIRON.with(|slot| slot.set(kept));
         let input = request
             .get_body_stream()
             .map_err(|e| TaskError::App(e.into()))?;
@@ -1134,24 +1138,59 @@ impl<'a> Task<'a> {
     }
 }
 
-thread_local! {
-    /// Rust-only: the list of variables of the last environ this worker made, emptied, for
-    /// the next (see [`keep_vars`]).
-    static KEPT_VARS: Cell<Vec<Var>> = const { Cell::new(Vec::new()) };
+/// Rust-only: what a worker keeps of its last environ for the next (see [`keep_environ`]):
+/// the list of variables and the strings of their values, emptied.
+#[derive(Default)]
+struct KeptEnviron {
+    vars: Vec<Var>,
+    strings: Vec<String>,
 }
 
-/// The most variables a kept list has room for: a request with more headers than that leaves
-/// its list to be freed, so that a worker keeps at most 12 KiB for the next.
-const MOST_KEPT_VARS: usize = 256;
-
-/// Keep `vars` (emptied) for this worker's next environ. Rust-only: a new list per request
-/// went through glibc's slow path once the request had nine headers or more (an environ of
-/// 27 variables is 1,296 bytes, past the 1,032 that glibc's per-thread cache holds), where
-/// `malloc_consolidate` ran each time.
-fn keep_vars(vars: Vec<Var>) {
-    if vars.capacity() <= MOST_KEPT_VARS {
-        KEPT_VARS.with(|kept| kept.set(vars));
+impl KeptEnviron {
+    /// A copy of `text` as a value, in a kept string if there is one.
+    fn copy(&mut self, text: &str) -> Text {
+        let mut copy = self.strings.pop().unwrap_or_default();
+        copy.push_str(text);
+        Text::Owned(copy)
     }
+}
+
+thread_local! {
+    static KEPT_ENVIRON: Cell<KeptEnviron> = const {
+        Cell::new(KeptEnviron {
+            vars: Vec::new(),
+            strings: Vec::new(),
+        })
+    };
+}
+
+/// What a worker keeps: a list with room for at most 256 variables (12 KiB), and at most 64
+/// strings of at most 1 KiB each; what a request with more or larger headers needs beyond
+/// that is freed.
+const MOST_KEPT_VARS: usize = 256;
+const MOST_KEPT_STRINGS: usize = 64;
+const LARGEST_KEPT_STRING: usize = 1024;
+
+/// Keep the memory of `vars` (an environ's list, once the application is done with it) for
+/// this worker's next environ. Rust-only: the list, and the strings its values were copied
+/// into. A new list per request took glibc's slow path once the request had nine headers or
+/// more (27 variables are 1,296 bytes, past the 1,032 that glibc's per-thread cache holds, so
+/// `malloc_consolidate` ran each time), and a new string per value did once more than seven
+/// of one size class were freed at once.
+fn keep_environ(mut vars: Vec<Var>) {
+    let mut kept = KEPT_ENVIRON.with(Cell::take);
+    for (_, value) in vars.drain(..) {
+        if let Text::Owned(mut string) = value {
+            if kept.strings.len() < MOST_KEPT_STRINGS && string.capacity() <= LARGEST_KEPT_STRING {
+                string.clear();
+                kept.strings.push(string);
+            }
+        }
+    }
+    if vars.capacity() <= MOST_KEPT_VARS {
+        kept.vars = vars;
+    }
+    KEPT_ENVIRON.with(|slot| slot.set(kept));
 }
 
 /// Headers as an application or an error gives them, as the task keeps them (no copy).
@@ -2500,34 +2539,47 @@ mod tests {
 
     #[test]
     fn a_worker_makes_its_next_environ_in_the_memory_of_the_last() {
-        // Rust-only (`keep_vars`): on a thread of its own, as the kept list is per thread.
+        // Rust-only (`keep_environ`): on a thread of its own, as what is kept is per thread.
         std::thread::spawn(|| {
-            let kept_room = || {
-                KEPT_VARS.with(|kept| {
-                    let vars = kept.take();
-                    assert!(vars.is_empty(), "a kept list is emptied");
-                    let room = vars.capacity();
-                    kept.set(vars);
+            // The room of the kept list, and the kept strings' (all empty).
+            let kept = || {
+                KEPT_ENVIRON.with(|slot| {
+                    let kept = slot.take();
+                    assert!(kept.vars.is_empty() && kept.strings.iter().all(String::is_empty));
+                    let room = (kept.vars.capacity(), kept.strings.len());
+                    slot.set(kept);
                     room
                 })
             };
-            assert_eq!(kept_room(), 0);
+            assert_eq!(kept(), (0, 0));
             let ch = channel(ok_app);
             with_task(&ch, |_| {}, |t| t.service().unwrap());
-            let room = kept_room();
+            // PATH_INFO, REQUEST_URI and QUERY_STRING were copied into strings of their own.
+            let (room, strings) = kept();
             assert!(
                 room >= SERVER_VARIABLES,
                 "the served request's list is kept"
             );
+            assert_eq!(strings, 3, "and its strings");
             let mut req = request("1.0");
+            req.headers.insert("X_FOO".into(), "bar".into());
             let environ = Task::wsgi(&ch, &mut req).get_environment().unwrap();
-            assert_eq!(kept_room(), 0, "and taken by the next environ");
+            assert_eq!(kept(), (0, 0), "and taken by the next environ");
+            assert_eq!(environ.get("HTTP_X_FOO"), Some("bar"));
             assert_eq!(environ.get("REQUEST_METHOD"), Some("GET"));
-            keep_vars(environ.into_kept());
-            assert_eq!(kept_room(), room);
-            // A list with room past the bound is left to be freed.
-            keep_vars(Vec::with_capacity(MOST_KEPT_VARS + 1));
-            assert_eq!(kept_room(), room);
+            keep_environ(environ.into_vars());
+            let (room, strings) = kept();
+            assert!(
+                room > SERVER_VARIABLES,
+                "the list, with room for the header"
+            );
+            assert_eq!(strings, 4, "and the four strings");
+            // A list with room past the bound is left to be freed, and so is a long string.
+            let long = Text::Owned("x".repeat(LARGEST_KEPT_STRING + 1));
+            let mut too_long = Vec::with_capacity(MOST_KEPT_VARS + 1);
+            too_long.push((Cow::Borrowed("X"), long));
+            keep_environ(too_long);
+            assert_eq!(kept(), (room, 4));
         })
         .join()
         .unwrap();

@@ -17,7 +17,7 @@ use crate::app::{fixed_or, latin1_to_string, push_latin1, Input};
 use crate::buffers::OverflowableBuffer;
 use crate::receiver::{ChunkedReceiver, FixedStreamReceiver};
 use crate::rfc7230::{header_field, is_only_digit, is_tchar};
-use crate::utilities::{find_byte, find_crlf, find_double_newline, Error};
+use crate::utilities::{find_byte, find_crlf, find_double_newline, Error, SpareStrings};
 
 /// A request head waitress refuses with 400 (waitress: `ParsingError`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,15 +119,15 @@ pub struct HttpRequestParser {
     header_plus: Vec<u8>,
     /// Rust-only: emptied strings of an earlier request's header names and values, reused
     /// for this one's (see [`HttpRequestParser::reset`]).
-    spare_strings: Vec<String>,
+    spare_strings: SpareStrings,
     adj: Arc<Adjustments>,
 }
 
-/// The most emptied header strings a reset parser keeps (a name and a value per header), and
-/// the largest of them it keeps: enough for a browser's requests, while a parser kept for
-/// reuse stays a few KiB however large the request it last read.
-const MOST_SPARE_STRINGS: usize = 64;
+/// The largest buffer a reset parser keeps, and the most entries its header table keeps room
+/// for: with the spare strings' bounds (see [`SpareStrings`]), a parser kept for reuse stays
+/// a few KiB however large the request it last read.
 const LARGEST_KEPT: usize = 1024;
+const MOST_KEPT_HEADERS: usize = 64;
 
 /// Which of the headers that frame a request (and that `parse_header` looks up after reading
 /// them all) came with it. Rust-only: each look-up hashes its name (SipHash, as every
@@ -223,14 +223,6 @@ fn keep_emptied<T: Default>(buffer: &mut T, room: fn(&T) -> usize, empty: fn(&mu
     }
 }
 
-/// `text`, emptied, onto `spare` if it is small and `spare` not full.
-fn keep_spare(spare: &mut Vec<String>, mut text: String) {
-    if spare.len() < MOST_SPARE_STRINGS && text.capacity() <= LARGEST_KEPT {
-        text.clear();
-        spare.push(text);
-    }
-}
-
 impl HttpRequestParser {
     /// A parser for the next request on a connection.
     pub fn new(adj: Arc<Adjustments>) -> Self {
@@ -258,7 +250,7 @@ impl HttpRequestParser {
             fragment: String::new(),
             url_scheme: Cow::Borrowed(""),
             header_plus: Vec::new(),
-            spare_strings: Vec::new(),
+            spare_strings: SpareStrings::new(),
             adj,
         }
     }
@@ -311,10 +303,10 @@ impl HttpRequestParser {
         *command = Cow::Borrowed("");
         *url_scheme = Cow::Borrowed("");
         for (name, value) in headers.drain() {
-            keep_spare(spare_strings, name);
-            keep_spare(spare_strings, value);
+            spare_strings.keep(name);
+            spare_strings.keep(value);
         }
-        if headers.capacity() > MOST_SPARE_STRINGS {
+        if headers.capacity() > MOST_KEPT_HEADERS {
             *headers = HashMap::new();
         }
         // `parse_header` copies the target into the kept memory; it assigns the target's
@@ -557,7 +549,7 @@ impl HttpRequestParser {
             return Ok(());
         }
         // A token is ASCII (`header_field` saw to that): the bytes map one to one.
-        let mut name = self.spare_strings.pop().unwrap_or_default();
+        let mut name = self.spare_strings.take();
         name.extend(key.iter().map(|&b| match b {
             b'-' => '_',
             b => char::from(b.to_ascii_uppercase()),
@@ -577,7 +569,7 @@ impl HttpRequestParser {
                 Ok(())
             }
             Entry::Vacant(slot) => {
-                let mut text = self.spare_strings.pop().unwrap_or_default();
+                let mut text = self.spare_strings.take();
                 push_latin1(&mut text, value);
                 slot.insert(text);
                 Ok(())

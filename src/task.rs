@@ -32,7 +32,7 @@ use crate::app::{
 use crate::buffers::ReadOnlyFileBasedBuffer;
 use crate::parser::{HttpRequestParser, COMMON_METHODS};
 use crate::profiling::{self, Stage};
-use crate::utilities::{error_chain, http_date_now, Level, LOGGER, QUEUE_LOGGER};
+use crate::utilities::{error_chain, http_date_now, Level, SpareStrings, LOGGER, QUEUE_LOGGER};
 
 /// Work the dispatcher runs on a worker thread: in the server, a channel with requests.
 ///
@@ -1143,13 +1143,13 @@ impl<'a> Task<'a> {
 #[derive(Default)]
 struct KeptEnviron {
     vars: Vec<Var>,
-    strings: Vec<String>,
+    strings: SpareStrings,
 }
 
 impl KeptEnviron {
     /// A copy of `text` as a value, in a kept string if there is one.
     fn copy(&mut self, text: &str) -> Text {
-        let mut copy = self.strings.pop().unwrap_or_default();
+        let mut copy = self.strings.take();
         copy.push_str(text);
         Text::Owned(copy)
     }
@@ -1159,17 +1159,15 @@ thread_local! {
     static KEPT_ENVIRON: Cell<KeptEnviron> = const {
         Cell::new(KeptEnviron {
             vars: Vec::new(),
-            strings: Vec::new(),
+            strings: SpareStrings::new(),
         })
     };
 }
 
-/// What a worker keeps: a list with room for at most 256 variables (12 KiB), and at most 64
-/// strings of at most 1 KiB each; what a request with more or larger headers needs beyond
-/// that is freed.
+/// What a worker keeps: a list with room for at most 256 variables (12 KiB), and strings
+/// within [`SpareStrings`]' bounds (4 KiB); what a request with more or larger headers needs
+/// beyond that is freed.
 const MOST_KEPT_VARS: usize = 256;
-const MOST_KEPT_STRINGS: usize = 64;
-const LARGEST_KEPT_STRING: usize = 1024;
 
 /// Keep the memory of `vars` (an environ's list, once the application is done with it) for
 /// this worker's next environ. Rust-only: the list, and the strings its values were copied
@@ -1180,11 +1178,8 @@ const LARGEST_KEPT_STRING: usize = 1024;
 fn keep_environ(mut vars: Vec<Var>) {
     let mut kept = KEPT_ENVIRON.with(Cell::take);
     for (_, value) in vars.drain(..) {
-        if let Text::Owned(mut string) = value {
-            if kept.strings.len() < MOST_KEPT_STRINGS && string.capacity() <= LARGEST_KEPT_STRING {
-                string.clear();
-                kept.strings.push(string);
-            }
+        if let Text::Owned(string) = value {
+            kept.strings.keep(string);
         }
     }
     if vars.capacity() <= MOST_KEPT_VARS {
@@ -2545,7 +2540,7 @@ mod tests {
             let kept = || {
                 KEPT_ENVIRON.with(|slot| {
                     let kept = slot.take();
-                    assert!(kept.vars.is_empty() && kept.strings.iter().all(String::is_empty));
+                    assert!(kept.vars.is_empty());
                     let room = (kept.vars.capacity(), kept.strings.len());
                     slot.set(kept);
                     room
@@ -2575,7 +2570,7 @@ mod tests {
             );
             assert_eq!(strings, 4, "and the four strings");
             // A list with room past the bound is left to be freed, and so is a long string.
-            let long = Text::Owned("x".repeat(LARGEST_KEPT_STRING + 1));
+            let long = Text::Owned("x".repeat(SpareStrings::MOST_ROOM + 1));
             let mut too_long = Vec::with_capacity(MOST_KEPT_VARS + 1);
             too_long.push((Cow::Borrowed("X"), long));
             keep_environ(too_long);

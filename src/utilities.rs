@@ -950,11 +950,89 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Strings emptied for reuse, at most [`SpareStrings::MOST`] of them with room for at most
+/// [`SpareStrings::MOST_ROOM`] bytes in all. Rust-only: the parser keeps the strings of a
+/// request's header names and values for the next request it reads (see
+/// `HttpRequestParser::reset`), and a worker those of its last environ's values (see
+/// `task::keep_environ`), so that copying text into them costs no allocation; the bounds keep
+/// what is kept small however large the request.
+#[derive(Debug, Default)]
+pub(crate) struct SpareStrings {
+    strings: Vec<String>,
+    /// The room of the strings kept.
+    room: usize,
+}
+
+impl SpareStrings {
+    /// The most strings kept.
+    pub(crate) const MOST: usize = 64;
+    /// The most room kept, in bytes: a browser's headers take 1–2 KiB.
+    pub(crate) const MOST_ROOM: usize = 4096;
+
+    /// None kept yet.
+    pub(crate) const fn new() -> Self {
+        SpareStrings {
+            strings: Vec::new(),
+            room: 0,
+        }
+    }
+
+    /// Keep `text`, emptied, if it fits the bounds; else free it.
+    pub(crate) fn keep(&mut self, mut text: String) {
+        if self.strings.len() < Self::MOST && self.room + text.capacity() <= Self::MOST_ROOM {
+            text.clear();
+            self.room += text.capacity();
+            self.strings.push(text);
+        }
+    }
+
+    /// A kept string, or a new one.
+    pub(crate) fn take(&mut self) -> String {
+        match self.strings.pop() {
+            Some(text) => {
+                self.room -= text.capacity();
+                text
+            }
+            None => String::new(),
+        }
+    }
+
+    /// How many are kept (for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.strings.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Ports of tests/test_utilities.py, under waitress's names (classes become modules where
     //! names repeat: `unpack_rfc850::test_it`). Every test carries over.
     use super::*;
+
+    #[test]
+    fn spare_strings_are_kept_emptied_within_their_bounds() {
+        // Rust-only (`SpareStrings`).
+        let mut spare = SpareStrings::new();
+        spare.keep("abc".to_string());
+        assert_eq!(spare.len(), 1);
+        let taken = spare.take();
+        assert!(taken.is_empty() && taken.capacity() >= 3);
+        assert_eq!((spare.len(), spare.room), (0, 0));
+        assert_eq!(spare.take().capacity(), 0, "a new one once none is kept");
+        // The room in all is bounded...
+        spare.keep(String::with_capacity(SpareStrings::MOST_ROOM - 10));
+        spare.keep(String::with_capacity(11));
+        assert_eq!(spare.len(), 1);
+        spare.keep(String::with_capacity(10));
+        assert_eq!((spare.len(), spare.room), (2, SpareStrings::MOST_ROOM));
+        // ...and so is the number.
+        let mut many = SpareStrings::new();
+        for _ in 0..SpareStrings::MOST + 5 {
+            many.keep(String::new());
+        }
+        assert_eq!(many.len(), SpareStrings::MOST);
+    }
 
     /// A sink that keeps what it is given, one entry per record.
     #[derive(Default)]

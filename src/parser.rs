@@ -1084,6 +1084,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_reset_parser_keeps_no_large_buffer() {
+        // Rust-only (`reset`): what a parser kept for reuse holds stays small however large
+        // the request it read; a small request's memory is kept.
+        let mut p = parser();
+        p.received(b"GET /a?b HTTP/1.1\r\nHost: h\r\n\r\n");
+        p.reset();
+        assert!(p.request_uri.capacity() > 0 && p.first_line.capacity() > 0);
+        assert!(p.headers.is_empty() && p.headers.capacity() > 0);
+        let mut big = format!("GET /{} HTTP/1.1\r\n", "p".repeat(2000));
+        for i in 0..100 {
+            big.push_str(&format!("X-H{i}: {}\r\n", "v".repeat(100)));
+        }
+        big.push_str("\r\n");
+        feed_in_slices(&mut p, big.as_bytes());
+        assert_eq!(p.headers.len(), 100);
+        p.reset();
+        assert_eq!(p.request_uri.capacity(), 0);
+        assert_eq!(p.first_line.capacity(), 0);
+        assert_eq!(p.header_plus.capacity(), 0);
+        assert_eq!(p.headers.capacity(), 0);
+    }
+
     fn parser_with(change: impl FnOnce(&mut Adjustments)) -> HttpRequestParser {
         let mut adj = Adjustments::default();
         change(&mut adj);

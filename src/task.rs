@@ -2536,7 +2536,7 @@ mod tests {
     fn a_worker_makes_its_next_environ_in_the_memory_of_the_last() {
         // Rust-only (`keep_environ`): on a thread of its own, as what is kept is per thread.
         std::thread::spawn(|| {
-            // The room of the kept list, and the kept strings' (all empty).
+            // The room of the kept list, and how many strings are kept.
             let kept = || {
                 KEPT_ENVIRON.with(|slot| {
                     let kept = slot.take();

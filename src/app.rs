@@ -74,13 +74,13 @@ pub type SharedApp = Arc<dyn App>;
 /// exact bytes back.
 pub fn latin1_to_string(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(bytes.len());
-    push_latin1(&mut text, bytes);
+    push_latin1_decoded(&mut text, bytes);
     text
 }
 
 /// Append `bytes`, decoded as [`latin1_to_string`] decodes them, to `text` (Rust-only: into a
 /// string whose memory is reused).
-pub(crate) fn push_latin1(text: &mut String, bytes: &[u8]) {
+pub(crate) fn push_latin1_decoded(text: &mut String, bytes: &[u8]) {
     // Fast path: ASCII is the same in both encodings and needs no per-char work.
     match std::str::from_utf8(bytes) {
         Ok(ascii) if bytes.is_ascii() => text.push_str(ascii),

@@ -273,11 +273,11 @@ impl ChannelServer {
     ///
     /// Rust-only: reading a request with a new parser was eight allocations on the I/O
     /// thread (the parser, its header table, a header's name and value, the start line, the
-    /// target, the path, the list of header lines; the first six are kept now), and freeing a round's worth at once overflowed glibc's per-thread cache of
-    /// freed blocks, so both the frees and the next mallocs took glibc's slow paths
-    /// (`_int_free`, `_int_malloc` and `malloc` were 6.8 % of the server's samples under
-    /// `wrk -t1 -c16`, perf). callgrind: 13,995 user-space instructions per hello request
-    /// before, 13,008-13,074 after.
+    /// target, the path, the list of header lines; the first six are kept now), and freeing
+    /// a round's worth at once overflowed glibc's per-thread cache of freed blocks, so both
+    /// the frees and the next mallocs took glibc's slow paths (`_int_free`, `_int_malloc` and
+    /// `malloc` were 6.8 % of the server's samples under `wrk -t1 -c16`, perf). callgrind:
+    /// 13,995 user-space instructions per hello request before, 13,008-13,074 after.
     pub(crate) fn recycle_requests(&self) {
         let mut retired = self.retired_spare.borrow_mut();
         self.info.take_retired(&mut retired);
@@ -1087,7 +1087,7 @@ impl HttpChannel {
         // Closing a request may remove its body's temporary file: done without the lock.
         request.close();
         dropped.iter_mut().for_each(|r| r.close());
-        // Freed by the I/O thread, which made it (see `ServerInfo::retire`).
+        // Reused or freed by the I/O thread, which made it (see `ServerInfo::retire`).
         self.info.retire(request);
         if next {
             self.add_self_as_task();

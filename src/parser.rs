@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::adjustments::Adjustments;
-use crate::app::{fixed_or, latin1_to_string, push_latin1, Input};
+use crate::app::{fixed_or, latin1_to_string, push_latin1_decoded, Input};
 use crate::buffers::OverflowableBuffer;
 use crate::receiver::{ChunkedReceiver, FixedStreamReceiver};
 use crate::rfc7230::{header_field, is_only_digit, is_tchar};
@@ -213,6 +213,12 @@ fn is_py_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 
+/// `text` made the latin-1 reading of `bytes` (see [`latin1_to_string`]), in its own memory.
+fn set_latin1(text: &mut String, bytes: &[u8]) {
+    text.clear();
+    push_latin1_decoded(text, bytes);
+}
+
 /// `buffer` emptied (by `empty`), its memory kept unless its `room` grew past
 /// [`LARGEST_KEPT`].
 fn keep_emptied<T: Default>(buffer: &mut T, room: fn(&T) -> usize, empty: fn(&mut T)) {
@@ -309,8 +315,9 @@ impl HttpRequestParser {
         if headers.capacity() > MOST_KEPT_HEADERS {
             *headers = HashMap::new();
         }
-        // `parse_header` copies the target into the kept memory; it assigns the target's
-        // parts whole, so theirs is only kept until then.
+        // `parse_header` copies the target, and the path and query of a plain one (see
+        // `split_plain_target`), into the kept memory; it assigns the parts of other targets
+        // whole.
         keep_emptied(request_uri, String::capacity, String::clear);
         for part in [proxy_scheme, proxy_netloc, path, query, fragment] {
             keep_emptied(part, String::capacity, String::clear);
@@ -480,22 +487,22 @@ impl HttpRequestParser {
         if command.is_empty() && uri.is_empty() && version.is_empty() {
             return parsing_error("Start line is invalid");
         }
-        self.request_uri.clear();
-        push_latin1(&mut self.request_uri, uri);
+        set_latin1(&mut self.request_uri, uri);
         self.command = fixed_or(command, &COMMON_METHODS, latin1_to_string);
         self.version = fixed_or(version, &["1.1", "1.0"], latin1_to_string);
         if let Some((path, query)) = split_plain_target(uri) {
             // Rust-only: what `split_uri` makes of such a target, without its work and its
             // allocations, and without freeing the old parts (420 user-space instructions of
             // a hello-world request's 13,000, callgrind).
-            for part in [&mut self.proxy_scheme, &mut self.proxy_netloc] {
+            for part in [
+                &mut self.proxy_scheme,
+                &mut self.proxy_netloc,
+                &mut self.fragment,
+            ] {
                 part.clear();
             }
-            for part in [&mut self.path, &mut self.query, &mut self.fragment] {
-                part.clear();
-            }
-            push_latin1(&mut self.path, path);
-            push_latin1(&mut self.query, query);
+            set_latin1(&mut self.path, path);
+            set_latin1(&mut self.query, query);
         } else {
             let parts = split_uri(uri)?;
             self.proxy_scheme = parts.scheme;
@@ -565,12 +572,12 @@ impl HttpRequestParser {
             Entry::Occupied(mut existing) => {
                 let existing = existing.get_mut();
                 existing.push_str(", ");
-                push_latin1(existing, value);
+                push_latin1_decoded(existing, value);
                 Ok(())
             }
             Entry::Vacant(slot) => {
                 let mut text = self.spare_strings.take();
-                push_latin1(&mut text, value);
+                push_latin1_decoded(&mut text, value);
                 slot.insert(text);
                 Ok(())
             }

@@ -355,14 +355,14 @@ pub struct ServerInfo {
     /// The environ's values that are the same for every request, its server name and port
     /// among them.
     shared: SharedVars,
-    /// Requests whose task is done, waiting for the I/O thread to free them (see
+    /// Requests whose task is done, waiting for the I/O thread to reuse or free them (see
     /// [`ServerInfo::retire`]).
     // Boxed on purpose: a request moves between lists as a pointer (see `channel::State`).
     #[allow(clippy::vec_box)]
     pub(crate) retired: Mutex<Vec<Box<HttpRequestParser>>>,
 }
 
-/// The most finished requests that wait for the I/O thread to free them (see
+/// The most finished requests that wait for the I/O thread to reuse or free them (see
 /// [`ServerInfo::retire`]): a few MiB at most (about 1 KiB each for a short request), and
 /// more than a poll round finishes under `bench --scenario hello-10000` with `poll` (with
 /// `epoll`, a round there can finish 7,000: the rest are freed by their workers).

@@ -2567,18 +2567,28 @@ mod tests {
         );
     }
 
+    /// What this thread keeps in `slot`, looked at by `look` (taken out and put back).
+    fn peek<T: Default, R>(
+        slot: &'static std::thread::LocalKey<Cell<T>>,
+        look: impl FnOnce(&T) -> R,
+    ) -> R {
+        slot.with(|slot| {
+            let kept = slot.take();
+            let seen = look(&kept);
+            slot.set(kept);
+            seen
+        })
+    }
+
     #[test]
     fn a_worker_makes_its_next_environ_in_the_memory_of_the_last() {
         // Rust-only (`keep_environ`): on a thread of its own, as what is kept is per thread.
         std::thread::spawn(|| {
             // The room of the kept list, and how many strings are kept.
             let kept = || {
-                KEPT_ENVIRON.with(|slot| {
-                    let kept = slot.take();
+                peek(&KEPT_ENVIRON, |kept| {
                     assert!(kept.vars.is_empty());
-                    let room = (kept.vars.capacity(), kept.strings.len());
-                    slot.set(kept);
-                    room
+                    (kept.vars.capacity(), kept.strings.len())
                 })
             };
             assert_eq!(kept(), (0, 0));
@@ -2620,11 +2630,8 @@ mod tests {
         // A thread of its own, so that its kept buffer starts empty.
         std::thread::spawn(|| {
             let kept = || {
-                KEPT_HEAD.with(|slot| {
-                    let head = slot.take();
-                    let seen = (head.len(), head.capacity(), head.as_ptr());
-                    slot.set(head);
-                    seen
+                peek(&KEPT_HEAD, |head| {
+                    (head.len(), head.capacity(), head.as_ptr())
                 })
             };
             let ch = channel(ok_app);

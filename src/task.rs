@@ -1,9 +1,11 @@
 //! Port of waitress/task.py.
 //!
 //! The worker side of the server. `ThreadedTaskDispatcher` is a pool of worker threads fed
-//! from a `Mutex`/`Condvar` queue; a `Task` serves one request on a worker: it builds the
-//! environ, calls the application, and turns the status, headers and body into bytes queued
-//! on the channel (the socket itself belongs to the I/O thread and the channel's flush logic).
+//! from a `Mutex`-guarded queue (idle workers park, and the last to fall asleep is woken
+//! first, where waitress waits on a condition variable); a `Task` serves one request on a
+//! worker: it builds the environ, calls the application, and turns the status, headers and
+//! body into bytes queued on the channel (the socket itself belongs to the I/O thread and the
+//! channel's flush logic).
 //!
 //! | waitress (task.py) | here |
 //! |---|---|
@@ -21,6 +23,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crate::access_log;
@@ -61,6 +64,15 @@ struct DispatcherState {
     /// for a burst of small tasks costs a system call each way per task; on a busy server
     /// the workers already awake drain the queue faster than new ones can be scheduled.
     waking: usize,
+    /// The workers asleep (waitress's idle threads, which wait on its condition variable), by
+    /// number, the last to fall asleep at the end. Rust-only: a wake-up goes to that last one,
+    /// whose stack, kept buffers and CPU are still warm, where a condition variable wakes the
+    /// one that has slept longest; a trickle of work then keeps one worker busy rather than
+    /// each in turn. Eight interleaved 4 s runs each under `wrk -t1`: 9.8 → 8.8 µs of CPU per
+    /// response at 16 connections, 11.3 → 9.9 at 100; 0.42 → 0.28 `futex` calls and 0.36 →
+    /// 0.28 context switches per response at 16. The same parking with the longest sleeper
+    /// woken first gained nothing (six runs each).
+    sleepers: Vec<(usize, Thread)>,
 }
 
 /// A pool of worker threads serving a queue of [`Service`]s.
@@ -70,9 +82,6 @@ pub struct ThreadedTaskDispatcher {
     /// Guards the queue and the thread counts. Held only for queue operations, never while a
     /// task runs.
     state: Mutex<DispatcherState>,
-    /// Waited on by idle workers; notified by `add_task` (one) and by shrinking or shutdown
-    /// (all).
-    queue_cv: Condvar,
     /// Waited on by `shutdown`; notified by each worker as it exits.
     thread_exit_cv: Condvar,
 }
@@ -93,8 +102,8 @@ impl ThreadedTaskDispatcher {
                 stop_count: 0,
                 active_count: 0,
                 waking: 0,
+                sleepers: Vec::new(),
             }),
-            queue_cv: Condvar::new(),
             thread_exit_cv: Condvar::new(),
         })
     }
@@ -107,14 +116,24 @@ impl ThreadedTaskDispatcher {
 
     /// The body of each worker thread (waitress: `handler_thread`).
     fn handler_thread(self: Arc<Self>, thread_no: usize) {
+        let me = std::thread::current();
         loop {
             let (task, queued_at) = {
                 let mut state = self.lock();
                 while state.queue.is_empty() && state.stop_count == 0 {
                     state.active_count -= 1;
-                    state = self.queue_cv.wait(state).unwrap_or_else(|e| e.into_inner());
+                    state.sleepers.push((thread_no, me.clone()));
+                    drop(state);
+                    // An `unpark` that comes before this `park` is not lost: it leaves a token
+                    // that makes `park` return at once.
+                    std::thread::park();
+                    state = self.lock();
                     state.active_count += 1;
-                    state.waking = state.waking.saturating_sub(1);
+                    match state.sleepers.iter().position(|(n, _)| *n == thread_no) {
+                        // Woken by someone else (`park` allows that): not a wake-up of ours.
+                        Some(at) => drop(state.sleepers.remove(at)),
+                        None => state.waking = state.waking.saturating_sub(1),
+                    }
                 }
                 if state.stop_count > 0 {
                     state.active_count -= 1;
@@ -128,10 +147,14 @@ impl ThreadedTaskDispatcher {
                     None => continue,
                 };
                 // Pass the wake-up on when work is left behind for a sleeping worker.
-                let wake_another = !state.queue.is_empty() && self.should_wake(&mut state);
+                let wake_another = if state.queue.is_empty() {
+                    None
+                } else {
+                    self.should_wake(&mut state)
+                };
                 drop(state);
-                if wake_another {
-                    self.queue_cv.notify_one();
+                if let Some(worker) = wake_another {
+                    worker.unpark();
                 }
                 item
             };
@@ -173,7 +196,7 @@ impl ThreadedTaskDispatcher {
         }
         if running > count {
             state.stop_count += running - count;
-            self.queue_cv.notify_all();
+            Self::wake_all(&mut state);
         }
     }
 
@@ -194,8 +217,8 @@ impl ThreadedTaskDispatcher {
         };
         // Woken after the lock is released, so the worker does not wake into a held lock; the
         // task is already queued, so the wake-up cannot be missed.
-        if wake {
-            self.queue_cv.notify_one();
+        if let Some(worker) = wake {
+            worker.unpark();
         }
         // Logged after the lock is released too: a woken worker must not wait on our write.
         if depth > 0 && QUEUE_LOGGER.enabled(Level::Warning) {
@@ -203,7 +226,7 @@ impl ThreadedTaskDispatcher {
         }
     }
 
-    /// Workers waiting on the condvar, the ones already notified included.
+    /// Workers asleep, the ones already woken and not yet running included.
     fn idle(state: &DispatcherState) -> usize {
         state
             .threads
@@ -211,14 +234,24 @@ impl ThreadedTaskDispatcher {
             .saturating_sub(state.stop_count + state.active_count)
     }
 
-    /// Whether to notify a worker now: one sleeps, and no other wake-up is in flight (the
-    /// worker it reaches passes it on if work is still queued). Records the wake-up.
-    fn should_wake(&self, state: &mut DispatcherState) -> bool {
-        let wake = state.waking == 0 && Self::idle(state) > 0;
-        if wake {
-            state.waking += 1;
+    /// The worker to wake now, if one sleeps and no other wake-up is in flight (the worker it
+    /// reaches passes it on if work is still queued): the last to fall asleep, taken off the
+    /// sleepers. Records the wake-up; the caller unparks the worker once the lock is released.
+    fn should_wake(&self, state: &mut DispatcherState) -> Option<Thread> {
+        if state.waking > 0 {
+            return None;
         }
-        wake
+        let (_, worker) = state.sleepers.pop()?;
+        state.waking += 1;
+        Some(worker)
+    }
+
+    /// Wake every sleeping worker: to exit, or to look at the queue once more (waitress:
+    /// `notify_all`).
+    fn wake_all(state: &mut DispatcherState) {
+        for (_, worker) in state.sleepers.drain(..) {
+            worker.unpark();
+        }
     }
 
     /// Stop every thread, cancelling queued work when `cancel_pending`; waits up to `timeout`
@@ -245,7 +278,7 @@ impl ThreadedTaskDispatcher {
                 LOGGER.warning(&format!("Canceling {} pending task(s)", state.queue.len()));
             }
             let cancelled: Vec<_> = state.queue.drain(..).collect();
-            self.queue_cv.notify_all();
+            Self::wake_all(&mut state);
             drop(state);
             for (task, _) in cancelled {
                 task.cancel();
@@ -1754,6 +1787,52 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(inst.shutdown(true, Duration::from_secs(5)));
+    }
+
+    /// Beyond waitress's tests: a wake-up goes to the worker that fell asleep last, so work
+    /// that comes one task at a time is served by one worker, not by each in turn.
+    #[test]
+    fn the_worker_that_fell_asleep_last_is_woken_first() {
+        /// Records the name of the worker that serves it.
+        #[derive(Default)]
+        struct Where(Mutex<Vec<String>>);
+        impl Service for Where {
+            fn service(&self) {
+                let name = std::thread::current().name().unwrap_or("?").to_owned();
+                self.0.lock().unwrap().push(name);
+            }
+            fn cancel(&self) {}
+        }
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < deadline, "timed out waiting until {what}");
+                std::thread::yield_now();
+            }
+        };
+        let inst = ThreadedTaskDispatcher::new();
+        inst.set_thread_count(3);
+        let served = Arc::new(Where::default());
+        for round in 0..5 {
+            until("all three workers sleep", &|| {
+                inst.lock().sleepers.len() == 3
+            });
+            let last = inst.lock().sleepers.last().map(|(number, _)| *number);
+            inst.add_task(served.clone());
+            until("the task is served", &|| {
+                served.0.lock().unwrap().len() == round + 1
+            });
+            let by = served.0.lock().unwrap()[round].clone();
+            assert_eq!(
+                Some(by),
+                last.map(|n| format!("waitress-{n}")),
+                "round {round}"
+            );
+        }
+        let names = served.0.lock().unwrap().clone();
+        assert!(names.iter().all(|n| *n == names[0]), "{names:?}");
+        assert!(inst.shutdown(true, Duration::from_secs(5)));
+        assert!(inst.lock().sleepers.is_empty());
     }
 
     // TestTask

@@ -1835,6 +1835,49 @@ mod tests {
         assert!(inst.lock().sleepers.is_empty());
     }
 
+    /// Beyond waitress's tests: `park` may return with no wake-up of ours (an application
+    /// that unparks its own thread leaves a token behind). The worker then goes back to sleep,
+    /// once on the stack, and the next task still wakes it.
+    #[test]
+    fn a_worker_woken_by_a_stray_unpark_sleeps_again_and_still_serves() {
+        /// Leaves an unpark token on the thread that serves it.
+        #[derive(Default)]
+        struct Stray(AtomicUsize);
+        impl Service for Stray {
+            fn service(&self) {
+                std::thread::current().unpark();
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+            fn cancel(&self) {}
+        }
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < deadline, "timed out waiting until {what}");
+                std::thread::yield_now();
+            }
+        };
+        let inst = ThreadedTaskDispatcher::new();
+        inst.set_thread_count(1);
+        let task = Arc::new(Stray::default());
+        for served in 1..=20 {
+            until("the worker sleeps", &|| inst.lock().sleepers.len() == 1);
+            inst.add_task(task.clone());
+            until("the task is served", &|| {
+                task.0.load(Ordering::SeqCst) == served
+            });
+        }
+        until("the worker sleeps", &|| {
+            let state = inst.lock();
+            state.sleepers.len() == 1 && state.active_count == 0
+        });
+        let state = inst.lock();
+        assert_eq!(state.waking, 0);
+        assert_eq!(ThreadedTaskDispatcher::idle(&state), 1);
+        drop(state);
+        assert!(inst.shutdown(true, Duration::from_secs(5)));
+    }
+
     // TestTask
 
     #[test]

@@ -1781,12 +1781,19 @@ mod tests {
         let task = Arc::new(DummyTask::default());
         inst.add_task(Arc::new(Panicking));
         inst.add_task(task.clone());
+        wait_until("the task is served", || {
+            task.serviced.load(Ordering::SeqCst) > 0
+        });
+        assert!(inst.shutdown(true, Duration::from_secs(5)));
+    }
+
+    /// Wait for `done` (a worker's doing), failing the test after 10 s.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while task.serviced.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "the task was not served in time");
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
             std::thread::yield_now();
         }
-        assert!(inst.shutdown(true, Duration::from_secs(5)));
     }
 
     /// Beyond waitress's tests: a wake-up goes to the worker that fell asleep last, so work
@@ -1803,23 +1810,16 @@ mod tests {
             }
             fn cancel(&self) {}
         }
-        let until = |what: &str, done: &dyn Fn() -> bool| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !done() {
-                assert!(Instant::now() < deadline, "timed out waiting until {what}");
-                std::thread::yield_now();
-            }
-        };
         let inst = ThreadedTaskDispatcher::new();
         inst.set_thread_count(3);
         let served = Arc::new(Where::default());
         for round in 0..5 {
-            until("all three workers sleep", &|| {
+            wait_until("all three workers sleep", || {
                 inst.lock().sleepers.len() == 3
             });
             let last = inst.lock().sleepers.last().map(|(number, _)| *number);
             inst.add_task(served.clone());
-            until("the task is served", &|| {
+            wait_until("the task is served", || {
                 served.0.lock().unwrap().len() == round + 1
             });
             let by = served.0.lock().unwrap()[round].clone();
@@ -1850,24 +1850,17 @@ mod tests {
             }
             fn cancel(&self) {}
         }
-        let until = |what: &str, done: &dyn Fn() -> bool| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !done() {
-                assert!(Instant::now() < deadline, "timed out waiting until {what}");
-                std::thread::yield_now();
-            }
-        };
         let inst = ThreadedTaskDispatcher::new();
         inst.set_thread_count(1);
         let task = Arc::new(Stray::default());
         for served in 1..=20 {
-            until("the worker sleeps", &|| inst.lock().sleepers.len() == 1);
+            wait_until("the worker sleeps", || inst.lock().sleepers.len() == 1);
             inst.add_task(task.clone());
-            until("the task is served", &|| {
+            wait_until("the task is served", || {
                 task.0.load(Ordering::SeqCst) == served
             });
         }
-        until("the worker sleeps", &|| {
+        wait_until("the worker sleeps", || {
             let state = inst.lock();
             state.sleepers.len() == 1 && state.active_count == 0
         });

@@ -273,7 +273,9 @@ impl ChannelServer {
     ///
     /// Rust-only: reading a request with a new parser was eight allocations on the I/O
     /// thread (the parser, its header table, a header's name and value, the start line, the
-    /// target, the path, the list of header lines; the first six are kept now), and freeing
+    /// target, the path, the list of header lines; the first six are kept now, and so is a
+    /// plain target's path, and the I/O thread keeps the spans of the header lines instead
+    /// of a list: see `parser::split_header_lines`), and freeing
     /// a round's worth at once overflowed glibc's per-thread cache of freed blocks, so both
     /// the frees and the next mallocs took glibc's slow paths (`_int_free`, `_int_malloc` and
     /// `malloc` were 6.8 % of the server's samples under `wrk -t1 -c16`, perf). callgrind:

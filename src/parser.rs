@@ -18,7 +18,9 @@ use crate::app::{fixed_or, latin1_to_string, push_latin1_decoded, Input};
 use crate::buffers::OverflowableBuffer;
 use crate::receiver::{ChunkedReceiver, FixedStreamReceiver};
 use crate::rfc7230::{header_field, is_only_digit, is_tchar};
-use crate::utilities::{find_crlf, find_double_newline, Error, SpareStrings};
+use crate::utilities::{
+    find_crlf, find_double_newline, keep_for_next, take_kept, Error, SpareStrings,
+};
 
 /// A request head waitress refuses with 400 (waitress: `ParsingError`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,10 +126,11 @@ pub struct HttpRequestParser {
     adj: Arc<Adjustments>,
 }
 
-/// The largest buffer a reset parser keeps, and the most entries its header table keeps room
-/// for: with the spare strings' bounds (see [`SpareStrings`]), a parser kept for reuse stays
-/// a few KiB however large the request it last read.
+/// The largest buffer a reset parser keeps: with the bound below and the spare strings' (see
+/// [`SpareStrings`]), a parser kept for reuse stays a few KiB however large the request it
+/// last read.
 const LARGEST_KEPT: usize = 1024;
+/// The most entries a reset parser's header table keeps room for.
 const MOST_KEPT_HEADERS: usize = 64;
 
 /// Which of the headers that frame a request (and that `parse_header` looks up after reading
@@ -548,8 +551,7 @@ impl HttpRequestParser {
     /// thread keeps (see `split_header_lines`), and joined into a list only when a header is
     /// folded.
     fn add_header_lines(&mut self, header: &[u8]) -> Result<FramingHeaders, HeaderError> {
-        let mut lines = KEPT_LINE_SPANS.try_with(Cell::take).unwrap_or_default();
-        lines.clear();
+        let mut lines = take_kept(&KEPT_LINE_SPANS);
         let mut came = FramingHeaders::default();
         let added = split_header_lines(header, &mut lines).and_then(|headers| {
             // Rust-only: the map is sized once, one allocation rather than one per growth (3
@@ -566,9 +568,7 @@ impl HttpRequestParser {
             }
             Ok(())
         });
-        if lines.capacity() <= MOST_KEPT_LINE_SPANS {
-            let _ = KEPT_LINE_SPANS.try_with(|kept| kept.set(lines));
-        }
+        keep_for_next(&KEPT_LINE_SPANS, lines, MOST_KEPT_LINE_SPANS);
         added.map(|()| came)
     }
 
@@ -1024,7 +1024,7 @@ mod tests {
     //! `test_close_with_body_rcv` are real ones here). Tests without a waitress counterpart say
     //! what they check in their names.
     use super::*;
-    use crate::utilities::ErrorKind;
+    use crate::utilities::{peek, ErrorKind};
     use std::io::Read;
 
     fn parser() -> HttpRequestParser {
@@ -1442,14 +1442,7 @@ mod tests {
     /// this thread, unless the block had more lines than the bound.
     #[test]
     fn a_thread_keeps_its_line_spans_within_a_bound() {
-        let kept = || {
-            KEPT_LINE_SPANS.with(|kept| {
-                let lines = kept.take();
-                let capacity = lines.capacity();
-                kept.set(lines);
-                capacity
-            })
-        };
+        let kept = || peek(&KEPT_LINE_SPANS, Vec::capacity);
         let mut long = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..=MOST_KEPT_LINE_SPANS {
             long.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());

@@ -35,7 +35,9 @@ use crate::app::{
 use crate::buffers::ReadOnlyFileBasedBuffer;
 use crate::parser::{HttpRequestParser, COMMON_METHODS};
 use crate::profiling::{self, Stage};
-use crate::utilities::{error_chain, http_date_now, Level, SpareStrings, LOGGER, QUEUE_LOGGER};
+use crate::utilities::{
+    error_chain, http_date_now, keep_for_next, take_kept, Level, SpareStrings, LOGGER, QUEUE_LOGGER,
+};
 
 /// Work the dispatcher runs on a worker thread: in the server, a channel with requests.
 ///
@@ -1238,7 +1240,7 @@ const MOST_KEPT_HEAD: usize = 16 << 10;
 
 /// An empty buffer for a response head: the one this worker kept, or a new one.
 fn take_kept_head() -> Vec<u8> {
-    let head = KEPT_HEAD.try_with(Cell::take).unwrap_or_default();
+    let head = take_kept(&KEPT_HEAD);
     if head.capacity() == 0 {
         return Vec::with_capacity(HEAD_ROOM);
     }
@@ -1249,11 +1251,8 @@ fn take_kept_head() -> Vec<u8> {
 /// buffer per response was one of the seven allocations of a keep-alive hello-world request
 /// (valgrind's `dhat`); kept, callgrind counts 12,431 user-space instructions per hello
 /// request rather than 12,556, and 31,302 per browser request rather than 31,443.
-fn keep_head(mut head: Vec<u8>) {
-    if head.capacity() <= MOST_KEPT_HEAD {
-        head.clear();
-        let _ = KEPT_HEAD.try_with(|slot| slot.set(head));
-    }
+fn keep_head(head: Vec<u8>) {
+    keep_for_next(&KEPT_HEAD, head, MOST_KEPT_HEAD);
 }
 
 /// Headers as an application or an error gives them, as the task keeps them (no copy).
@@ -1375,7 +1374,7 @@ mod tests {
     // test_get_environment_already_cached: the environ is built once per task, by construction
     use super::*;
     use crate::app::{AppResult, Body, FileWrapper};
-    use crate::utilities::{capture_logs, Error, ErrorKind};
+    use crate::utilities::{capture_logs, peek, Error, ErrorKind};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     #[test]
@@ -2680,19 +2679,6 @@ mod tests {
             "",
             &[("PATH_INFO", "/foobar"), ("SCRIPT_NAME", "/foo")],
         );
-    }
-
-    /// What this thread keeps in `slot`, looked at by `look` (taken out and put back).
-    fn peek<T: Default, R>(
-        slot: &'static std::thread::LocalKey<Cell<T>>,
-        look: impl FnOnce(&T) -> R,
-    ) -> R {
-        slot.with(|slot| {
-            let kept = slot.take();
-            let seen = look(&kept);
-            slot.set(kept);
-            seen
-        })
     }
 
     #[test]

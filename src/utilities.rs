@@ -950,6 +950,40 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A buffer a thread keeps from one request to the next (Rust-only): the I/O thread keeps the
+/// spans of a header block's lines (`parser::add_header_lines`), a worker its last response
+/// head (`task::keep_head`). Taken out with [`take_kept`], put back with [`keep_for_next`].
+pub(crate) type KeptBuffer<T> = std::thread::LocalKey<std::cell::Cell<Vec<T>>>;
+
+/// The buffer this thread kept in `slot`, empty; an empty new one if none was kept (or the
+/// thread is exiting).
+pub(crate) fn take_kept<T>(slot: &'static KeptBuffer<T>) -> Vec<T> {
+    slot.try_with(std::cell::Cell::take).unwrap_or_default()
+}
+
+/// Keep `buffer`, emptied, in this thread's `slot` for its next use; one whose capacity grew
+/// past `most` is freed instead, so that what a thread keeps stays small.
+pub(crate) fn keep_for_next<T>(slot: &'static KeptBuffer<T>, mut buffer: Vec<T>, most: usize) {
+    if buffer.capacity() <= most {
+        buffer.clear();
+        let _ = slot.try_with(|kept| kept.set(buffer));
+    }
+}
+
+/// What this thread keeps in `slot`, looked at by `look` (taken out and put back; for tests).
+#[cfg(test)]
+pub(crate) fn peek<T: Default, R>(
+    slot: &'static std::thread::LocalKey<std::cell::Cell<T>>,
+    look: impl FnOnce(&T) -> R,
+) -> R {
+    slot.with(|slot| {
+        let kept = slot.take();
+        let seen = look(&kept);
+        slot.set(kept);
+        seen
+    })
+}
+
 /// Strings emptied for reuse, at most [`SpareStrings::MOST`] of them with room for at most
 /// [`SpareStrings::MOST_ROOM`] bytes in all. Rust-only: the parser keeps the strings of a
 /// request's header names and values for the next request it reads (see

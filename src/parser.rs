@@ -159,6 +159,31 @@ impl FramingHeaders {
     }
 }
 
+/// Append header name `key` (a token, so ASCII) as the map keys it: upper case, `-` as `_`.
+/// Rust-only: mapped in a buffer on the stack and appended whole, where it went a char at a
+/// time (as a name longer than the buffer still does). callgrind, two runs each: 29,157 →
+/// 28,034 user-space instructions per request with a browser's nine headers; 11,248 → 11,290
+/// for wrk's lone `Host`, too short a name to gain.
+fn push_environ_name(name: &mut String, key: &[u8]) {
+    let map = |b: u8| match b {
+        b'-' => b'_',
+        b => b.to_ascii_uppercase(),
+    };
+    let mut buffer = [0u8; 64];
+    match buffer.get_mut(..key.len()) {
+        Some(mapped) => {
+            for (to, &from) in mapped.iter_mut().zip(key) {
+                *to = map(from);
+            }
+            match std::str::from_utf8(mapped) {
+                Ok(text) => name.push_str(text),
+                Err(_) => name.extend(key.iter().map(|&b| char::from(map(b)))),
+            }
+        }
+        None => name.extend(key.iter().map(|&b| char::from(map(b)))),
+    }
+}
+
 /// The methods most requests use, kept as fixed text (see `app::fixed_or`).
 pub(crate) const COMMON_METHODS: [&str; 4] = ["GET", "POST", "HEAD", "PUT"];
 
@@ -589,10 +614,7 @@ impl HttpRequestParser {
         }
         // A token is ASCII (`header_field` saw to that): the bytes map one to one.
         let mut name = self.spare_strings.take();
-        name.extend(key.iter().map(|&b| match b {
-            b'-' => '_',
-            b => char::from(b.to_ascii_uppercase()),
-        }));
+        push_environ_name(&mut name, key);
         let singleton = SINGLETON_FIELDS.contains(&name.as_str());
         came.note(&name);
         // Rust-only: one look-up of the map (its entry) where there were two or three; the
@@ -1029,6 +1051,35 @@ mod tests {
 
     fn parser() -> HttpRequestParser {
         HttpRequestParser::new(Arc::new(Adjustments::default()))
+    }
+
+    /// Rust-only (`push_environ_name`): a name is keyed the same whether it fits the buffer on
+    /// the stack or not, and through a parsed request too.
+    #[test]
+    fn a_header_name_is_keyed_upper_case_with_underscores_whatever_its_length() {
+        for len in [1, 63, 64, 65, 200] {
+            let key: Vec<u8> = (0..len).map(|i| b"a-Z9"[i % 4]).collect();
+            let expected: String = key
+                .iter()
+                .map(|&b| {
+                    if b == b'-' {
+                        '_'
+                    } else {
+                        char::from(b.to_ascii_uppercase())
+                    }
+                })
+                .collect();
+            let mut name = String::from("kept:");
+            push_environ_name(&mut name, &key);
+            assert_eq!(name, format!("kept:{expected}"), "{len} bytes");
+            let mut p = parser();
+            let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+            head.extend_from_slice(&key);
+            head.extend_from_slice(b": v\r\n\r\n");
+            p.received(&head);
+            assert!(p.error.is_none(), "{len} bytes");
+            assert_eq!(p.headers.get(&expected).map(String::as_str), Some("v"));
+        }
     }
 
     /// Feed `data` in slices of seven bytes, as reads that split the head would.

@@ -170,18 +170,16 @@ fn push_environ_name(name: &mut String, key: &[u8]) {
         b => b.to_ascii_uppercase(),
     };
     let mut buffer = [0u8; 64];
-    match buffer.get_mut(..key.len()) {
-        Some(mapped) => {
-            for (to, &from) in mapped.iter_mut().zip(key) {
-                *to = map(from);
-            }
-            match std::str::from_utf8(mapped) {
-                Ok(text) => name.push_str(text),
-                Err(_) => name.extend(key.iter().map(|&b| char::from(map(b)))),
-            }
+    if let Some(mapped) = buffer.get_mut(..key.len()) {
+        for (to, &from) in mapped.iter_mut().zip(key) {
+            *to = map(from);
         }
-        None => name.extend(key.iter().map(|&b| char::from(map(b)))),
+        if let Ok(text) = std::str::from_utf8(mapped) {
+            name.push_str(text);
+            return;
+        }
     }
+    name.extend(key.iter().map(|&b| char::from(map(b))));
 }
 
 /// The methods most requests use, kept as fixed text (see `app::fixed_or`).

@@ -91,7 +91,8 @@ pub(crate) fn push_latin1_decoded(text: &mut String, bytes: &[u8]) {
 /// `text` as the one of `fixed` that reads the same, else as `copy(text)`. Rust-only: for the
 /// short values that nearly every request or response carries (the method, the version, the
 /// URL scheme, `200 OK`), which then cost no allocation; `copy` says how text of its kind
-/// becomes a string (bytes from the wire are latin-1).
+/// becomes a string (bytes from the wire are latin-1). Each copied instead: 12,424 and
+/// 12,425 user-space instructions per hello request against 11,287 (callgrind, 6 Dec 2026).
 pub(crate) fn fixed_or<T: AsRef<[u8]> + ?Sized>(
     text: &T,
     fixed: &[&'static str],

@@ -616,7 +616,10 @@ impl HttpRequestParser {
         let singleton = SINGLETON_FIELDS.contains(&name.as_str());
         came.note(&name);
         // Rust-only: one look-up of the map (its entry) where there were two or three; the
-        // order of the checks is waitress's.
+        // order of the checks is waitress's. With a look-up to ask and another to insert:
+        // 11,333 and 11,335 user-space instructions per hello request against 11,287, and
+        // 30,264 and 30,267 against 28,018–28,032 with a browser's nine headers (callgrind,
+        // 6 Dec 2026).
         match self.headers.entry(name) {
             Entry::Occupied(_) if singleton => {
                 parsing_error(format!("Duplicate header: {}", latin1_to_string(key)))

@@ -1083,11 +1083,14 @@ impl HttpChannel {
                 self.send_continue(&mut st);
             }
         }
-        // Rust-only: the worker sends what is still queued itself rather than leave it to the
-        // I/O thread (usually nothing: `write_soon` sent it straight away). Left to the I/O
-        // thread instead (6 Dec 2026), `bench --scenario download` ran at 2,726–3,515 MB/s
-        // against 2,677–3,505 (three interleaved runs each) and a hello request took 11,201
-        // user-space instructions against 11,287 (callgrind): no gain the bench shows.
+        // The worker sends what is still queued itself rather than leave it to the I/O thread:
+        // usually nothing (`write_soon` sent it straight away); else what the socket did not
+        // take of a large response (Rust-only: waitress leaves that to its I/O thread), or the
+        // `100 Continue` queued just above, which waitress's `send_continue` sends on the spot
+        // too (ported as `test_lookahead_continue`). For speed it buys nothing the bench
+        // shows: left to the I/O thread (6 Dec 2026), `bench --scenario download` ran at
+        // 2,726–3,515 MB/s against 2,677–3,505 (three interleaved runs each), and a hello
+        // request took 11,201 user-space instructions against 11,287 (callgrind).
         let (st, flushed) = self.flush_some(st);
         let (mut st, _) = self.flush_exception(st, flushed);
         st.last_activity = Instant::now();

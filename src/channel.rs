@@ -901,8 +901,8 @@ impl HttpChannel {
     /// response is then one `send` from the worker and no work for the I/O thread but the
     /// trigger that re-arms reading. Without it (the bytes copied into the queue, which the
     /// worker then sends at the end of its task, so the system calls are the same): 12,213 and
-    /// 12,215 user-space instructions per hello request against 11,287 and 11,287 (callgrind,
-    /// `tools/instructions_per_request.sh`, 6 Dec 2026).
+    /// 12,215 user-space instructions per hello request against 11,287 in both runs
+    /// (callgrind, `tools/instructions_per_request.sh`, 6 Dec 2026).
     pub fn write_soon(&self, data: &[u8]) -> Result<usize, ClientDisconnected> {
         let mut st = self.outbufs_with_room()?;
         if data.is_empty() {

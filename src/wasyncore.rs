@@ -416,9 +416,8 @@ impl Selector {
 /// wants come in, it is not dispatched and the set is narrowed then. So a keep-alive channel
 /// that goes readable → busy → readable costs no `epoll_ctl` at all: under `wrk -t1` with
 /// `hello` (one core each, 6 Dec 2026), 0.000 calls per response at 100 connections and
-/// 0.001 at 1,000. Hang-ups and errors
-/// call `handle_close`, as with [`poll2`]; a dispatcher that wants nothing is not watched, as
-/// there.
+/// 0.001 at 1,000. Hang-ups and errors call `handle_close`, as with [`poll2`]; a dispatcher
+/// that wants nothing is not watched, as there.
 ///
 /// Nor does a round ask every dispatcher `readable`/`writable`, once it is given a
 /// [`ChangeLog`] ([`Selector::track_changes`]); without one it does, as [`poll2`] does. With
